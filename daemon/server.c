@@ -1,0 +1,833 @@
+/*
+ * server.c - socket bridge, dispatch and the L1 operations.
+ *
+ * The ROUTER socket is bridged into libuv through ZMQ_FD, which is edge
+ * triggered: it signals only when ZMQ_EVENTS changes. So we drain while
+ * ZMQ_EVENTS says POLLIN (a bounded batch per loop turn, continued from an idle
+ * handle so one busy client cannot starve timers and completions), and re-check
+ * after every send, because a send can consume the edge without us seeing it.
+ *
+ * Invariants kept here:
+ *  - every request gets exactly one reply (send_reply frees the call);
+ *  - an object is visible only once its bytes are complete (reserve -> copy ->
+ *    publish), and is referenced while a worker copies into it or ZeroMQ sends
+ *    it (zero-copy frames release their reference through the wake queue);
+ *  - a request that breaks a limit changes nothing and gets a typed error.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "daemon/l1.h"
+#include "daemon/log.h"
+#include "daemon/server.h"
+#include "protocol/kvcd_err.h"
+#include "protocol/proto.h"
+
+#define DRAIN_BUDGET 128            /* messages per loop turn */
+#define INLINE_COPY (256u << 10)    /* smaller stores are copied on the loop */
+#define COPY_SLICE (4u << 20)       /* a worker copies at most this per task */
+
+typedef struct {
+    uint64_t requests, errors;
+    uint64_t stores, store_bytes, store_dups, store_nospace;
+    uint64_t lookups, lookup_keys, lookup_hits;
+    uint64_t loads, load_hits, load_misses, load_bytes;
+    uint64_t removes, clears, dropped_replies;
+} counters_t;
+
+/* A reference held by a zero-copy frame, returned by ZeroMQ's I/O thread. */
+typedef struct rel_s {
+    struct rel_s *next;
+    kvcd_server_t *srv;
+    kvcd_obj_t *obj;
+} rel_t;
+
+typedef struct call_s call_t;
+
+typedef struct {
+    uv_work_t work;
+    call_t *call;
+    void *dst;
+    const void *src;
+    size_t len;
+} copy_task_t;
+
+struct call_s {
+    kvcd_server_t *srv;
+    zmq_msg_t ident;
+    zmq_msg_t hdr;
+    zmq_msg_t *frames;          /* bulk frames received */
+    size_t nframes, frames_cap;
+    int frames_overflow;
+    kvcd_req_t req;
+    int decoded;
+    int *results;
+    kvcd_obj_t **objs;          /* STORE: objects being written */
+    copy_task_t *tasks;
+    size_t pending;
+};
+
+struct kvcd_server_s {
+    uv_loop_t *loop;
+    const kvcd_options_t *opt;
+    kvcd_l1_t *l1;
+    void *zctx;
+    void *sock;
+    uv_poll_t poll;
+    uv_idle_t idle;
+    uv_async_t wake;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t stop_timer;
+    pthread_mutex_t rel_lock;
+    rel_t *rel_head;
+    int wake_live;
+    int stopping;
+    int closed;
+    uint64_t start_ms;
+    uint64_t inflight;
+    counters_t c;
+};
+
+static void drain(kvcd_server_t *srv);
+static void idle_cb(uv_idle_t *h);
+static void finish_stop(kvcd_server_t *srv);
+
+/* ---- zero-copy frame release ---- */
+
+/* ZeroMQ's I/O thread (or ours, on a failed send): queue, wake the loop. */
+static void frame_free_cb(void *data, void *hint)
+{
+    rel_t *r = hint;
+    kvcd_server_t *srv = r->srv;
+
+    pthread_mutex_lock(&srv->rel_lock);
+    r->next = srv->rel_head;
+    srv->rel_head = r;
+    if (srv->wake_live)
+        uv_async_send(&srv->wake);
+    pthread_mutex_unlock(&srv->rel_lock);
+}
+
+static void release_queued(kvcd_server_t *srv)
+{
+    rel_t *r, *next;
+
+    pthread_mutex_lock(&srv->rel_lock);
+    r = srv->rel_head;
+    srv->rel_head = NULL;
+    pthread_mutex_unlock(&srv->rel_lock);
+    for (; r; r = next) {
+        next = r->next;
+        kvcd_l1_unref(srv->l1, r->obj);
+        free(r);
+    }
+}
+
+static void wake_cb(uv_async_t *h)
+{
+    release_queued(h->data);
+}
+
+/* ---- calls and replies ---- */
+
+static void call_free(call_t *call)
+{
+    size_t i;
+
+    for (i = 0; i < call->nframes; i++)
+        zmq_msg_close(&call->frames[i]);
+    free(call->frames);
+    zmq_msg_close(&call->hdr);
+    zmq_msg_close(&call->ident);
+    if (call->decoded)
+        kvcd_proto_req_free(&call->req);
+    free(call->results);
+    free(call->objs);
+    free(call->tasks);
+    free(call);
+}
+
+static void free_buf_cb(void *data, void *hint)
+{
+    free(data);
+}
+
+/* Send [identity, header, bulk...] and free the call. bulk messages are
+ * consumed (sent or closed) in every case. */
+static void send_reply(call_t *call, kvcd_wbuf_t *w, zmq_msg_t *bulk, size_t nbulk)
+{
+    kvcd_server_t *srv = call->srv;
+    zmq_msg_t h;
+    size_t len, i = 0;
+    char *buf = kvcd_wbuf_release(w, &len);
+    int ok = 0;
+
+    if (zmq_msg_init_data(&h, buf, len, free_buf_cb, NULL) != 0) {
+        free(buf);
+        zmq_msg_init(&h);
+    }
+    if (srv->sock && zmq_msg_send(&call->ident, srv->sock, ZMQ_SNDMORE) >= 0 &&
+        zmq_msg_send(&h, srv->sock, nbulk ? ZMQ_SNDMORE : 0) >= 0) {
+        for (i = 0; i < nbulk; i++)
+            if (zmq_msg_send(&bulk[i], srv->sock, i + 1 < nbulk ? ZMQ_SNDMORE : 0) < 0)
+                break;
+        ok = i == nbulk;
+    }
+    if (!ok) {
+        /* The peer went away (ROUTER_MANDATORY) or we are closed. */
+        srv->c.dropped_replies++;
+        KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "server", 10000,
+                             "reply to request %" PRIu64 " dropped: %s",
+                             call->req.id, srv->sock ? zmq_strerror(zmq_errno()) : "closed");
+        zmq_msg_close(&h);
+        for (; i < nbulk; i++)
+            zmq_msg_close(&bulk[i]);
+    }
+    call_free(call);
+    srv->inflight--;
+    if (srv->sock)
+        uv_idle_start(&srv->idle, idle_cb);
+    if (srv->stopping && srv->inflight == 0)
+        finish_stop(srv);
+}
+
+static void reply_error(call_t *call, int err, const char *msg)
+{
+    kvcd_wbuf_t w;
+
+    call->srv->c.errors++;
+    KVCD_LOG(KVCD_LOG_DEBUG, "server", "request %" PRIu64 " op %" PRIu32 ": %s: %s",
+             call->req.id, call->req.op, kvcd_errname(err), msg ? msg : "");
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_error(&w, call->req.id, call->req.op, err, msg);
+    send_reply(call, &w, NULL, 0);
+}
+
+static void reply_results(call_t *call)
+{
+    kvcd_wbuf_t w;
+
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_results(&w, call->req.id, call->req.op, call->results,
+                              call->req.nkeys);
+    send_reply(call, &w, NULL, 0);
+}
+
+/* ---- operations ---- */
+
+static void op_ping(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    kvcd_l1_stats_t st;
+    kvcd_ping_t p;
+    kvcd_wbuf_t w;
+
+    kvcd_l1_stats(srv->l1, &st);
+    p.server = "kvcd " KVCD_VERSION;
+    p.proto = KVCD_PROTO_VERSION;
+    p.chunk_size = srv->opt->chunk_size;
+    p.max_frame = srv->opt->max_frame;
+    p.max_keys = srv->opt->max_keys;
+    p.max_request = srv->opt->max_request;
+    p.l1_capacity = st.capacity;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_ping(&w, call->req.id, &p);
+    send_reply(call, &w, NULL, 0);
+}
+
+static void store_finish(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t i;
+
+    for (i = 0; i < call->req.nkeys; i++) {
+        kvcd_obj_t *obj = call->objs[i];
+
+        if (!obj)
+            continue;
+        kvcd_l1_publish(srv->l1, obj);
+        kvcd_l1_unref(srv->l1, obj);
+        srv->c.stores++;
+        srv->c.store_bytes += obj->size;
+    }
+    reply_results(call);
+}
+
+static void copy_work(uv_work_t *w)
+{
+    copy_task_t *t = w->data;
+
+    memcpy(t->dst, t->src, t->len);
+}
+
+static void copy_after(uv_work_t *w, int status)
+{
+    copy_task_t *t = w->data;
+    call_t *call = t->call;
+
+    if (--call->pending == 0)
+        store_finish(call);
+}
+
+static void op_store(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i, total = 0, ntasks = 0, off;
+    kvcd_obj_t *obj;
+    kvcd_key_t k;
+    uint64_t h;
+    int rc;
+
+    for (i = 0; i < n; i++) {
+        size_t len = zmq_msg_size(&call->frames[i]);
+
+        if (len == 0)
+            return reply_error(call, KVCD_EFRAMES, "a bulk frame is empty");
+        if (len > srv->opt->max_frame) {
+            char msg[128];
+
+            snprintf(msg, sizeof(msg), "frame %zu has %zu bytes, max_frame is %" PRIu64,
+                     i + 1, len, srv->opt->max_frame);
+            return reply_error(call, KVCD_ETOOLARGE, msg);
+        }
+        total += len;
+    }
+    if (total > srv->opt->max_request)
+        return reply_error(call, KVCD_ETOOLARGE, "bulk bytes exceed max_request");
+
+    call->results = calloc(n, sizeof(int));
+    call->objs = calloc(n, sizeof(kvcd_obj_t *));
+    if (!call->results || !call->objs)
+        return reply_error(call, -ENOMEM, "out of memory");
+
+    total = 0;
+    for (i = 0; i < n; i++) {
+        size_t len = zmq_msg_size(&call->frames[i]);
+
+        kvcd_req_key(&call->req, i, &k);
+        h = kvcd_key_hash(&k);
+        obj = kvcd_l1_find(srv->l1, &k, h);
+        if (obj) {
+            /* The key names the content: keep what is there. */
+            if (obj->state == KVCD_OBJ_READY)
+                kvcd_l1_touch(srv->l1, obj);
+            srv->c.store_dups++;
+            continue;
+        }
+        rc = kvcd_l1_reserve(srv->l1, &k, h, len, &obj);
+        if (rc != 0) {
+            call->results[i] = rc;
+            if (rc == KVCD_ENOSPACE)
+                srv->c.store_nospace++;
+            continue;
+        }
+        call->objs[i] = obj;
+        total += len;
+        ntasks += (len + COPY_SLICE - 1) / COPY_SLICE;
+    }
+
+    if (total <= INLINE_COPY) {
+        for (i = 0; i < n; i++)
+            if (call->objs[i])
+                memcpy(call->objs[i]->data, zmq_msg_data(&call->frames[i]),
+                       call->objs[i]->size);
+        return store_finish(call);
+    }
+
+    /* Big stores are copied by the threadpool, sliced so that one request's
+     * copies run on every worker at once and the loop never stalls on them. */
+    call->tasks = calloc(ntasks, sizeof(copy_task_t));
+    if (!call->tasks) {
+        for (i = 0; i < n; i++)
+            if (call->objs[i]) {
+                kvcd_l1_unlink(srv->l1, call->objs[i]);
+                kvcd_l1_unref(srv->l1, call->objs[i]);
+                call->objs[i] = NULL;
+            }
+        return reply_error(call, -ENOMEM, "out of memory");
+    }
+    call->pending = ntasks;
+    ntasks = 0;
+    for (i = 0; i < n; i++) {
+        obj = call->objs[i];
+        if (!obj)
+            continue;
+        for (off = 0; off < obj->size; off += COPY_SLICE) {
+            copy_task_t *t = &call->tasks[ntasks++];
+
+            t->call = call;
+            t->dst = (char *)obj->data + off;
+            t->src = (const char *)zmq_msg_data(&call->frames[i]) + off;
+            t->len = obj->size - off < COPY_SLICE ? obj->size - off : COPY_SLICE;
+            t->work.data = t;
+            uv_queue_work(srv->loop, &t->work, copy_work, copy_after);
+        }
+    }
+}
+
+static void op_lookup(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i, prefix = 0;
+    uint8_t *present = calloc(n, 1);
+    kvcd_obj_t *obj;
+    kvcd_key_t k;
+    kvcd_wbuf_t w;
+
+    if (!present)
+        return reply_error(call, -ENOMEM, "out of memory");
+    for (i = 0; i < n; i++) {
+        kvcd_req_key(&call->req, i, &k);
+        obj = kvcd_l1_find_ready(srv->l1, &k, kvcd_key_hash(&k));
+        if (!obj)
+            continue;
+        present[i] = 1;
+        kvcd_l1_touch(srv->l1, obj);
+        srv->c.lookup_hits++;
+        if (prefix == i)
+            prefix++;
+    }
+    srv->c.lookups++;
+    srv->c.lookup_keys += n;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_lookup(&w, call->req.id, prefix, present, n);
+    free(present);
+    send_reply(call, &w, NULL, 0);
+}
+
+static void op_load(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i;
+    zmq_msg_t *bulk;
+    kvcd_obj_t *obj;
+    kvcd_key_t k;
+    kvcd_wbuf_t w;
+    rel_t *r;
+
+    call->results = calloc(n, sizeof(int));
+    bulk = calloc(n, sizeof(zmq_msg_t));
+    if (!call->results || !bulk) {
+        free(bulk);
+        return reply_error(call, -ENOMEM, "out of memory");
+    }
+    for (i = 0; i < n; i++) {
+        kvcd_req_key(&call->req, i, &k);
+        obj = kvcd_l1_find_ready(srv->l1, &k, kvcd_key_hash(&k));
+        r = obj ? malloc(sizeof(*r)) : NULL;
+        if (!obj || !r) {
+            free(r);
+            call->results[i] = obj ? -ENOMEM : KVCD_ENOTFOUND;
+            srv->c.load_misses++;
+            zmq_msg_init(&bulk[i]);
+            continue;
+        }
+        /* Zero copy: the frame points into L1 and holds a reference until
+         * ZeroMQ has sent it. */
+        kvcd_l1_ref(obj);
+        kvcd_l1_touch(srv->l1, obj);
+        r->srv = srv;
+        r->obj = obj;
+        zmq_msg_init_data(&bulk[i], obj->data, obj->size, frame_free_cb, r);
+        srv->c.load_hits++;
+        srv->c.load_bytes += obj->size;
+    }
+    srv->c.loads++;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_results(&w, call->req.id, KVCD_OP_LOAD, call->results, n);
+    send_reply(call, &w, bulk, n);
+    free(bulk);
+}
+
+static void op_remove(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i;
+    kvcd_obj_t *obj;
+    kvcd_key_t k;
+
+    call->results = calloc(n, sizeof(int));
+    if (!call->results)
+        return reply_error(call, -ENOMEM, "out of memory");
+    for (i = 0; i < n; i++) {
+        kvcd_req_key(&call->req, i, &k);
+        obj = kvcd_l1_find_ready(srv->l1, &k, kvcd_key_hash(&k));
+        if (!obj) {
+            call->results[i] = KVCD_ENOTFOUND;
+            continue;
+        }
+        kvcd_l1_unlink(srv->l1, obj);
+        srv->c.removes++;
+    }
+    reply_results(call);
+}
+
+static void op_clear(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t removed = kvcd_l1_clear(srv->l1);
+    kvcd_wbuf_t w;
+
+    srv->c.clears++;
+    KVCD_LOG(KVCD_LOG_INFO, "server", "CLEAR removed %zu objects from L1", removed);
+    kvcd_wbuf_init(&w);
+    kvcd_proto_reply_begin(&w, call->req.id, KVCD_OP_CLEAR, 0, NULL, 1);
+    kvcd_pack_cstr(&w.pk, "removed");
+    msgpack_pack_uint64(&w.pk, removed);
+    send_reply(call, &w, NULL, 0);
+}
+
+static json_t *status_json(kvcd_server_t *srv)
+{
+    const counters_t *c = &srv->c;
+    kvcd_l1_stats_t st;
+
+    kvcd_l1_stats(srv->l1, &st);
+    return json_pack(
+        "{s:s, s:f, s:I, s:{s:I, s:I, s:I, s:s, s:f, s:f, s:I},"
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+        " s:I, s:I, s:I, s:I, s:I}}",
+        "server", "kvcd " KVCD_VERSION,
+        "uptime_s", (double)(uv_now(srv->loop) - srv->start_ms) / 1000.0,
+        "inflight", (json_int_t)srv->inflight,
+        "l1",
+        "capacity", (json_int_t)st.capacity,
+        "used", (json_int_t)st.used,
+        "objects", (json_int_t)st.objects,
+        "eviction_policy", srv->opt->eviction_policy == KVCD_EVICT_LRU ? "LRU" : "noop",
+        "high_watermark", srv->opt->high_watermark,
+        "low_watermark", srv->opt->low_watermark,
+        "largest_free", (json_int_t)st.largest_free,
+        "counters",
+        "requests", (json_int_t)c->requests,
+        "errors", (json_int_t)c->errors,
+        "stores", (json_int_t)c->stores,
+        "store_bytes", (json_int_t)c->store_bytes,
+        "store_dups", (json_int_t)c->store_dups,
+        "store_nospace", (json_int_t)c->store_nospace,
+        "lookups", (json_int_t)c->lookups,
+        "lookup_keys", (json_int_t)c->lookup_keys,
+        "lookup_hits", (json_int_t)c->lookup_hits,
+        "loads", (json_int_t)c->loads,
+        "load_hits", (json_int_t)c->load_hits,
+        "load_misses", (json_int_t)c->load_misses,
+        "load_bytes", (json_int_t)c->load_bytes,
+        "removes", (json_int_t)c->removes,
+        "evictions", (json_int_t)st.evictions,
+        "evicted_bytes", (json_int_t)st.evicted_bytes,
+        "clears", (json_int_t)c->clears,
+        "dropped_replies", (json_int_t)c->dropped_replies);
+}
+
+static void op_status(call_t *call)
+{
+    json_t *st = status_json(call->srv);
+    kvcd_wbuf_t w;
+
+    if (!st)
+        return reply_error(call, KVCD_EINTERNAL, "cannot build status");
+    kvcd_wbuf_init(&w);
+    kvcd_proto_reply_begin(&w, call->req.id, KVCD_OP_STATUS, 0, NULL, 1);
+    kvcd_pack_cstr(&w.pk, "status");
+    kvcd_pack_json(&w.pk, st);
+    json_decref(st);
+    send_reply(call, &w, NULL, 0);
+}
+
+static void dispatch(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t want;
+    char msg[256];
+    int rc;
+
+    srv->inflight++;
+    srv->c.requests++;
+    rc = kvcd_proto_decode_req(zmq_msg_data(&call->hdr), zmq_msg_size(&call->hdr),
+                               srv->opt->max_keys, &call->req, msg, sizeof(msg));
+    if (rc != 0)
+        return reply_error(call, rc, msg);
+    call->decoded = 1;
+    if (srv->stopping)
+        return reply_error(call, KVCD_ESHUTDOWN, "server is shutting down");
+
+    want = call->req.op == KVCD_OP_STORE ? call->req.nkeys : 0;
+    if (call->frames_overflow || call->nframes != want) {
+        snprintf(msg, sizeof(msg), "%s expects %zu bulk frames, got %s%zu",
+                 kvcd_op_name(call->req.op), want,
+                 call->frames_overflow ? "more than " : "", call->nframes);
+        return reply_error(call, KVCD_EFRAMES, msg);
+    }
+
+    switch (call->req.op) {
+    case KVCD_OP_PING:
+        return op_ping(call);
+    case KVCD_OP_STORE:
+        return op_store(call);
+    case KVCD_OP_LOOKUP:
+        return op_lookup(call);
+    case KVCD_OP_LOAD:
+        return op_load(call);
+    case KVCD_OP_REMOVE:
+        return op_remove(call);
+    case KVCD_OP_CLEAR:
+        return op_clear(call);
+    case KVCD_OP_STATUS:
+        return op_status(call);
+    default:
+        snprintf(msg, sizeof(msg), "operation %s is not supported by this server",
+                 kvcd_op_name(call->req.op));
+        return reply_error(call, KVCD_EUNKNOWNOP, msg);
+    }
+}
+
+/* Receive one whole multipart message; 0 when one was handled, -1 when the
+ * socket had nothing. */
+static int recv_one(kvcd_server_t *srv)
+{
+    call_t *call = calloc(1, sizeof(*call));
+    zmq_msg_t m;
+    int more;
+
+    if (!call)
+        return -1;
+    call->srv = srv;
+    zmq_msg_init(&call->ident);
+    zmq_msg_init(&call->hdr);
+    if (zmq_msg_recv(&call->ident, srv->sock, ZMQ_DONTWAIT) < 0) {
+        call_free(call);
+        return -1;
+    }
+    /* The rest of a multipart message is already here (ZeroMQ delivers whole
+     * messages), so these receives do not block. */
+    more = zmq_msg_more(&call->ident);
+    if (more && zmq_msg_recv(&call->hdr, srv->sock, 0) >= 0)
+        more = zmq_msg_more(&call->hdr);
+    while (more) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, srv->sock, 0) < 0) {
+            zmq_msg_close(&m);
+            break;
+        }
+        more = zmq_msg_more(&m);
+        if (call->nframes == call->frames_cap) {
+            size_t cap = call->frames_cap ? call->frames_cap * 2 : 8;
+            zmq_msg_t *f;
+
+            if (call->frames_cap > srv->opt->max_keys ||
+                !(f = realloc(call->frames, cap * sizeof(zmq_msg_t)))) {
+                call->frames_overflow = 1;
+                zmq_msg_close(&m);
+                continue;
+            }
+            call->frames = f;
+            call->frames_cap = cap;
+        }
+        call->frames[call->nframes++] = m;
+    }
+    dispatch(call);
+    return 0;
+}
+
+static void drain(kvcd_server_t *srv)
+{
+    uint32_t events;
+    size_t sz;
+    int budget;
+
+    for (budget = DRAIN_BUDGET; srv->sock; budget--) {
+        sz = sizeof(events);
+        if (zmq_getsockopt(srv->sock, ZMQ_EVENTS, &events, &sz) != 0 ||
+            !(events & ZMQ_POLLIN))
+            break;
+        if (budget == 0) {
+            uv_idle_start(&srv->idle, idle_cb);
+            return;
+        }
+        if (recv_one(srv) != 0)
+            break;
+    }
+    if (!uv_is_closing((uv_handle_t *)&srv->idle))
+        uv_idle_stop(&srv->idle);
+}
+
+static void idle_cb(uv_idle_t *h)
+{
+    drain(h->data);
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events)
+{
+    if (status < 0)
+        KVCD_LOG(KVCD_LOG_ERROR, "server", "poll on the ZeroMQ fd: %s", uv_strerror(status));
+    drain(h->data);
+}
+
+/* ---- lifecycle ---- */
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    kvcd_server_t *srv = h->data;
+
+    KVCD_LOG(KVCD_LOG_INFO, "server", "%s received, shutting down",
+             signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    kvcd_server_stop(srv);
+}
+
+static void stop_timer_cb(uv_timer_t *h)
+{
+    kvcd_server_t *srv = h->data;
+
+    KVCD_LOG(KVCD_LOG_WARNING, "server",
+             "shutdown timeout: %" PRIu64 " requests still in flight", srv->inflight);
+    finish_stop(srv);
+}
+
+/* Nothing in flight (or the timeout passed): close the socket and every handle
+ * so that uv_run returns. */
+static void finish_stop(kvcd_server_t *srv)
+{
+    int linger = 2000;
+
+    if (srv->closed)
+        return;
+    srv->closed = 1;
+    /* Answer whatever is already queued in the socket with ESHUTDOWN. */
+    drain(srv);
+    zmq_setsockopt(srv->sock, ZMQ_LINGER, &linger, sizeof(linger));
+    zmq_close(srv->sock);
+    srv->sock = NULL;
+    uv_close((uv_handle_t *)&srv->poll, NULL);
+    uv_close((uv_handle_t *)&srv->idle, NULL);
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->stop_timer, NULL);
+    pthread_mutex_lock(&srv->rel_lock);
+    srv->wake_live = 0;
+    pthread_mutex_unlock(&srv->rel_lock);
+    uv_close((uv_handle_t *)&srv->wake, NULL);
+    KVCD_LOG(KVCD_LOG_INFO, "server", "socket closed");
+}
+
+void kvcd_server_stop(kvcd_server_t *srv)
+{
+    if (srv->stopping)
+        return;
+    srv->stopping = 1;
+    if (srv->inflight == 0) {
+        finish_stop(srv);
+        return;
+    }
+    KVCD_LOG(KVCD_LOG_INFO, "server", "waiting for %" PRIu64 " requests in flight",
+             srv->inflight);
+    uv_timer_start(&srv->stop_timer, stop_timer_cb,
+                   (uint64_t)srv->opt->shutdown_timeout_ms, 0);
+}
+
+int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
+                       kvcd_server_t **out, char *err, size_t errlen)
+{
+    kvcd_server_t *srv = calloc(1, sizeof(*srv));
+    kvcd_l1_config_t l1cfg;
+    int one = 1, zero = 0, fd, rc;
+    int64_t maxmsg;
+    size_t sz;
+
+    if (!srv) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    srv->loop = loop;
+    srv->opt = opt;
+    pthread_mutex_init(&srv->rel_lock, NULL);
+
+    memset(&l1cfg, 0, sizeof(l1cfg));
+    l1cfg.capacity = (size_t)(opt->l1_size_gb * (double)(1ull << 30));
+    l1cfg.policy = opt->eviction_policy;
+    l1cfg.high_watermark = opt->high_watermark;
+    l1cfg.low_watermark = opt->low_watermark;
+    l1cfg.hugepages = opt->hugepages;
+    l1cfg.lock_memory = opt->mlock;
+    rc = kvcd_l1_create(&l1cfg, &srv->l1);
+    if (rc != 0) {
+        snprintf(err, errlen, "--l1-size-gb: cannot reserve %.3f GiB: %s",
+                 opt->l1_size_gb, kvcd_strerror(rc));
+        goto fail;
+    }
+
+    srv->zctx = zmq_ctx_new();
+    srv->sock = srv->zctx ? zmq_socket(srv->zctx, ZMQ_ROUTER) : NULL;
+    if (!srv->sock) {
+        rc = -zmq_errno();
+        snprintf(err, errlen, "cannot create the ZeroMQ socket: %s", zmq_strerror(-rc));
+        goto fail;
+    }
+    /* Unlimited send queue: replies are zero-copy references into L1, and a
+     * ROUTER would otherwise drop them silently at the high-water mark. */
+    maxmsg = (int64_t)(2 * opt->max_frame + (1u << 20));
+    zmq_setsockopt(srv->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+    zmq_setsockopt(srv->sock, ZMQ_SNDHWM, &zero, sizeof(zero));
+    zmq_setsockopt(srv->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
+    zmq_setsockopt(srv->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    if (zmq_bind(srv->sock, opt->endpoint) != 0) {
+        rc = -zmq_errno();
+        snprintf(err, errlen, "cannot bind %s: %s", opt->endpoint, zmq_strerror(-rc));
+        goto fail;
+    }
+    sz = sizeof(fd);
+    zmq_getsockopt(srv->sock, ZMQ_FD, &fd, &sz);
+
+    uv_poll_init(loop, &srv->poll, fd);
+    uv_idle_init(loop, &srv->idle);
+    uv_async_init(loop, &srv->wake, wake_cb);
+    uv_signal_init(loop, &srv->sigterm);
+    uv_signal_init(loop, &srv->sigint);
+    uv_timer_init(loop, &srv->stop_timer);
+    srv->poll.data = srv->idle.data = srv->wake.data = srv;
+    srv->sigterm.data = srv->sigint.data = srv->stop_timer.data = srv;
+    srv->wake_live = 1;
+    uv_poll_start(&srv->poll, UV_READABLE, poll_cb);
+    uv_signal_start(&srv->sigterm, signal_cb, SIGTERM);
+    uv_signal_start(&srv->sigint, signal_cb, SIGINT);
+    uv_unref((uv_handle_t *)&srv->stop_timer);
+    srv->start_ms = uv_now(loop);
+    /* Messages may already be queued before the first edge. */
+    uv_idle_start(&srv->idle, idle_cb);
+
+    KVCD_LOG(KVCD_LOG_INFO, "server",
+             "kvcd %s listening on %s (L1 %.3f GiB %s, chunk size %" PRIu64 ", %d workers)",
+             KVCD_VERSION, opt->endpoint, opt->l1_size_gb,
+             opt->eviction_policy == KVCD_EVICT_LRU ? "LRU" : "noop", opt->chunk_size,
+             opt->max_workers);
+    *out = srv;
+    return 0;
+
+fail:
+    if (srv->sock)
+        zmq_close(srv->sock);
+    if (srv->zctx)
+        zmq_ctx_term(srv->zctx);
+    if (srv->l1)
+        kvcd_l1_destroy(srv->l1);
+    pthread_mutex_destroy(&srv->rel_lock);
+    free(srv);
+    return rc ? rc : KVCD_EINTERNAL;
+}
+
+void kvcd_server_destroy(kvcd_server_t *srv)
+{
+    /* Waits until queued replies are out (bounded by the linger set at close);
+     * every zero-copy frame's free callback has run when it returns. */
+    zmq_ctx_term(srv->zctx);
+    release_queued(srv);
+    kvcd_l1_destroy(srv->l1);
+    pthread_mutex_destroy(&srv->rel_lock);
+    free(srv);
+}

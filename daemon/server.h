@@ -1,0 +1,32 @@
+/*
+ * server.h - the kvcd process core: ZeroMQ ROUTER socket bridged into a libuv
+ * loop, request dispatch, L1, replies.
+ *
+ * Everything here runs on the loop thread (DESIGN.md §2.1). Threadpool workers
+ * only copy bytes between buffers the loop thread keeps referenced; ZeroMQ's I/O
+ * thread only hands finished zero-copy frames back through a queue and a
+ * uv_async_t.
+ */
+#ifndef KVCD_SERVER_H
+#define KVCD_SERVER_H
+
+#include <uv.h>
+
+#include "conf/options.h"
+
+typedef struct kvcd_server_s kvcd_server_t;
+
+/* Reserve L1, create the socket and bind it, install SIGTERM/SIGINT handlers.
+ * opt must outlive the server. 0 or a negative code, with a message in err. */
+int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
+                       kvcd_server_t **out, char *err, size_t errlen);
+
+/* Stop accepting requests, answer what is in flight, close the socket; the loop
+ * then runs out of handles. Idempotent. */
+void kvcd_server_stop(kvcd_server_t *srv);
+
+/* After uv_run returned: terminate ZeroMQ (waits for queued replies, bounded by
+ * linger), release the last references, free L1. */
+void kvcd_server_destroy(kvcd_server_t *srv);
+
+#endif

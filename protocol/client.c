@@ -1,0 +1,450 @@
+/*
+ * client.c - the kvcd C client library (see client.h).
+ *
+ * Replies are matched by request id. Replies for ids other than the awaited
+ * one are parked on a list until asked for; replies for ids given up on (a
+ * timeout) are dropped when they arrive, so a slow server cannot grow the list.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <zmq.h>
+
+#include "client.h"
+
+#define ABANDONED_MAX 256
+
+struct kvcd_reply_s {
+    kvcd_reply_t *next;
+    kvcd_reply_hdr_t hdr;
+    size_t nframes;
+    zmq_msg_t *frames;
+};
+
+struct kvcd_client_s {
+    void *ctx;
+    void *sock;
+    int timeout_ms;
+    uint64_t next_id;
+    kvcd_reply_t *parked;
+    uint64_t abandoned[ABANDONED_MAX];
+    size_t nabandoned;
+    char errmsg[256];
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int kvcd_client_connect(const char *endpoint, int timeout_ms, kvcd_client_t **out)
+{
+    kvcd_client_t *c = calloc(1, sizeof(*c));
+    int zero = 0;
+
+    if (!c)
+        return -ENOMEM;
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
+    c->next_id = 1;
+    c->ctx = zmq_ctx_new();
+    c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_DEALER) : NULL;
+    if (!c->sock)
+        goto fail;
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(c->sock, ZMQ_SNDHWM, &zero, sizeof(zero));
+    zmq_setsockopt(c->sock, ZMQ_RCVHWM, &zero, sizeof(zero));
+    if (zmq_connect(c->sock, endpoint) != 0)
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    {
+        int err = zmq_errno();
+
+        if (c->sock)
+            zmq_close(c->sock);
+        if (c->ctx)
+            zmq_ctx_term(c->ctx);
+        free(c);
+        return err ? -err : KVCD_ECONNECT;
+    }
+}
+
+void kvcd_client_close(kvcd_client_t *c)
+{
+    kvcd_reply_t *r, *next;
+
+    if (!c)
+        return;
+    for (r = c->parked; r; r = next) {
+        next = r->next;
+        kvcd_reply_free(r);
+    }
+    zmq_close(c->sock);
+    zmq_ctx_term(c->ctx);
+    free(c);
+}
+
+void kvcd_keyset(kvcd_key_t *base, const char *model, uint32_t world_size,
+                 uint32_t worker_id, uint32_t group, const char *salt)
+{
+    memset(base, 0, sizeof(*base));
+    base->model = model;
+    base->model_len = (uint32_t)strlen(model);
+    base->kv_rank = kvcd_kv_rank(world_size, worker_id);
+    base->group = group;
+    base->salt = salt && *salt ? salt : NULL;
+    base->salt_len = salt ? (uint32_t)strlen(salt) : 0;
+}
+
+int kvcd_client_send(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                     const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
+                     const size_t *lens, uint64_t *id)
+{
+    kvcd_wbuf_t w;
+    zmq_msg_t m;
+    size_t len, i;
+    char *hdr;
+    int nbulk = bufs ? (int)n : 0;
+
+    *id = c->next_id++;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, *id, op, base, hashes, n);
+    hdr = kvcd_wbuf_release(&w, &len);
+    if (!hdr)
+        return -ENOMEM;
+    if (zmq_send(c->sock, hdr, len, nbulk ? ZMQ_SNDMORE : 0) < 0) {
+        free(hdr);
+        return -zmq_errno();
+    }
+    free(hdr);
+    for (i = 0; i < (size_t)nbulk; i++) {
+        /* No free function: the caller keeps bufs valid until the reply. */
+        zmq_msg_init_data(&m, (void *)bufs[i], lens[i], NULL, NULL);
+        if (zmq_msg_send(&m, c->sock, i + 1 < n ? ZMQ_SNDMORE : 0) < 0) {
+            zmq_msg_close(&m);
+            return -zmq_errno();
+        }
+    }
+    return 0;
+}
+
+static void abandon(kvcd_client_t *c, uint64_t id)
+{
+    c->abandoned[c->nabandoned++ % ABANDONED_MAX] = id;
+}
+
+static int is_abandoned(const kvcd_client_t *c, uint64_t id)
+{
+    size_t i, n = c->nabandoned < ABANDONED_MAX ? c->nabandoned : ABANDONED_MAX;
+
+    for (i = 0; i < n; i++)
+        if (c->abandoned[i] == id)
+            return 1;
+    return 0;
+}
+
+/* Receive one whole reply, waiting at most until deadline. */
+static int recv_reply(kvcd_client_t *c, uint64_t deadline, kvcd_reply_t **out)
+{
+    zmq_pollitem_t pi = {.socket = c->sock, .events = ZMQ_POLLIN};
+    kvcd_reply_t *r;
+    zmq_msg_t hdr, m;
+    uint64_t now;
+    size_t cap = 0;
+    int rc, more;
+
+    for (;;) {
+        now = now_ms();
+        if (now >= deadline)
+            return KVCD_ETIMEDOUT;
+        rc = zmq_poll(&pi, 1, (long)(deadline - now));
+        if (rc < 0 && zmq_errno() != EINTR)
+            return -zmq_errno();
+        if (rc > 0)
+            break;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    zmq_msg_init(&hdr);
+    if (zmq_msg_recv(&hdr, c->sock, 0) < 0) {
+        rc = -zmq_errno();
+        zmq_msg_close(&hdr);
+        free(r);
+        return rc;
+    }
+    more = zmq_msg_more(&hdr);
+    rc = kvcd_proto_decode_reply(zmq_msg_data(&hdr), zmq_msg_size(&hdr), &r->hdr);
+    zmq_msg_close(&hdr);
+    while (more) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, c->sock, 0) < 0) {
+            zmq_msg_close(&m);
+            break;
+        }
+        more = zmq_msg_more(&m);
+        if (r->nframes == cap) {
+            zmq_msg_t *f = realloc(r->frames, (cap ? cap * 2 : 8) * sizeof(zmq_msg_t));
+
+            if (!f) {
+                zmq_msg_close(&m);
+                rc = -ENOMEM;
+                continue;
+            }
+            r->frames = f;
+            cap = cap ? cap * 2 : 8;
+        }
+        r->frames[r->nframes++] = m;
+    }
+    if (rc != 0) {
+        kvcd_reply_free(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+int kvcd_client_wait(kvcd_client_t *c, uint64_t id, int timeout_ms,
+                     kvcd_reply_t **out)
+{
+    uint64_t deadline = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : c->timeout_ms);
+    kvcd_reply_t **pp, *r = NULL;
+    int rc;
+
+    for (pp = &c->parked; *pp; pp = &(*pp)->next) {
+        if ((*pp)->hdr.id == id) {
+            r = *pp;
+            *pp = r->next;
+            r->next = NULL;
+            *out = r;
+            return 0;
+        }
+    }
+    for (;;) {
+        rc = recv_reply(c, deadline, &r);
+        if (rc == KVCD_EMALFORMED)
+            continue; /* not a reply we can read; keep waiting for ours */
+        if (rc != 0) {
+            if (rc == KVCD_ETIMEDOUT)
+                abandon(c, id);
+            return rc;
+        }
+        if (r->hdr.id == id) {
+            *out = r;
+            return 0;
+        }
+        if (is_abandoned(c, r->hdr.id)) {
+            kvcd_reply_free(r);
+            continue;
+        }
+        r->next = c->parked;
+        c->parked = r;
+    }
+}
+
+const kvcd_reply_hdr_t *kvcd_reply_hdr(const kvcd_reply_t *r)
+{
+    return &r->hdr;
+}
+
+size_t kvcd_reply_nframes(const kvcd_reply_t *r)
+{
+    return r->nframes;
+}
+
+const void *kvcd_reply_frame(const kvcd_reply_t *r, size_t i, size_t *len)
+{
+    if (i >= r->nframes) {
+        *len = 0;
+        return NULL;
+    }
+    *len = zmq_msg_size(&r->frames[i]);
+    return zmq_msg_data(&r->frames[i]);
+}
+
+void kvcd_reply_free(kvcd_reply_t *r)
+{
+    size_t i;
+
+    if (!r)
+        return;
+    for (i = 0; i < r->nframes; i++)
+        zmq_msg_close(&r->frames[i]);
+    free(r->frames);
+    kvcd_proto_reply_free(&r->hdr);
+    free(r);
+}
+
+const char *kvcd_client_errmsg(const kvcd_client_t *c)
+{
+    return c->errmsg;
+}
+
+/* Send, wait, and turn a request-level error into the return value. */
+static int call(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
+                const size_t *lens, kvcd_reply_t **out)
+{
+    uint64_t id;
+    int rc;
+
+    c->errmsg[0] = '\0';
+    rc = kvcd_client_send(c, op, base, hashes, n, bufs, lens, &id);
+    if (rc == 0)
+        rc = kvcd_client_wait(c, id, 0, out);
+    if (rc == KVCD_ETIMEDOUT)
+        snprintf(c->errmsg, sizeof(c->errmsg), "no reply within %d ms", c->timeout_ms);
+    if (rc != 0)
+        return rc;
+    if ((*out)->hdr.err != 0) {
+        snprintf(c->errmsg, sizeof(c->errmsg), "%s", (*out)->hdr.msg);
+        rc = (*out)->hdr.err;
+        kvcd_reply_free(*out);
+        *out = NULL;
+        return rc;
+    }
+    if (base && (*out)->hdr.nresults != n && op != KVCD_OP_LOOKUP) {
+        kvcd_reply_free(*out);
+        *out = NULL;
+        return KVCD_EMALFORMED;
+    }
+    return 0;
+}
+
+int kvcd_client_ping(kvcd_client_t *c, kvcd_ping_t *info, char *info_buf,
+                     size_t buflen)
+{
+    kvcd_reply_t *r;
+    int rc = call(c, KVCD_OP_PING, NULL, NULL, 0, NULL, NULL, &r);
+
+    if (rc != 0)
+        return rc;
+    if (info) {
+        *info = r->hdr.ping;
+        if (info_buf && buflen) {
+            snprintf(info_buf, buflen, "%s", r->hdr.server_buf);
+            info->server = info_buf;
+        } else {
+            info->server = NULL;
+        }
+    }
+    kvcd_reply_free(r);
+    return 0;
+}
+
+static void copy_results(const kvcd_reply_t *r, int *results, size_t n)
+{
+    if (results)
+        memcpy(results, r->hdr.results, n * sizeof(int));
+}
+
+int kvcd_client_store(kvcd_client_t *c, const kvcd_key_t *base,
+                      const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
+                      const size_t *lens, int *results)
+{
+    kvcd_reply_t *r;
+    int rc = call(c, KVCD_OP_STORE, base, hashes, n, bufs, lens, &r);
+
+    if (rc != 0)
+        return rc;
+    copy_results(r, results, n);
+    kvcd_reply_free(r);
+    return 0;
+}
+
+int kvcd_client_lookup(kvcd_client_t *c, const kvcd_key_t *base,
+                       const kvcd_bytes_t *hashes, size_t n, size_t *prefix,
+                       uint8_t *present)
+{
+    kvcd_reply_t *r;
+    int rc = call(c, KVCD_OP_LOOKUP, base, hashes, n, NULL, NULL, &r);
+
+    if (rc != 0)
+        return rc;
+    if (r->hdr.nresults != n || !r->hdr.present) {
+        kvcd_reply_free(r);
+        return KVCD_EMALFORMED;
+    }
+    *prefix = (size_t)r->hdr.prefix;
+    if (present)
+        memcpy(present, r->hdr.present, n);
+    kvcd_reply_free(r);
+    return 0;
+}
+
+int kvcd_client_load(kvcd_client_t *c, const kvcd_key_t *base,
+                     const kvcd_bytes_t *hashes, size_t n, void *const *bufs,
+                     const size_t *caps, size_t *lens, int *results)
+{
+    kvcd_reply_t *r;
+    size_t i, len;
+    const void *p;
+    int rc = call(c, KVCD_OP_LOAD, base, hashes, n, NULL, NULL, &r);
+
+    if (rc != 0)
+        return rc;
+    if (r->nframes != n) {
+        kvcd_reply_free(r);
+        return KVCD_EFRAMES;
+    }
+    for (i = 0; i < n; i++) {
+        p = kvcd_reply_frame(r, i, &len);
+        lens[i] = len;
+        results[i] = r->hdr.results[i];
+        if (results[i] != 0)
+            continue;
+        if (len > caps[i]) {
+            results[i] = -EMSGSIZE;
+            continue;
+        }
+        memcpy(bufs[i], p, len);
+    }
+    kvcd_reply_free(r);
+    return 0;
+}
+
+int kvcd_client_remove(kvcd_client_t *c, const kvcd_key_t *base,
+                       const kvcd_bytes_t *hashes, size_t n, int *results)
+{
+    kvcd_reply_t *r;
+    int rc = call(c, KVCD_OP_REMOVE, base, hashes, n, NULL, NULL, &r);
+
+    if (rc != 0)
+        return rc;
+    copy_results(r, results, n);
+    kvcd_reply_free(r);
+    return 0;
+}
+
+int kvcd_client_clear(kvcd_client_t *c, uint64_t *removed)
+{
+    kvcd_reply_t *r;
+    int rc = call(c, KVCD_OP_CLEAR, NULL, NULL, 0, NULL, NULL, &r);
+
+    if (rc != 0)
+        return rc;
+    if (removed)
+        *removed = r->hdr.removed;
+    kvcd_reply_free(r);
+    return 0;
+}
+
+int kvcd_client_status(kvcd_client_t *c, char **json)
+{
+    kvcd_reply_t *r;
+    int rc = call(c, KVCD_OP_STATUS, NULL, NULL, 0, NULL, NULL, &r);
+
+    if (rc != 0)
+        return rc;
+    *json = r->hdr.status ? json_dumps(r->hdr.status, JSON_INDENT(2) | JSON_SORT_KEYS)
+                          : NULL;
+    kvcd_reply_free(r);
+    return *json ? 0 : KVCD_EMALFORMED;
+}

@@ -1,0 +1,98 @@
+/*
+ * client.h - the kvcd C client library.
+ *
+ * One kvcd_client_t wraps one ZeroMQ DEALER socket connected to a kvcd. It is not
+ * thread-safe: use one client per thread (they are cheap). Two styles:
+ *
+ *  - blocking calls (kvcd_client_store, _lookup, _load, ...) send one request and
+ *    wait for its reply, at most the client's timeout;
+ *  - pipelined calls: kvcd_client_send returns a request id at once, and
+ *    kvcd_client_wait(id) returns that request's reply; replies that arrive for
+ *    other ids meanwhile are kept until asked for.
+ *
+ * Bulk bytes are sent without copying: buffers passed to a STORE must stay valid
+ * and unchanged until its reply has been received (blocking calls guarantee this
+ * by returning after the reply). Functions return 0 or a negative code from
+ * kvcd_err.h (request-level errors of the server come back as their code;
+ * KVCD_ETIMEDOUT when the server did not answer in time).
+ */
+#ifndef KVCD_CLIENT_H
+#define KVCD_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "key.h"
+#include "kvcd_err.h"
+#include "proto.h"
+
+typedef struct kvcd_client_s kvcd_client_t;
+typedef struct kvcd_reply_s kvcd_reply_t;
+
+/* Connect to endpoint (e.g. "ipc:///run/kvcd.sock", "tcp://127.0.0.1:5555").
+ * timeout_ms bounds every blocking call (<= 0: 30 s). ZeroMQ connects lazily, so
+ * a missing server shows as a timeout on the first call (use kvcd_client_ping). */
+int kvcd_client_connect(const char *endpoint, int timeout_ms, kvcd_client_t **out);
+void kvcd_client_close(kvcd_client_t *c);
+
+/* The key set shared by the keys of one request: model, kv_rank, group, salt.
+ * Fills base (borrowing model and salt). */
+void kvcd_keyset(kvcd_key_t *base, const char *model, uint32_t world_size,
+                 uint32_t worker_id, uint32_t group, const char *salt);
+
+/* ---- pipelined ---- */
+
+/* Send a request. base/hashes/n for key operations (NULL/NULL/0 otherwise);
+ * bufs/lens: one bulk frame per key for STORE (NULL otherwise). *id receives the
+ * request id. */
+int kvcd_client_send(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                     const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
+                     const size_t *lens, uint64_t *id);
+
+/* Wait for the reply to id (timeout_ms <= 0: the client's timeout). On success
+ * *out is the reply (free with kvcd_reply_free) and the return value is 0, even
+ * when the server answered with an error: check kvcd_reply_hdr(r)->err. On a
+ * timeout the id is abandoned and a late reply is discarded. */
+int kvcd_client_wait(kvcd_client_t *c, uint64_t id, int timeout_ms,
+                     kvcd_reply_t **out);
+
+const kvcd_reply_hdr_t *kvcd_reply_hdr(const kvcd_reply_t *r);
+size_t kvcd_reply_nframes(const kvcd_reply_t *r);
+/* Bulk frame i of the reply (valid until kvcd_reply_free). */
+const void *kvcd_reply_frame(const kvcd_reply_t *r, size_t i, size_t *len);
+void kvcd_reply_free(kvcd_reply_t *r);
+
+/* ---- blocking ---- */
+
+/* ping: fills *info (info->server points into info_buf of size buflen). */
+int kvcd_client_ping(kvcd_client_t *c, kvcd_ping_t *info, char *info_buf,
+                     size_t buflen);
+
+/* results[i]: 0 stored (or already present), else a negative code. */
+int kvcd_client_store(kvcd_client_t *c, const kvcd_key_t *base,
+                      const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
+                      const size_t *lens, int *results);
+
+/* *prefix: leading keys available; present (may be NULL): n flags. */
+int kvcd_client_lookup(kvcd_client_t *c, const kvcd_key_t *base,
+                       const kvcd_bytes_t *hashes, size_t n, size_t *prefix,
+                       uint8_t *present);
+
+/* Copy each hit into bufs[i] (capacity caps[i]); lens[i] = object size.
+ * results[i]: 0 hit, KVCD_ENOTFOUND miss, -EMSGSIZE if caps[i] was too small. */
+int kvcd_client_load(kvcd_client_t *c, const kvcd_key_t *base,
+                     const kvcd_bytes_t *hashes, size_t n, void *const *bufs,
+                     const size_t *caps, size_t *lens, int *results);
+
+int kvcd_client_remove(kvcd_client_t *c, const kvcd_key_t *base,
+                       const kvcd_bytes_t *hashes, size_t n, int *results);
+
+int kvcd_client_clear(kvcd_client_t *c, uint64_t *removed);
+
+/* *json: the STATUS map as JSON text (malloc'd, caller frees). */
+int kvcd_client_status(kvcd_client_t *c, char **json);
+
+/* The message of the last request-level error this client received (or ""). */
+const char *kvcd_client_errmsg(const kvcd_client_t *c);
+
+#endif

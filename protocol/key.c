@@ -1,0 +1,87 @@
+/*
+ * key.c - hashing, comparison, validation and copying of object keys.
+ */
+#include <string.h>
+
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
+#include <xxhash.h>
+
+#include "key.h"
+#include "kvcd_err.h"
+
+uint64_t kvcd_key_hash(const kvcd_key_t *k)
+{
+    XXH3_state_t st;
+    uint32_t fixed[5] = {k->kv_rank, k->group, k->model_len, k->salt_len,
+                         k->hash_len};
+
+    /* Lengths are hashed too, so ("ab","c") and ("a","bc") differ. */
+    XXH3_64bits_reset(&st);
+    XXH3_64bits_update(&st, fixed, sizeof(fixed));
+    XXH3_64bits_update(&st, k->model, k->model_len);
+    if (k->salt_len)
+        XXH3_64bits_update(&st, k->salt, k->salt_len);
+    XXH3_64bits_update(&st, k->hash, k->hash_len);
+    return XXH3_64bits_digest(&st);
+}
+
+int kvcd_key_equal(const kvcd_key_t *a, const kvcd_key_t *b)
+{
+    return a->kv_rank == b->kv_rank && a->group == b->group &&
+           a->model_len == b->model_len && a->salt_len == b->salt_len &&
+           a->hash_len == b->hash_len &&
+           memcmp(a->hash, b->hash, a->hash_len) == 0 &&
+           memcmp(a->model, b->model, a->model_len) == 0 &&
+           (a->salt_len == 0 || memcmp(a->salt, b->salt, a->salt_len) == 0);
+}
+
+/* LMCache forbids these in a salt: they would break file and key names. */
+static int salt_bad(const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (s[i] == '@' || s[i] == '/' || s[i] == '\\' || s[i] == '\0')
+            return 1;
+    return 0;
+}
+
+int kvcd_key_validate(const kvcd_key_t *k, const char **field)
+{
+    if (k->model_len == 0 || k->model_len > KVCD_MODEL_MAX ||
+        memchr(k->model, '\0', k->model_len)) {
+        *field = "model";
+        return KVCD_EBADFIELD;
+    }
+    if (k->salt_len > KVCD_SALT_MAX ||
+        (k->salt_len && salt_bad(k->salt, k->salt_len))) {
+        *field = "salt";
+        return KVCD_EBADFIELD;
+    }
+    if (k->hash_len == 0 || k->hash_len > KVCD_HASH_MAX) {
+        *field = "hashes";
+        return KVCD_EBADFIELD;
+    }
+    return 0;
+}
+
+size_t kvcd_key_extra(const kvcd_key_t *k)
+{
+    return (size_t)k->model_len + k->salt_len + k->hash_len;
+}
+
+void kvcd_key_copy(kvcd_key_t *dst, const kvcd_key_t *src, void *buf)
+{
+    char *p = buf;
+
+    *dst = *src;
+    memcpy(p, src->hash, src->hash_len);
+    dst->hash = (const uint8_t *)p;
+    p += src->hash_len;
+    memcpy(p, src->model, src->model_len);
+    dst->model = p;
+    p += src->model_len;
+    if (src->salt_len)
+        memcpy(p, src->salt, src->salt_len);
+    dst->salt = src->salt_len ? p : NULL;
+}
