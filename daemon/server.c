@@ -33,6 +33,7 @@
 #define DRAIN_BUDGET 128            /* messages per loop turn */
 #define INLINE_COPY (256u << 10)    /* smaller stores are copied on the loop */
 #define COPY_SLICE (4u << 20)       /* a worker copies at most this per task */
+#define SHUTDOWN_QUIET_MS 100       /* stop once nothing arrived for this long */
 
 typedef struct {
     uint64_t requests, errors;
@@ -85,12 +86,14 @@ struct kvcd_server_s {
     uv_async_t wake;
     uv_signal_t sigterm, sigint;
     uv_timer_t stop_timer;
+    uv_timer_t quiet_timer;
     pthread_mutex_t rel_lock;
     rel_t *rel_head;
     int wake_live;
     int stopping;
     int closed;
     uint64_t start_ms;
+    uint64_t last_recv_ms;
     uint64_t inflight;
     counters_t c;
 };
@@ -194,8 +197,6 @@ static void send_reply(call_t *call, kvcd_wbuf_t *w, zmq_msg_t *bulk, size_t nbu
     srv->inflight--;
     if (srv->sock)
         uv_idle_start(&srv->idle, idle_cb);
-    if (srv->stopping && srv->inflight == 0)
-        finish_stop(srv);
 }
 
 static void reply_error(call_t *call, int err, const char *msg)
@@ -599,6 +600,7 @@ static int recv_one(kvcd_server_t *srv)
     if (!call)
         return -1;
     call->srv = srv;
+    srv->last_recv_ms = uv_now(srv->loop);
     zmq_msg_init(&call->ident);
     zmq_msg_init(&call->hdr);
     if (zmq_msg_recv(&call->ident, srv->sock, ZMQ_DONTWAIT) < 0) {
@@ -709,6 +711,7 @@ static void finish_stop(kvcd_server_t *srv)
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
     uv_close((uv_handle_t *)&srv->stop_timer, NULL);
+    uv_close((uv_handle_t *)&srv->quiet_timer, NULL);
     pthread_mutex_lock(&srv->rel_lock);
     srv->wake_live = 0;
     pthread_mutex_unlock(&srv->rel_lock);
@@ -716,19 +719,32 @@ static void finish_stop(kvcd_server_t *srv)
     KVCD_LOG(KVCD_LOG_INFO, "server", "socket closed");
 }
 
+/* While stopping, requests that were on the wire when the signal came still
+ * arrive (a 16 MiB frame takes a while); they get ESHUTDOWN. The socket closes
+ * once nothing is in flight and nothing arrived for SHUTDOWN_QUIET_MS, so no
+ * client is left waiting for a reply that will never come. */
+static void quiet_timer_cb(uv_timer_t *h)
+{
+    kvcd_server_t *srv = h->data;
+
+    drain(srv);
+    if (srv->inflight == 0 &&
+        uv_now(srv->loop) - srv->last_recv_ms >= SHUTDOWN_QUIET_MS)
+        finish_stop(srv);
+}
+
 void kvcd_server_stop(kvcd_server_t *srv)
 {
     if (srv->stopping)
         return;
     srv->stopping = 1;
-    if (srv->inflight == 0) {
-        finish_stop(srv);
-        return;
-    }
-    KVCD_LOG(KVCD_LOG_INFO, "server", "waiting for %" PRIu64 " requests in flight",
-             srv->inflight);
+    if (srv->inflight)
+        KVCD_LOG(KVCD_LOG_INFO, "server", "waiting for %" PRIu64 " requests in flight",
+                 srv->inflight);
     uv_timer_start(&srv->stop_timer, stop_timer_cb,
                    (uint64_t)srv->opt->shutdown_timeout_ms, 0);
+    uv_timer_start(&srv->quiet_timer, quiet_timer_cb, SHUTDOWN_QUIET_MS / 4,
+                   SHUTDOWN_QUIET_MS / 4);
 }
 
 int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
@@ -790,8 +806,10 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
     uv_signal_init(loop, &srv->sigterm);
     uv_signal_init(loop, &srv->sigint);
     uv_timer_init(loop, &srv->stop_timer);
+    uv_timer_init(loop, &srv->quiet_timer);
     srv->poll.data = srv->idle.data = srv->wake.data = srv;
     srv->sigterm.data = srv->sigint.data = srv->stop_timer.data = srv;
+    srv->quiet_timer.data = srv;
     srv->wake_live = 1;
     uv_poll_start(&srv->poll, UV_READABLE, poll_cb);
     uv_signal_start(&srv->sigterm, signal_cb, SIGTERM);

@@ -1,0 +1,102 @@
+#!/bin/sh
+# kvcd-launch.sh - start kvcd next to an inference server.
+#
+#   kvcd-launch.sh [--pid-file FILE] [--wait-timeout SECONDS] [--] [KVCD FLAGS...]
+#
+# Starts kvcd with the given flags, waits until it answers PING (exit 1 if it
+# never does within the timeout, or kvcd's own status if it dies first), writes
+# the pid file, prints the settings an inference server needs, then stays in the
+# foreground: SIGTERM/SIGINT/SIGHUP are forwarded to kvcd, and the script exits
+# with kvcd's exit status once it has stopped (removing the pid file).
+#
+# The binaries come from $KVCD_BIN / $KVCDCTL_BIN, else next to this script's
+# build directory, else $PATH.
+set -u
+
+pid_file=
+wait_timeout=30
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --pid-file) pid_file=$2; shift 2 ;;
+    --wait-timeout) wait_timeout=$2; shift 2 ;;
+    --help|-h)
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0 ;;
+    --) shift; break ;;
+    *) break ;;
+    esac
+done
+
+here=$(cd "$(dirname "$0")" && pwd)
+pick() {
+    # $1: env value, $2: name
+    if [ -n "$1" ]; then echo "$1"
+    elif [ -x "$here/../build/$2" ]; then echo "$here/../build/$2"
+    else command -v "$2" || echo "$2"
+    fi
+}
+kvcd=$(pick "${KVCD_BIN:-}" kvcd)
+kvcdctl=$(pick "${KVCDCTL_BIN:-}" kvcdctl)
+
+# The endpoint kvcd will bind, from the same flags it parses.
+endpoint= host=127.0.0.1 port=5555 prev=
+for a in "$@"; do
+    case "$prev" in
+    --endpoint) endpoint=$a ;;
+    --host) host=$a ;;
+    --port) port=$a ;;
+    esac
+    case "$a" in
+    --endpoint=*) endpoint=${a#--endpoint=} ;;
+    --host=*) host=${a#--host=} ;;
+    --port=*) port=${a#--port=} ;;
+    esac
+    prev=$a
+done
+[ -n "$endpoint" ] || endpoint="tcp://$host:$port"
+
+"$kvcd" "$@" &
+child=$!
+
+cleanup() {
+    [ -n "$pid_file" ] && rm -f "$pid_file"
+}
+
+forward() {
+    kill -TERM "$child" 2>/dev/null
+}
+trap forward TERM INT HUP
+
+# Wait for PING.
+start=$(date +%s)
+until "$kvcdctl" -e "$endpoint" -t 500 ping >/dev/null 2>&1; do
+    if ! kill -0 "$child" 2>/dev/null; then
+        wait "$child"
+        rc=$?
+        echo "kvcd-launch: kvcd exited with status $rc before answering PING" >&2
+        exit "$rc"
+    fi
+    if [ $(( $(date +%s) - start )) -ge "$wait_timeout" ]; then
+        echo "kvcd-launch: kvcd did not answer PING on $endpoint within ${wait_timeout}s" >&2
+        kill -KILL "$child" 2>/dev/null
+        wait "$child" 2>/dev/null
+        exit 1
+    fi
+    sleep 0.1
+done
+
+if [ -n "$pid_file" ]; then
+    echo "$child" > "$pid_file.tmp.$$" && mv "$pid_file.tmp.$$" "$pid_file"
+fi
+echo "kvcd is ready (pid $child)"
+echo "KVCD_ENDPOINT=$endpoint"
+echo "# Python: kvcd_client.Client(\"$endpoint\")   C: kvcd_client_connect(\"$endpoint\", ...)"
+
+# wait returns early when a trapped signal arrives; loop until kvcd is gone.
+while :; do
+    wait "$child"
+    rc=$?
+    kill -0 "$child" 2>/dev/null || break
+done
+cleanup
+exit "$rc"

@@ -1,0 +1,225 @@
+/*
+ * support.c - process helpers for the end-to-end tests (see support.h).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "protocol/client.h"
+#include "tests/support.h"
+
+const char *kvcd_test_bin(void)
+{
+    const char *b = getenv("KVCD_BIN");
+
+    return b && *b ? b : "build/kvcd";
+}
+
+const char *kvcd_test_ctl(void)
+{
+    const char *b = getenv("KVCDCTL_BIN");
+
+    return b && *b ? b : "build/kvcdctl";
+}
+
+const char *kvcd_test_srcdir(void)
+{
+    const char *b = getenv("KVCD_SRCDIR");
+
+    return b && *b ? b : ".";
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int wait_ping(kvcd_proc_t *p, int timeout_ms)
+{
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    kvcd_client_t *c;
+    int status;
+
+    while (now_ms() < deadline) {
+        if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
+            p->pid = 0;
+            return -1;
+        }
+        if (kvcd_client_connect(p->endpoint, 200, &c) == 0) {
+            int rc = kvcd_client_ping(c, NULL, NULL, 0);
+
+            kvcd_client_close(c);
+            if (rc == 0)
+                return 0;
+        }
+        usleep(20000);
+    }
+    return -1;
+}
+
+int kvcd_proc_restart(kvcd_proc_t *p, const char *const *args)
+{
+    const char *argv[64];
+    size_t n = 0;
+    int fd;
+
+    argv[n++] = kvcd_test_bin();
+    argv[n++] = "--endpoint";
+    argv[n++] = p->endpoint;
+    argv[n++] = "--log-level";
+    argv[n++] = "info";
+    for (; args && *args && n < 62; args++)
+        argv[n++] = *args;
+    argv[n] = NULL;
+
+    p->pid = fork();
+    if (p->pid < 0)
+        return -1;
+    if (p->pid == 0) {
+        /* If the test process dies (a failed assertion), so does kvcd. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    if (wait_ping(p, 10000) != 0) {
+        kvcd_proc_stop(p, SIGKILL, 1000);
+        return -1;
+    }
+    return 0;
+}
+
+int kvcd_proc_start(kvcd_proc_t *p, const char *const *args)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->dir, sizeof(p->dir), "/tmp/kvcd-test-XXXXXX");
+    if (!mkdtemp(p->dir))
+        return -1;
+    snprintf(p->endpoint, sizeof(p->endpoint), "ipc://%s/kvcd.sock", p->dir);
+    snprintf(p->log, sizeof(p->log), "%s/kvcd.log", p->dir);
+    return kvcd_proc_restart(p, args);
+}
+
+int kvcd_proc_stop(kvcd_proc_t *p, int sig, int timeout_ms)
+{
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    int status;
+
+    if (p->pid <= 0)
+        return -1;
+    kill(p->pid, sig);
+    while (now_ms() < deadline) {
+        if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
+            p->pid = 0;
+            if (WIFEXITED(status))
+                return WEXITSTATUS(status);
+            return 128 + WTERMSIG(status);
+        }
+        usleep(10000);
+    }
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, &status, 0);
+    p->pid = 0;
+    return -1;
+}
+
+void kvcd_proc_cleanup(kvcd_proc_t *p)
+{
+    char cmd[400];
+
+    if (p->pid > 0)
+        kvcd_proc_stop(p, SIGKILL, 2000);
+    if (p->dir[0] && strncmp(p->dir, "/tmp/kvcd-test-", 15) == 0) {
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", p->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cannot remove %s\n", p->dir);
+    }
+    p->dir[0] = '\0';
+}
+
+int kvcd_run(const char *const *argv, char *out, size_t outlen, int timeout_ms)
+{
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    int pfd[2], status = -1, done = 0;
+    size_t len = 0;
+    pid_t pid;
+
+    if (pipe(pfd) != 0)
+        return -1;
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        dup2(pfd[1], 2);
+        close(pfd[0]);
+        close(pfd[1]);
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(pfd[1]);
+    fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+    while (!done) {
+        char tmp[4096];
+        ssize_t r = read(pfd[0], tmp, sizeof(tmp));
+
+        if (r > 0) {
+            size_t k = (size_t)r;
+
+            if (out && len + 1 < outlen) {
+                if (k > outlen - 1 - len)
+                    k = outlen - 1 - len;
+                memcpy(out + len, tmp, k);
+                len += k;
+            }
+            continue;
+        }
+        if (r == 0) {
+            done = 1;
+            break;
+        }
+        if (now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            break;
+        }
+        usleep(5000);
+    }
+    close(pfd[0]);
+    if (out && outlen)
+        out[len] = '\0';
+    if (waitpid(pid, &status, 0) != pid)
+        return -1;
+    if (!done)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void kvcd_fill_random(void *buf, size_t len, uint64_t seed)
+{
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1, *p = buf;
+    size_t i;
+
+    for (i = 0; i < len / 8; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = x;
+    }
+    for (i = len & ~(size_t)7; i < len; i++)
+        ((uint8_t *)buf)[i] = (uint8_t)(x >> (8 * (i & 7)));
+}
