@@ -71,7 +71,13 @@ TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(BUILD)/%.o)
 BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test bench install clean check-format
+.PHONY: all test bench install clean check-format run
+
+# The README's first command: L1 plus an fs L2 in ./kvcd-data.
+RUN_FLAGS ?= --l1-size-gb 1 --eviction-policy LRU \
+    --l2-adapter '{"type":"fs","base_path":"kvcd-data"}'
+run: all
+	$(KVCD) $(RUN_FLAGS)
 all: $(KVCD) $(KVCDCTL) $(LIBCLIENT)
 
 $(BUILD)/%.o: %.c

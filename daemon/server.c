@@ -638,13 +638,13 @@ static int recv_one(kvcd_server_t *srv)
     return 0;
 }
 
-static void drain(kvcd_server_t *srv)
+/* Read what the socket holds, at most `budget` messages (< 0: everything). */
+static void drain_n(kvcd_server_t *srv, int budget)
 {
     uint32_t events;
     size_t sz;
-    int budget;
 
-    for (budget = DRAIN_BUDGET; srv->sock; budget--) {
+    for (; srv->sock; budget--) {
         sz = sizeof(events);
         if (zmq_getsockopt(srv->sock, ZMQ_EVENTS, &events, &sz) != 0 ||
             !(events & ZMQ_POLLIN))
@@ -658,6 +658,11 @@ static void drain(kvcd_server_t *srv)
     }
     if (!uv_is_closing((uv_handle_t *)&srv->idle))
         uv_idle_stop(&srv->idle);
+}
+
+static void drain(kvcd_server_t *srv)
+{
+    drain_n(srv, DRAIN_BUDGET);
 }
 
 static void idle_cb(uv_idle_t *h)
@@ -701,8 +706,8 @@ static void finish_stop(kvcd_server_t *srv)
     if (srv->closed)
         return;
     srv->closed = 1;
-    /* Answer whatever is already queued in the socket with ESHUTDOWN. */
-    drain(srv);
+    /* Answer everything already queued in the socket with ESHUTDOWN. */
+    drain_n(srv, -1);
     zmq_setsockopt(srv->sock, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_close(srv->sock);
     srv->sock = NULL;

@@ -138,6 +138,27 @@ int kvcd_proc_stop(kvcd_proc_t *p, int sig, int timeout_ms)
     return -1;
 }
 
+int kvcd_proc_log_has_sanitizer_report(const kvcd_proc_t *p)
+{
+    static const char *const marks[] = {"ERROR: AddressSanitizer", "runtime error:",
+                                        "ERROR: LeakSanitizer", NULL};
+    char line[4096];
+    int found = 0;
+    FILE *f = fopen(p->log, "r");
+    size_t i;
+
+    if (!f)
+        return 0;
+    while (!found && fgets(line, sizeof(line), f))
+        for (i = 0; marks[i]; i++)
+            if (strstr(line, marks[i])) {
+                fprintf(stderr, "sanitizer report in %s: %s", p->log, line);
+                found = 1;
+            }
+    fclose(f);
+    return found;
+}
+
 void kvcd_proc_cleanup(kvcd_proc_t *p)
 {
     char cmd[400];

@@ -33,6 +33,9 @@ int kvcd_proc_restart(kvcd_proc_t *p, const char *const *args);
  * if killed by a signal, -1 on timeout (then the process is SIGKILLed). */
 int kvcd_proc_stop(kvcd_proc_t *p, int sig, int timeout_ms);
 
+/* 1 if the daemon's log holds a sanitizer report (ASan, UBSan, LSan). */
+int kvcd_proc_log_has_sanitizer_report(const kvcd_proc_t *p);
+
 /* Kill if still running, remove the temp dir. */
 void kvcd_proc_cleanup(kvcd_proc_t *p);
 

@@ -1,0 +1,103 @@
+/*
+ * l2.h - the adapter registry and the runner for configured L2 instances.
+ *
+ * The registry knows the built-in adapters (the generated table) plus those
+ * registered at run time (tests) or loaded from plugins (--plugin x.so); each is
+ * checked once: ABI version, struct size, a unique non-empty name, the required
+ * methods.
+ *
+ * An instance (kvcd_l2_t) is one configured --l2-adapter. kvcd_l2_submit runs
+ * a batch on it and calls back exactly once on the loop thread:
+ *  - blocking adapters: the batch is split into up to max_workers slices that
+ *    run on the libuv threadpool at once (keys of one batch in parallel);
+ *  - async adapters: the method is called on the loop thread and completes
+ *    through kvcd_l2_batch_done.
+ * Each submit has a deadline. When it passes, the callback fires at once with
+ * every unfinished item's result set to KVCD_ETIMEDOUT; the late completion,
+ * when it comes, is discarded, and only then is the batch's memory released
+ * (the caller's items and buffers must stay valid until kvcd_l2_batch_t's
+ * `release` callback, see below). Consecutive timeouts and failures feed the
+ * instance's health, reported by kvcd_l2_status.
+ *
+ * Loop thread only.
+ */
+#ifndef KVCD_L2_H
+#define KVCD_L2_H
+
+#include <uv.h>
+
+#include "adapters/adapter.h"
+
+typedef struct kvcd_l2_s kvcd_l2_t;
+typedef struct kvcd_l2_req_s kvcd_l2_req_t;
+
+/* Called once when the batch completed or timed out (items hold results). */
+typedef void (*kvcd_l2_cb)(kvcd_l2_req_t *req);
+/* Called once when nothing touches the items or their buffers any more (at or
+ * after kvcd_l2_cb; later when a timed-out call was still running). */
+typedef void (*kvcd_l2_release_cb)(kvcd_l2_req_t *req);
+
+struct kvcd_l2_req_s {
+    kvcd_l2_op_t op;
+    kvcd_l2_item_t *items;      /* caller's; results preset by submit */
+    size_t n;
+    uint64_t timeout_ms;        /* 0: the instance's default */
+    kvcd_l2_cb cb;
+    kvcd_l2_release_cb release; /* may be NULL */
+    void *data;
+    int timed_out;              /* set when cb was called by the deadline */
+    /* ---- private to l2.c ---- */
+    kvcd_l2_t *l2;
+    kvcd_l2_batch_t *slices;
+    size_t nslices, pending;
+    uv_timer_t *timer;
+    int cb_done;
+};
+
+/* ---- registry ---- */
+
+/* Register an adapter at run time (tests, plugins). 0 or KVCD_ECONFIG with the
+ * reason in err. The adapter object must outlive the process's use of it. */
+int kvcd_l2_register(const kvcd_adapter_t *a, char *err, size_t errlen);
+
+/* dlopen path, look up kvcd_adapter_entry, check and register. */
+int kvcd_l2_load_plugin(const char *path, char *err, size_t errlen);
+
+/* The adapter named `type`, or NULL. */
+const kvcd_adapter_t *kvcd_l2_find_type(const char *type);
+
+/* Comma-separated list of known type names, for help and errors. */
+void kvcd_l2_type_list(char *buf, size_t buflen);
+
+/* Print an adapter's fields (for --help-adapter). -1 if unknown. */
+int kvcd_l2_print_help(const char *type);
+
+/* Forget run-time registrations and unload plugins (tests, exit). */
+void kvcd_l2_registry_reset(void);
+
+/* ---- instances ---- */
+
+/* Create instance number `index` (1-based, for messages) from spec. Errors name
+ * the index, the type and the field: "--l2-adapter #2 (fs): base_path: ...". */
+int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index,
+                   const kvcd_adapter_env_t *env, uint64_t default_timeout_ms,
+                   kvcd_l2_t **out, char *err, size_t errlen);
+
+/* Run req on l2 (see above). Always calls req->cb exactly once, later. */
+void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req);
+
+/* Calls in flight on this instance (including timed-out ones still running). */
+size_t kvcd_l2_inflight(const kvcd_l2_t *l2);
+
+const kvcd_adapter_t *kvcd_l2_adapter(const kvcd_l2_t *l2);
+const char *kvcd_l2_name(const kvcd_l2_t *l2);   /* e.g. "#1 (fs)" */
+int kvcd_l2_healthy(const kvcd_l2_t *l2);
+
+/* A new JSON object: the adapter's own status plus the runner's counters
+ * (calls, failures, timeouts, consecutive_failures, healthy, inflight). */
+json_t *kvcd_l2_status(kvcd_l2_t *l2);
+
+/* Close the adapter and free the instance. Only when kvcd_l2_inflight == 0. */
+void kvcd_l2_destroy(kvcd_l2_t *l2);
+
+#endif
