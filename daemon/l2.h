@@ -34,7 +34,10 @@ typedef struct kvcd_l2_req_s kvcd_l2_req_t;
 /* Called once when the batch completed or timed out (items hold results). */
 typedef void (*kvcd_l2_cb)(kvcd_l2_req_t *req);
 /* Called once when nothing touches the items or their buffers any more (at or
- * after kvcd_l2_cb; later when a timed-out call was still running). */
+ * after kvcd_l2_cb; later when a timed-out call was still running). Results
+ * are final at kvcd_l2_cb: a late completion never changes them. A request may
+ * be submitted again (or freed) once released, or after kvcd_l2_cb when it has
+ * no release callback. */
 typedef void (*kvcd_l2_release_cb)(kvcd_l2_req_t *req);
 
 struct kvcd_l2_req_s {
@@ -97,7 +100,10 @@ int kvcd_l2_healthy(const kvcd_l2_t *l2);
  * (calls, failures, timeouts, consecutive_failures, healthy, inflight). */
 json_t *kvcd_l2_status(kvcd_l2_t *l2);
 
-/* Close the adapter and free the instance. Only when kvcd_l2_inflight == 0. */
+/* Close the adapter and free the instance. Only when kvcd_l2_inflight == 0;
+ * if calls are still in flight the close is deferred until the last one has
+ * returned (callbacks are still delivered; the loop must keep running) and a
+ * warning is logged. Later submits complete with KVCD_ESHUTDOWN. */
 void kvcd_l2_destroy(kvcd_l2_t *l2);
 
 #endif

@@ -1,0 +1,477 @@
+/*
+ * fault.c - a wrapper adapter that injects failures, delays and corruption.
+ *
+ * {"type":"fault","inner":{"type":"mock"},
+ *  "fail":{"store":0.1}, "fail_calls":{"load":[0,3]}, "delay_ms":{"lookup":50},
+ *  "corrupt":{"load":0.5}, "error":"EIO", "seed":1}
+ *
+ * It creates the inner adapter itself (through the registry) and forwards
+ * every call to it, after deciding per call and per key what goes wrong:
+ *  - delay_ms: the call sleeps first (so deadlines can pass);
+ *  - fail_calls: every key of that call (0-based count of this operation's
+ *    calls on this instance) fails; fail: each key fails with probability P.
+ *    A failed key gets `error` and is NOT forwarded, so a failed store is
+ *    never visible through the inner adapter afterwards;
+ *  - corrupt (load only): the key is loaded, then a byte of the buffer is
+ *    flipped and the result set to KVCD_ECHECKSUM, modelling an adapter that
+ *    detected corruption on read.
+ * The choices are a pure function of (seed, operation, call index, key index),
+ * so runs are reproducible however the threadpool schedules the calls. Note
+ * that the runner may split one request into several calls (one per worker).
+ *
+ * Blocking, like the inner adapter must be. Counters are atomics.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "adapters/adapter.h"
+#include "daemon/l2.h"
+
+#define NOPS 4
+#define MAX_FAIL_CALLS 4096
+
+typedef struct {
+    const kvcd_adapter_t *ia;
+    void *inner;
+    char instance[128]; /* the inner's name in its log lines */
+
+    double fail_p[NOPS];
+    uint64_t *fail_calls[NOPS];
+    size_t nfail_calls[NOPS];
+    uint64_t delay_ms[NOPS];
+    double corrupt_p; /* load */
+    int error;
+    uint64_t seed;
+
+    uint64_t calls[NOPS];    /* atomics from here on */
+    uint64_t injected[NOPS]; /* keys failed */
+    uint64_t delayed[NOPS];  /* calls delayed */
+    uint64_t corrupted;      /* keys corrupted */
+} fault_t;
+
+static const char *const op_names[NOPS] = {"store", "lookup", "load", "remove"};
+
+static const kvcd_adapter_field_t fields[] = {
+    {"inner", "object", NULL, "spec of the wrapped adapter; it must be a blocking adapter"},
+    {"fail", "object", "{}",
+     "per operation (store, lookup, load, remove): probability 0..1 that each key fails"},
+    {"fail_calls", "object", "{}",
+     "per operation: array of 0-based call indices in which every key fails"},
+    {"delay_ms", "object", "{}", "per operation: milliseconds to sleep before each call"},
+    {"corrupt", "object", "{}",
+     "{\"load\":P}: probability that a loaded key is scribbled and reported ECHECKSUM"},
+    {"error", "string", "\"EIO\"", "error name given to failed keys (EIO, ENOSPC, ENOTFOUND, ...)"},
+    {"seed", "integer", "1", "seed of the deterministic per-key choices"},
+    {NULL, NULL, NULL, NULL},
+};
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return KVCD_ECONFIG;
+}
+
+static int op_index(const char *name)
+{
+    int i;
+
+    for (i = 0; i < NOPS; i++)
+        if (strcmp(name, op_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+static uint64_t mix(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1), a function of its arguments only. */
+static double draw(const fault_t *f, int op, uint64_t call, size_t key, int what)
+{
+    uint64_t h = mix(f->seed);
+
+    h = mix(h ^ ((uint64_t)op << 8 | (uint64_t)what));
+    h = mix(h ^ call);
+    h = mix(h ^ key);
+    return (double)(h >> 11) * 0x1.0p-53;
+}
+
+static void sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* An object whose keys are operation names, each value checked by `one`. */
+static int parse_ops(fault_t *f, const char *field, const json_t *obj,
+                     int (*one)(fault_t *f, int op, const char *field, const json_t *v, char *err,
+                                size_t errlen),
+                     char *err, size_t errlen)
+{
+    const char *k;
+    json_t *v;
+    int op, rc;
+
+    if (!json_is_object(obj))
+        return fail(err, errlen, "%s: expected an object keyed by operation "
+                    "(store, lookup, load, remove)", field);
+    json_object_foreach((json_t *)obj, k, v) {
+        op = op_index(k);
+        if (op < 0)
+            return fail(err, errlen, "%s.%s: unknown operation (store, lookup, load, remove)",
+                        field, k);
+        rc = one(f, op, field, v, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int one_prob(fault_t *f, int op, const char *field, const json_t *v, char *err,
+                    size_t errlen)
+{
+    double p;
+
+    if (!json_is_number(v))
+        return fail(err, errlen, "%s.%s: expected a number", field, op_names[op]);
+    p = json_number_value(v);
+    if (!(p >= 0 && p <= 1))
+        return fail(err, errlen, "%s.%s: must be a probability between 0 and 1 (got %g)", field,
+                    op_names[op], p);
+    if (strcmp(field, "corrupt") == 0) {
+        if (op != KVCD_L2_LOAD)
+            return fail(err, errlen, "corrupt.%s: only load can be corrupted", op_names[op]);
+        f->corrupt_p = p;
+    } else {
+        f->fail_p[op] = p;
+    }
+    return 0;
+}
+
+static int one_calls(fault_t *f, int op, const char *field, const json_t *v, char *err,
+                     size_t errlen)
+{
+    size_t i, n;
+
+    if (!json_is_array(v))
+        return fail(err, errlen, "fail_calls.%s: expected an array of call indices",
+                    op_names[op]);
+    n = json_array_size(v);
+    if (n > MAX_FAIL_CALLS)
+        return fail(err, errlen, "fail_calls.%s: at most %d indices", op_names[op],
+                    MAX_FAIL_CALLS);
+    free(f->fail_calls[op]);
+    f->fail_calls[op] = calloc(n ? n : 1, sizeof(uint64_t));
+    f->nfail_calls[op] = 0;
+    if (!f->fail_calls[op])
+        return -ENOMEM;
+    for (i = 0; i < n; i++) {
+        json_t *x = json_array_get(v, i);
+
+        if (!json_is_integer(x) || json_integer_value(x) < 0)
+            return fail(err, errlen, "fail_calls.%s[%zu]: expected a non-negative integer",
+                        op_names[op], i);
+        f->fail_calls[op][f->nfail_calls[op]++] = (uint64_t)json_integer_value(x);
+    }
+    return 0;
+}
+
+static int one_delay(fault_t *f, int op, const char *field, const json_t *v, char *err,
+                     size_t errlen)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600000)
+        return fail(err, errlen, "delay_ms.%s: expected an integer between 0 and 3600000",
+                    op_names[op]);
+    f->delay_ms[op] = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static void release_parsed(fault_t *f)
+{
+    int i;
+
+    for (i = 0; i < NOPS; i++) {
+        free(f->fail_calls[i]);
+        f->fail_calls[i] = NULL;
+    }
+}
+
+static int parse(fault_t *f, const json_t *spec, char *err, size_t errlen)
+{
+    const char *k;
+    json_t *v;
+    int rc = 0;
+
+    f->error = -EIO;
+    f->seed = 1;
+    json_object_foreach((json_t *)spec, k, v) {
+        if (strcmp(k, "type") == 0 || strcmp(k, "inner") == 0)
+            continue;
+        if (strcmp(k, "fail") == 0)
+            rc = parse_ops(f, k, v, one_prob, err, errlen);
+        else if (strcmp(k, "corrupt") == 0)
+            rc = parse_ops(f, k, v, one_prob, err, errlen);
+        else if (strcmp(k, "fail_calls") == 0)
+            rc = parse_ops(f, k, v, one_calls, err, errlen);
+        else if (strcmp(k, "delay_ms") == 0)
+            rc = parse_ops(f, k, v, one_delay, err, errlen);
+        else if (strcmp(k, "error") == 0) {
+            const char *s = json_string_value(v);
+
+            if (!s)
+                return fail(err, errlen, "error: expected an error name such as \"EIO\"");
+            f->error = kvcd_errcode(s);
+            if (f->error == 0)
+                return fail(err, errlen, "error: unknown error name '%s'", s);
+        } else if (strcmp(k, "seed") == 0) {
+            if (!json_is_integer(v))
+                return fail(err, errlen, "seed: expected an integer");
+            f->seed = (uint64_t)json_integer_value(v);
+        } else {
+            return fail(err, errlen,
+                        "%s: unknown field (known: inner, fail, fail_calls, delay_ms, corrupt, "
+                        "error, seed)", k);
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int make_inner(fault_t *f, const json_t *spec, const kvcd_adapter_env_t *env, char *err,
+                      size_t errlen)
+{
+    const json_t *is = json_object_get(spec, "inner");
+    kvcd_adapter_env_t ienv = *env;
+    char known[256], ierr[384];
+    const char *type;
+    int rc;
+
+    if (!is)
+        return fail(err, errlen, "inner: required (the spec of the adapter to wrap)");
+    if (!json_is_object(is))
+        return fail(err, errlen, "inner: expected an adapter spec object");
+    type = json_string_value(json_object_get(is, "type"));
+    if (!type)
+        return fail(err, errlen, "inner: type: expected a string");
+    f->ia = kvcd_l2_find_type(type);
+    if (!f->ia) {
+        kvcd_l2_type_list(known, sizeof(known));
+        return fail(err, errlen, "inner: unknown type '%s' (known: %s)", type, known);
+    }
+    if (!(f->ia->flags & KVCD_ADAPTER_BLOCKING))
+        return fail(err, errlen,
+                    "inner: adapter '%s' is not blocking (fault wraps blocking adapters only)",
+                    type);
+    f->inner = calloc(1, f->ia->instance_size ? f->ia->instance_size : 1);
+    if (!f->inner)
+        return -ENOMEM;
+    snprintf(f->instance, sizeof(f->instance), "%s inner", env->instance ? env->instance : "");
+    ienv.instance = f->instance;
+    ierr[0] = '\0';
+    rc = f->ia->init(f->inner, is, &ienv, ierr, sizeof(ierr));
+    if (rc != 0) {
+        free(f->inner);
+        f->inner = NULL;
+        fail(err, errlen, "inner (%s): %s", type, ierr[0] ? ierr : kvcd_strerror(rc));
+        return rc < 0 ? rc : KVCD_ECONFIG;
+    }
+    return 0;
+}
+
+static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, char *err,
+                size_t errlen)
+{
+    fault_t *f = self;
+    int rc = parse(f, spec, err, errlen);
+
+    if (rc == 0)
+        rc = make_inner(f, spec, env, err, errlen);
+    if (rc != 0)
+        release_parsed(f);
+    return rc;
+}
+
+static int in_list(const uint64_t *v, size_t n, uint64_t x)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (v[i] == x)
+            return 1;
+    return 0;
+}
+
+static void (*inner_method(const kvcd_adapter_t *a, int op))(void *, kvcd_l2_batch_t *)
+{
+    switch (op) {
+    case KVCD_L2_STORE:
+        return a->store;
+    case KVCD_L2_LOOKUP:
+        return a->lookup;
+    case KVCD_L2_LOAD:
+        return a->load;
+    default:
+        return a->remove;
+    }
+}
+
+static void run(fault_t *f, kvcd_l2_batch_t *b)
+{
+    int op = (int)b->op;
+    uint64_t call = __atomic_fetch_add(&f->calls[op], 1, __ATOMIC_RELAXED);
+    int whole = in_list(f->fail_calls[op], f->nfail_calls[op], call);
+    kvcd_l2_item_t *pass = NULL;
+    kvcd_l2_batch_t ib = *b;
+    size_t *idx = NULL, i, m = 0, nfail = 0;
+
+    if (f->delay_ms[op]) {
+        __atomic_add_fetch(&f->delayed[op], 1, __ATOMIC_RELAXED);
+        sleep_ms(f->delay_ms[op]);
+    }
+    for (i = 0; i < b->n; i++)
+        if (whole || (f->fail_p[op] > 0 && draw(f, op, call, i, 0) < f->fail_p[op]))
+            nfail++;
+    if (nfail) {
+        /* forward only the keys that do not fail */
+        if (nfail < b->n) {
+            pass = malloc((b->n - nfail) * sizeof(*pass));
+            idx = malloc((b->n - nfail) * sizeof(*idx));
+            if (!pass || !idx) {
+                for (i = 0; i < b->n; i++)
+                    b->items[i].result = -ENOMEM;
+                goto out;
+            }
+        }
+        for (i = 0; i < b->n; i++) {
+            if (whole || (f->fail_p[op] > 0 && draw(f, op, call, i, 0) < f->fail_p[op])) {
+                b->items[i].result = f->error;
+            } else {
+                pass[m] = b->items[i];
+                idx[m++] = i;
+            }
+        }
+        __atomic_add_fetch(&f->injected[op], nfail, __ATOMIC_RELAXED);
+        ib.items = pass;
+        ib.n = m;
+    }
+    if (ib.n)
+        inner_method(f->ia, op)(f->inner, &ib);
+    for (i = 0; i < m; i++) {
+        b->items[idx[i]].result = pass[i].result;
+        b->items[idx[i]].size = pass[i].size;
+    }
+    if (op == KVCD_L2_LOAD && f->corrupt_p > 0) {
+        for (i = 0; i < b->n; i++) {
+            kvcd_l2_item_t *it = &b->items[i];
+
+            if (it->result != 0 || draw(f, op, call, i, 1) >= f->corrupt_p)
+                continue;
+            if (it->size)
+                ((unsigned char *)it->buf)[it->size / 2] ^= 0x5a;
+            it->result = KVCD_ECHECKSUM;
+            __atomic_add_fetch(&f->corrupted, 1, __ATOMIC_RELAXED);
+        }
+    }
+out:
+    free(pass);
+    free(idx);
+}
+
+static void store(void *self, kvcd_l2_batch_t *b)
+{
+    run(self, b);
+}
+
+static void lookup(void *self, kvcd_l2_batch_t *b)
+{
+    run(self, b);
+}
+
+static void load(void *self, kvcd_l2_batch_t *b)
+{
+    run(self, b);
+}
+
+static void remove_(void *self, kvcd_l2_batch_t *b)
+{
+    run(self, b);
+}
+
+static void status(void *self, json_t *out)
+{
+    fault_t *f = self;
+    json_t *in = json_object(), *inj = json_object(), *del = json_object(), *calls = json_object();
+    json_t *h;
+    int i;
+
+    if (f->ia->status)
+        f->ia->status(f->inner, in);
+    for (i = 0; i < NOPS; i++) {
+        json_object_set_new(inj, op_names[i], json_integer((json_int_t)__atomic_load_n(
+                                                  &f->injected[i], __ATOMIC_RELAXED)));
+        json_object_set_new(del, op_names[i], json_integer((json_int_t)__atomic_load_n(
+                                                  &f->delayed[i], __ATOMIC_RELAXED)));
+        json_object_set_new(calls, op_names[i], json_integer((json_int_t)__atomic_load_n(
+                                                    &f->calls[i], __ATOMIC_RELAXED)));
+    }
+    h = json_object_get(in, "healthy");
+    json_object_set_new(out, "healthy", json_boolean(!h || !json_is_false(h)));
+    json_object_set_new(out, "adapter_calls", calls);
+    json_object_set_new(out, "injected_failures", inj);
+    json_object_set_new(out, "delayed_calls", del);
+    json_object_set_new(out, "injected_corruptions",
+                        json_integer((json_int_t)__atomic_load_n(&f->corrupted,
+                                                                 __ATOMIC_RELAXED)));
+    json_object_set_new(out, "inner", in);
+}
+
+static void close_(void *self)
+{
+    fault_t *f = self;
+
+    if (f->ia->close)
+        f->ia->close(f->inner);
+    free(f->inner);
+    release_parsed(f);
+}
+
+/* Forward the inner adapter's start-up task, if it has one. */
+static void background(void *self)
+{
+    fault_t *f = self;
+
+    if (f->ia->background)
+        f->ia->background(f->inner);
+}
+
+const kvcd_adapter_t kvcd_adapter_fault = {
+    KVCD_ADAPTER_HEADER("fault", fault_t, KVCD_ADAPTER_BLOCKING),
+    .doc = "wraps a blocking adapter and injects failures, delays and corruption (tests)",
+    .fields = fields,
+    .init = init,
+    .store = store,
+    .lookup = lookup,
+    .load = load,
+    .remove = remove_,
+    .status = status,
+    .close = close_,
+    .background = background,
+};
