@@ -541,7 +541,15 @@ START_TEST(new_adapter_is_one_file)
     fclose(f);
 
     {
-        const char *mk[] = {"make", "-s", "-C", dir, "-j2", "build/kvcd", NULL};
+        const char *mk[] = {"make", "-s", "-C", dir, "-j2", "BUILD=build", "SANITIZE=",
+                            "build/kvcd", NULL};
+
+        /* Under `make test` the outer make's command-line variables (BUILD=...)
+         * reach us through MAKEFLAGS; the copy must not build into that tree. */
+        unsetenv("MAKEFLAGS");
+        unsetenv("MFLAGS");
+        unsetenv("MAKELEVEL");
+        unsetenv("MAKEOVERRIDES");
 
         rc = kvcd_run(mk, out, sizeof(out), 280000);
         ck_assert_msg(rc == 0, "build with the new file failed (%d):\n%s", rc, out);
