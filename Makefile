@@ -47,11 +47,14 @@ PROTO_SRC := protocol/err.c protocol/key.c protocol/proto.c
 CLIENT_SRC := protocol/client.c
 CORE_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(wildcard conf/*.c)
 ADAPTER_SRC := $(wildcard adapters/*.c)
+# An adapter that grows keeps its helpers in adapters/<name>/*.c (not in the table).
+ADAPTER_HELPER_SRC := $(wildcard adapters/*/*.c)
 ADAPTER_GEN := $(BUILD)/gen/adapter_table.c
 
 PROTO_OBJ := $(PROTO_SRC:%.c=$(BUILD)/%.o)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(ADAPTER_SRC:%.c=$(BUILD)/%.o) \
+            $(ADAPTER_HELPER_SRC:%.c=$(BUILD)/%.o) \
             $(BUILD)/gen/adapter_table.o
 
 LIBPROTO := $(BUILD)/libkvcdproto.a
@@ -71,6 +74,7 @@ TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(BUILD)/%.o)
 BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
+.DEFAULT_GOAL := all
 .PHONY: all test bench install clean check-format run
 
 # The README's first command: L1 plus an fs L2 in ./kvcd-data.

@@ -23,6 +23,8 @@ enum {
     OPT_EVICTION, OPT_MAX_WORKERS, OPT_L2_ADAPTER, OPT_LOG_LEVEL, OPT_VERSION,
     OPT_HELP, OPT_HIGH_WM, OPT_LOW_WM, OPT_HUGEPAGES, OPT_MLOCK, OPT_MAX_KEYS,
     OPT_MAX_FRAME_MB, OPT_MAX_REQUEST_MB, OPT_SHUTDOWN_TIMEOUT, OPT_PLUGIN,
+    OPT_STORE_POLICY, OPT_PREFETCH_POLICY, OPT_PREFETCH_MAX, OPT_L2_TIMEOUT,
+    OPT_PIN_TIMEOUT, OPT_CONFIG, OPT_HELP_ADAPTER,
 };
 
 static const struct option longopts[] = {
@@ -43,13 +45,20 @@ static const struct option longopts[] = {
     {"max-frame-mb", required_argument, NULL, OPT_MAX_FRAME_MB},
     {"max-request-mb", required_argument, NULL, OPT_MAX_REQUEST_MB},
     {"shutdown-timeout-ms", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
+    {"l2-store-policy", required_argument, NULL, OPT_STORE_POLICY},
+    {"l2-prefetch-policy", required_argument, NULL, OPT_PREFETCH_POLICY},
+    {"l2-prefetch-max-in-flight", required_argument, NULL, OPT_PREFETCH_MAX},
+    {"l2-timeout-ms", required_argument, NULL, OPT_L2_TIMEOUT},
+    {"pin-timeout-ms", required_argument, NULL, OPT_PIN_TIMEOUT},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"help-adapter", required_argument, NULL, OPT_HELP_ADAPTER},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"version", no_argument, NULL, OPT_VERSION},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
 
-static void usage(void)
+void kvcd_options_usage(const char *adapter_types)
 {
     printf(
 "Usage: kvcd [OPTIONS]\n"
@@ -61,7 +70,7 @@ static void usage(void)
 "  --endpoint URL           any ZeroMQ endpoint, e.g. ipc:///run/kvcd.sock;\n"
 "                           overrides --host/--port (default: none)\n"
 "\n"
-"Cache:\n"
+"L1 memory:\n"
 "  --chunk-size N           tokens per chunk, reported to clients (default 256)\n"
 "  --l1-size-gb G           L1 memory pool in GiB, fractions allowed (default 1)\n"
 "  --eviction-policy P      LRU or noop (noop refuses stores when full) (default LRU)\n"
@@ -69,9 +78,21 @@ static void usage(void)
 "  --l1-low-watermark F     evict down to this fraction of L1 (default 0.85)\n"
 "  --l1-hugepages           back L1 with huge pages if available (default off)\n"
 "  --l1-mlock               lock L1 in RAM; failing to is an error (default off)\n"
+"  --pin-timeout-ms N       a LOOKUP pins its prefix for the LOAD that follows;\n"
+"                           unloaded pins expire after N ms (default 10000)\n"
+"\n"
+"L2 adapters:\n"
 "  --l2-adapter JSON        an L2 adapter spec, repeatable; order is priority\n"
-"                           (default: none)\n"
+"                           (default: none). Types: %s\n"
+"  --help-adapter TYPE      print the fields of an adapter type and exit\n"
 "  --plugin PATH.so         load an out-of-tree adapter, repeatable (default: none)\n"
+"  --l2-store-policy P      default (write behind, keep in L1) or skip_l1 (drop\n"
+"                           from L1 once every adapter has it) (default default)\n"
+"  --l2-prefetch-policy P   default (prefetched copies leave L1 after their LOAD)\n"
+"                           or retain (they stay) (default default)\n"
+"  --l2-prefetch-max-in-flight N\n"
+"                           LOOKUP prefetches running at once (default 8)\n"
+"  --l2-timeout-ms N        deadline of every L2 call (default 5000)\n"
 "\n"
 "Limits:\n"
 "  --max-workers N          threadpool size for copies and L2 I/O (default 4)\n"
@@ -79,15 +100,21 @@ static void usage(void)
 "  --max-frame-mb N         largest bulk frame in MiB (default 128)\n"
 "  --max-request-mb N       largest sum of bulk frames in one request, MiB\n"
 "                           (default 1024)\n"
-"  --shutdown-timeout-ms N  how long SIGTERM waits for in-flight work (default 10000)\n"
+"  --shutdown-timeout-ms N  how long SIGTERM waits for in-flight work and\n"
+"                           write-behind (default 10000)\n"
 "\n"
 "Other:\n"
+"  --config FILE            settings as one JSON object (keys are the flag names\n"
+"                           with '_' for '-', \"l2_adapters\": [specs], \"plugins\":\n"
+"                           [paths]); flags given too override it (default: none)\n"
 "  --log-level L            debug, info, warning or error (default info)\n"
 "  --version                print the version and exit\n"
 "  --help                   print this help and exit\n"
 "\n"
 "Example:\n"
-"  kvcd --endpoint ipc:///tmp/kvcd.sock --l1-size-gb 4 --eviction-policy LRU\n");
+"  kvcd --endpoint ipc:///tmp/kvcd.sock --l1-size-gb 4 \\\n"
+"       --l2-adapter '{\"type\":\"fs\",\"base_path\":\"/var/cache/kvcd\"}'\n",
+        adapter_types && *adapter_types ? adapter_types : "(none)");
 }
 
 static int bad(char *err, size_t errlen, const char *fmt, ...)
@@ -130,15 +157,8 @@ static int parse_double(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
-int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
-                       size_t errlen)
+static void set_defaults(kvcd_options_t *o)
 {
-    const char *endpoint = NULL;
-    uint64_t u;
-    json_error_t jerr;
-    json_t *spec;
-    int c, lvl;
-
     memset(o, 0, sizeof(*o));
     snprintf(o->host, sizeof(o->host), "127.0.0.1");
     o->port = 5555;
@@ -153,8 +173,20 @@ int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
     o->max_frame = 128ull << 20;
     o->max_request = 1024ull << 20;
     o->shutdown_timeout_ms = 10000;
+    o->l2_prefetch_max_inflight = 8;
+    o->l2_timeout_ms = 5000;
+    o->pin_timeout_ms = 10000;
+}
 
-    optind = 1;
+/* Parse flags into o (already holding defaults or earlier settings). */
+static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_t errlen)
+{
+    uint64_t u;
+    json_error_t jerr;
+    json_t *spec;
+    int c, lvl;
+
+    optind = 0; /* 0: reinitialise GNU getopt, we parse more than once */
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
@@ -171,7 +203,7 @@ int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
         case OPT_ENDPOINT:
             if (!strstr(optarg, "://") || strlen(optarg) >= sizeof(o->endpoint))
                 return bad(err, errlen, "--endpoint: expected a ZeroMQ endpoint such as ipc:///path or tcp://host:port, got '%s'", optarg);
-            endpoint = optarg;
+            o->endpoint_arg = optarg;
             break;
         case OPT_CHUNK_SIZE:
             if (parse_u64(optarg, 1, 1u << 30, &o->chunk_size))
@@ -256,12 +288,48 @@ int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
                 return bad(err, errlen, "--log-level: expected debug, info, warning or error, got '%s'", optarg);
             o->log_level = lvl;
             break;
+        case OPT_STORE_POLICY:
+            if (strcmp(optarg, "default") == 0)
+                o->l2_store_policy = KVCD_STORE_DEFAULT;
+            else if (strcmp(optarg, "skip_l1") == 0)
+                o->l2_store_policy = KVCD_STORE_SKIP_L1;
+            else
+                return bad(err, errlen, "--l2-store-policy: expected default or skip_l1, got '%s'", optarg);
+            break;
+        case OPT_PREFETCH_POLICY:
+            if (strcmp(optarg, "default") == 0)
+                o->l2_prefetch_policy = KVCD_PREFETCH_DEFAULT;
+            else if (strcmp(optarg, "retain") == 0)
+                o->l2_prefetch_policy = KVCD_PREFETCH_RETAIN;
+            else
+                return bad(err, errlen, "--l2-prefetch-policy: expected default or retain, got '%s'", optarg);
+            break;
+        case OPT_PREFETCH_MAX:
+            if (parse_u64(optarg, 1, 1024, &u))
+                return bad(err, errlen, "--l2-prefetch-max-in-flight: expected an integer in 1..1024, got '%s'", optarg);
+            o->l2_prefetch_max_inflight = (int)u;
+            break;
+        case OPT_L2_TIMEOUT:
+            if (parse_u64(optarg, 1, 3600000, &u))
+                return bad(err, errlen, "--l2-timeout-ms: expected an integer in 1..3600000, got '%s'", optarg);
+            o->l2_timeout_ms = (int)u;
+            break;
+        case OPT_PIN_TIMEOUT:
+            if (parse_u64(optarg, 1, 3600000, &u))
+                return bad(err, errlen, "--pin-timeout-ms: expected an integer in 1..3600000, got '%s'", optarg);
+            o->pin_timeout_ms = (int)u;
+            break;
+        case OPT_CONFIG:
+            break; /* read before the flags, in kvcd_options_parse */
+        case OPT_HELP_ADAPTER:
+            o->help_adapter = optarg;
+            break;
         case OPT_VERSION:
             printf("kvcd %s (protocol 1)\n", KVCD_VERSION);
             return 1;
         case OPT_HELP:
-            usage();
-            return 1;
+            o->want_help = 1;
+            break;
         case ':':
             return bad(err, errlen, "%s: requires a value", argv[optind - 1]);
         default:
@@ -271,13 +339,163 @@ int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
     }
     if (optind < argc)
         return bad(err, errlen, "%s: unexpected argument (see kvcd --help)", argv[optind]);
+    return 0;
+}
+
+/* --config FILE: turn the JSON object into flags ("l1_size_gb": 4 becomes
+ * --l1-size-gb 4), so both sources go through one parser and one set of checks. */
+static int config_to_argv(const char *path, int have_l2_flags, kvcd_options_t *o, char *err,
+                          size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr), *v, *e;
+    const char *key;
+    size_t i, cap = 8, n = 1;
+    char **av = NULL, flag[128], num[160];
+    int rc = -1;
+
+    if (!root)
+        return bad(err, errlen, "--config %s: line %d column %d: %s", path, jerr.line,
+                   jerr.column, jerr.text);
+    if (!json_is_object(root)) {
+        bad(err, errlen, "--config %s: expected a JSON object", path);
+        goto out;
+    }
+    av = calloc(cap, sizeof(char *));
+    if (!av)
+        goto nomem;
+    av[0] = strdup("kvcd");
+#define PUSH(str)                                                              \
+    do {                                                                       \
+        if (n + 2 >= cap) {                                                    \
+            char **nav = realloc(av, (cap *= 2) * sizeof(char *));             \
+            if (!nav)                                                          \
+                goto nomem;                                                    \
+            av = nav;                                                          \
+        }                                                                      \
+        if (!(av[n++] = (str)))                                                \
+            goto nomem;                                                        \
+        av[n] = NULL;                                                          \
+    } while (0)
+    json_object_foreach(root, key, v) {
+        const struct option *lo;
+        size_t k;
+
+        if (strcmp(key, "l2_adapters") == 0 || strcmp(key, "plugins") == 0) {
+            int is_l2 = key[1] == '2';
+
+            if (!json_is_array(v)) {
+                bad(err, errlen, "--config %s: %s: expected an array", path, key);
+                goto out;
+            }
+            if (is_l2 && have_l2_flags)
+                continue; /* --l2-adapter flags replace the file's list */
+            json_array_foreach(v, i, e) {
+                if (is_l2 ? !json_is_object(e) : !json_is_string(e)) {
+                    bad(err, errlen, "--config %s: %s[%zu]: expected %s", path, key, i,
+                        is_l2 ? "an adapter spec object" : "a path string");
+                    goto out;
+                }
+                PUSH(strdup(is_l2 ? "--l2-adapter" : "--plugin"));
+                PUSH(is_l2 ? json_dumps(e, JSON_COMPACT) : strdup(json_string_value(e)));
+            }
+            continue;
+        }
+        snprintf(flag, sizeof(flag), "%s", key);
+        for (k = 0; flag[k]; k++)
+            if (flag[k] == '_')
+                flag[k] = '-';
+        for (lo = longopts; lo->name; lo++)
+            if (strcmp(lo->name, flag) == 0)
+                break;
+        if (!lo->name || lo->val == OPT_CONFIG || lo->val == OPT_HELP ||
+            lo->val == OPT_VERSION || lo->val == OPT_HELP_ADAPTER ||
+            lo->val == OPT_L2_ADAPTER || lo->val == OPT_PLUGIN) {
+            bad(err, errlen, "--config %s: %s: unknown setting", path, key);
+            goto out;
+        }
+        if (lo->has_arg == no_argument) {
+            if (!json_is_boolean(v)) {
+                bad(err, errlen, "--config %s: %s: expected true or false", path, key);
+                goto out;
+            }
+            if (json_is_true(v)) {
+                snprintf(num, sizeof(num), "--%s", flag);
+                PUSH(strdup(num));
+            }
+            continue;
+        }
+        snprintf(num, sizeof(num), "--%s", flag);
+        PUSH(strdup(num));
+        if (json_is_string(v))
+            PUSH(strdup(json_string_value(v)));
+        else if (json_is_integer(v)) {
+            snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
+            PUSH(strdup(num));
+        } else if (json_is_real(v)) {
+            snprintf(num, sizeof(num), "%.17g", json_real_value(v));
+            PUSH(strdup(num));
+        } else {
+            bad(err, errlen, "--config %s: %s: expected a string or a number", path, key);
+            goto out;
+        }
+    }
+#undef PUSH
+    o->config_argv = av;
+    o->config_argc = (int)n;
+    av = NULL;
+    rc = 0;
+    goto out;
+nomem:
+    bad(err, errlen, "--config %s: out of memory", path);
+out:
+    if (av) {
+        for (i = 0; i < n; i++)
+            free(av[i]);
+        free(av);
+    }
+    json_decref(root);
+    return rc;
+}
+
+int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
+                       size_t errlen)
+{
+    int i, rc, have_l2 = 0;
+
+    set_defaults(o);
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (strcmp(argv[i], "--l2-adapter") == 0 || strncmp(argv[i], "--l2-adapter=", 13) == 0)
+            have_l2 = 1;
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            o->config_path = argv[i + 1];
+        else if (strncmp(argv[i], "--config=", 9) == 0)
+            o->config_path = argv[i] + 9;
+    }
+    if (o->config_path) {
+        char sub[512];
+
+        if (config_to_argv(o->config_path, have_l2, o, err, errlen) != 0)
+            return -1;
+        rc = parse_args(o->config_argc, o->config_argv, o, sub, sizeof(sub));
+        if (rc != 0) {
+            if (rc < 0)
+                bad(err, errlen, "--config %s: %s", o->config_path, sub);
+            return rc;
+        }
+    }
+    rc = parse_args(argc, argv, o, err, errlen);
+    if (rc != 0)
+        return rc;
     if (o->low_watermark > o->high_watermark)
         return bad(err, errlen, "--l1-low-watermark: %.2f is above --l1-high-watermark %.2f",
                    o->low_watermark, o->high_watermark);
     if (o->max_frame > o->max_request)
         return bad(err, errlen, "--max-frame-mb: larger than --max-request-mb");
-    if (endpoint)
-        snprintf(o->endpoint, sizeof(o->endpoint), "%s", endpoint);
+    if (o->endpoint_arg)
+        snprintf(o->endpoint, sizeof(o->endpoint), "%s", o->endpoint_arg);
     else if (strchr(o->host, ':'))
         snprintf(o->endpoint, sizeof(o->endpoint), "tcp://[%s]:%d", o->host, o->port);
     else
@@ -292,4 +510,9 @@ void kvcd_options_free(kvcd_options_t *o)
     for (i = 0; i < o->n_l2; i++)
         json_decref(o->l2_specs[i]);
     o->n_l2 = 0;
+    for (i = 0; i < (size_t)o->config_argc; i++)
+        free(o->config_argv[i]);
+    free(o->config_argv);
+    o->config_argv = NULL;
+    o->config_argc = 0;
 }

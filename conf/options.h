@@ -18,8 +18,12 @@
 
 #define KVCD_VERSION "0.1.0"
 
+typedef enum { KVCD_STORE_DEFAULT = 0, KVCD_STORE_SKIP_L1 = 1 } kvcd_store_policy_t;
+typedef enum { KVCD_PREFETCH_DEFAULT = 0, KVCD_PREFETCH_RETAIN = 1 } kvcd_prefetch_policy_t;
+
 typedef struct {
     char endpoint[512];         /* from --endpoint, or tcp://host:port */
+    const char *endpoint_arg;   /* the last --endpoint seen */
     char host[256];
     int port;
     uint64_t chunk_size;        /* tokens per chunk, reported to clients */
@@ -39,10 +43,26 @@ typedef struct {
     json_t *l2_specs[16];       /* parsed --l2-adapter objects, in priority order */
     size_t n_plugins;
     const char *plugins[16];
+    kvcd_store_policy_t l2_store_policy;
+    kvcd_prefetch_policy_t l2_prefetch_policy;
+    int l2_prefetch_max_inflight;
+    int l2_timeout_ms;
+    int pin_timeout_ms;
+    int want_help;              /* --help: print after the registry is loaded */
+    const char *help_adapter;   /* --help-adapter TYPE */
+    const char *config_path;    /* --config FILE */
+    char **config_argv;         /* flags made from the config file (owned) */
+    int config_argc;
 } kvcd_options_t;
 
-/* Parse argv. Returns 0 to run, 1 when --help or --version was printed (exit 0),
- * -1 on a bad flag with a one-line message in err (exit 2). */
+/* Print --help (adapter_types: comma-separated list of registered types). */
+void kvcd_options_usage(const char *adapter_types);
+
+/* Parse argv (and the --config file it names: its settings come first, flags
+ * override them). Returns 0 to run, 1 when --version was printed (exit 0), -1 on
+ * a bad flag or setting with a one-line message in err (exit 2). --help and
+ * --help-adapter only set want_help / help_adapter: main prints them once the
+ * adapter registry is loaded. */
 int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
                        size_t errlen);
 void kvcd_options_free(kvcd_options_t *o);

@@ -56,6 +56,13 @@ struct kvcd_obj_s {
     uint32_t refs;
     uint8_t state;       /* kvcd_obj_state_t */
     uint8_t linked;      /* 1 while in the table */
+    /* ---- owned by the storage layer (storage.c); l1 only zeroes them ---- */
+    uint8_t prefetched;  /* brought up from L2 by a LOOKUP's prefetch */
+    uint32_t pins;       /* LOOKUP pins awaiting a LOAD; while > 0 the object
+                            holds one reference for them and sits on the
+                            storage layer's pin list */
+    uint64_t pin_expire_ms;
+    kvcd_obj_t *pin_prev, *pin_next;
     /* ---- private to l1.c ---- */
     kvcd_obj_t *hnext;   /* hash chain */
     kvcd_obj_t *lru_prev, *lru_next;

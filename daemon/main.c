@@ -12,6 +12,8 @@
 #include <uv.h>
 
 #include "conf/options.h"
+#include "protocol/kvcd_err.h"
+#include "daemon/l2.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
 
@@ -32,6 +34,30 @@ int main(int argc, char **argv)
     }
     kvcd_log_level = opt.log_level;
 
+    /* Plugins first: --help and --help-adapter list what they bring too. */
+    for (size_t i = 0; i < opt.n_plugins; i++) {
+        if (kvcd_l2_load_plugin(opt.plugins[i], err, sizeof(err)) != 0) {
+            fprintf(stderr, "kvcd: --plugin %s: %s\n", opt.plugins[i], err);
+            kvcd_options_free(&opt);
+            return 2;
+        }
+    }
+    if (opt.want_help || opt.help_adapter) {
+        char types[512];
+
+        kvcd_l2_type_list(types, sizeof(types));
+        if (opt.want_help)
+            kvcd_options_usage(types);
+        else if (kvcd_l2_print_help(opt.help_adapter) != 0) {
+            fprintf(stderr, "kvcd: --help-adapter: unknown type '%s' (known: %s)\n",
+                    opt.help_adapter, types);
+            rc = 2;
+        }
+        kvcd_options_free(&opt);
+        kvcd_l2_registry_reset();
+        return rc;
+    }
+
     /* Files we create (ipc sockets, L2 files) are ours alone unless a flag says
      * otherwise (DESIGN.md §2.7). */
     umask(077);
@@ -43,10 +69,12 @@ int main(int argc, char **argv)
     uv_loop_init(&loop);
     rc = kvcd_server_create(&loop, &opt, &srv, err, sizeof(err));
     if (rc != 0) {
-        KVCD_LOG(KVCD_LOG_ERROR, "main", "%s", err);
+        /* A bad adapter spec is a configuration error like a bad flag. */
+        fprintf(stderr, "kvcd: %s\n", err);
         uv_loop_close(&loop);
         kvcd_options_free(&opt);
-        return 1;
+        kvcd_l2_registry_reset();
+        return rc == KVCD_ECONFIG ? 2 : 1;
     }
     uv_run(&loop, UV_RUN_DEFAULT);
     kvcd_server_destroy(srv);
@@ -55,6 +83,7 @@ int main(int argc, char **argv)
         KVCD_LOG(KVCD_LOG_WARNING, "main", "loop closed with handles open: %s",
                  uv_strerror(rc));
     kvcd_options_free(&opt);
+    kvcd_l2_registry_reset();
     KVCD_LOG(KVCD_LOG_INFO, "main", "exit");
     return 0;
 }

@@ -27,6 +27,7 @@
 #include "daemon/l1.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
+#include "daemon/storage.h"
 #include "protocol/kvcd_err.h"
 #include "protocol/proto.h"
 
@@ -73,12 +74,19 @@ struct call_s {
     kvcd_obj_t **objs;          /* STORE: objects being written */
     copy_task_t *tasks;
     size_t pending;
+    call_t *park_next;          /* waiting for L1 to change (see park) */
+    int (*park_fn)(call_t *call, int force);
+    uint64_t park_deadline;
+    size_t store_next;          /* STORE: next key to reserve */
 };
 
 struct kvcd_server_s {
     uv_loop_t *loop;
     const kvcd_options_t *opt;
     kvcd_l1_t *l1;
+    kvcd_storage_t *storage;
+    call_t *parked;
+    uv_timer_t park_timer;
     void *zctx;
     void *sock;
     uv_poll_t poll;
@@ -254,10 +262,14 @@ static void store_finish(call_t *call)
         if (!obj)
             continue;
         kvcd_l1_publish(srv->l1, obj);
-        kvcd_l1_unref(srv->l1, obj);
         srv->c.stores++;
         srv->c.store_bytes += obj->size;
     }
+    /* Write-behind takes its own references; then the writer's go. */
+    kvcd_storage_write_behind(srv->storage, call->objs, call->req.nkeys);
+    for (i = 0; i < call->req.nkeys; i++)
+        if (call->objs[i])
+            kvcd_l1_unref(srv->l1, call->objs[i]);
     reply_results(call);
 }
 
@@ -277,63 +289,21 @@ static void copy_after(uv_work_t *w, int status)
         store_finish(call);
 }
 
-static void op_store(call_t *call)
+/* Copy the frames into the reserved objects: small stores inline, big ones on
+ * the threadpool, sliced so that one request's copies run on every worker at
+ * once and the loop never stalls on them. */
+static void store_copy(call_t *call)
 {
     kvcd_server_t *srv = call->srv;
     size_t n = call->req.nkeys, i, total = 0, ntasks = 0, off;
     kvcd_obj_t *obj;
-    kvcd_key_t k;
-    uint64_t h;
-    int rc;
 
     for (i = 0; i < n; i++) {
-        size_t len = zmq_msg_size(&call->frames[i]);
-
-        if (len == 0)
-            return reply_error(call, KVCD_EFRAMES, "a bulk frame is empty");
-        if (len > srv->opt->max_frame) {
-            char msg[128];
-
-            snprintf(msg, sizeof(msg), "frame %zu has %zu bytes, max_frame is %" PRIu64,
-                     i + 1, len, srv->opt->max_frame);
-            return reply_error(call, KVCD_ETOOLARGE, msg);
-        }
-        total += len;
-    }
-    if (total > srv->opt->max_request)
-        return reply_error(call, KVCD_ETOOLARGE, "bulk bytes exceed max_request");
-
-    call->results = calloc(n, sizeof(int));
-    call->objs = calloc(n, sizeof(kvcd_obj_t *));
-    if (!call->results || !call->objs)
-        return reply_error(call, -ENOMEM, "out of memory");
-
-    total = 0;
-    for (i = 0; i < n; i++) {
-        size_t len = zmq_msg_size(&call->frames[i]);
-
-        kvcd_req_key(&call->req, i, &k);
-        h = kvcd_key_hash(&k);
-        obj = kvcd_l1_find(srv->l1, &k, h);
-        if (obj) {
-            /* The key names the content: keep what is there. */
-            if (obj->state == KVCD_OBJ_READY)
-                kvcd_l1_touch(srv->l1, obj);
-            srv->c.store_dups++;
+        if (!call->objs[i])
             continue;
-        }
-        rc = kvcd_l1_reserve(srv->l1, &k, h, len, &obj);
-        if (rc != 0) {
-            call->results[i] = rc;
-            if (rc == KVCD_ENOSPACE)
-                srv->c.store_nospace++;
-            continue;
-        }
-        call->objs[i] = obj;
-        total += len;
-        ntasks += (len + COPY_SLICE - 1) / COPY_SLICE;
+        total += call->objs[i]->size;
+        ntasks += (call->objs[i]->size + COPY_SLICE - 1) / COPY_SLICE;
     }
-
     if (total <= INLINE_COPY) {
         for (i = 0; i < n; i++)
             if (call->objs[i])
@@ -341,9 +311,6 @@ static void op_store(call_t *call)
                        call->objs[i]->size);
         return store_finish(call);
     }
-
-    /* Big stores are copied by the threadpool, sliced so that one request's
-     * copies run on every worker at once and the loop never stalls on them. */
     call->tasks = calloc(ntasks, sizeof(copy_task_t));
     if (!call->tasks) {
         for (i = 0; i < n; i++)
@@ -373,55 +340,145 @@ static void op_store(call_t *call)
     }
 }
 
-static void op_lookup(call_t *call)
+/* Reserve L1 objects for the keys from call->store_next on. When L1 is full of
+ * objects that write-behind still holds, wait for it (up to --l2-timeout-ms)
+ * rather than fail: that is back-pressure from a slower L2, not a full cache.
+ * Returns 0 when the call must wait, 1 when it moved on. */
+static int store_reserve(call_t *call, int force)
 {
     kvcd_server_t *srv = call->srv;
-    size_t n = call->req.nkeys, i, prefix = 0;
-    uint8_t *present = calloc(n, 1);
+    size_t n = call->req.nkeys, i;
     kvcd_obj_t *obj;
     kvcd_key_t k;
+    uint64_t h;
+    int rc;
+
+    for (i = call->store_next; i < n; i++) {
+        size_t len = zmq_msg_size(&call->frames[i]);
+
+        kvcd_req_key(&call->req, i, &k);
+        h = kvcd_key_hash(&k);
+        obj = kvcd_l1_find(srv->l1, &k, h);
+        if (obj) {
+            /* The key names the content: keep what is there. */
+            if (obj->state == KVCD_OBJ_READY)
+                kvcd_l1_touch(srv->l1, obj);
+            srv->c.store_dups++;
+            continue;
+        }
+        rc = kvcd_l1_reserve(srv->l1, &k, h, len, &obj);
+        if (rc == KVCD_ENOSPACE && !force && kvcd_storage_inflight(srv->storage) > 0) {
+            call->store_next = i;
+            return 0;
+        }
+        if (rc != 0) {
+            call->results[i] = rc;
+            if (rc == KVCD_ENOSPACE)
+                srv->c.store_nospace++;
+            continue;
+        }
+        call->objs[i] = obj;
+    }
+    call->store_next = n;
+    store_copy(call);
+    return 1;
+}
+
+static void park(call_t *call, int (*fn)(call_t *, int));
+
+static void op_store(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i, total = 0;
+
+    for (i = 0; i < n; i++) {
+        size_t len = zmq_msg_size(&call->frames[i]);
+
+        if (len == 0)
+            return reply_error(call, KVCD_EFRAMES, "a bulk frame is empty");
+        if (len > srv->opt->max_frame) {
+            char msg[128];
+
+            snprintf(msg, sizeof(msg), "frame %zu has %zu bytes, max_frame is %" PRIu64,
+                     i + 1, len, srv->opt->max_frame);
+            return reply_error(call, KVCD_ETOOLARGE, msg);
+        }
+        total += len;
+    }
+    if (total > srv->opt->max_request)
+        return reply_error(call, KVCD_ETOOLARGE, "bulk bytes exceed max_request");
+
+    call->results = calloc(n, sizeof(int));
+    call->objs = calloc(n, sizeof(kvcd_obj_t *));
+    if (!call->results || !call->objs)
+        return reply_error(call, -ENOMEM, "out of memory");
+    if (!store_reserve(call, 0))
+        park(call, store_reserve);
+}
+
+static void lookup_done(void *data, size_t prefix, const uint8_t *present)
+{
+    call_t *call = data;
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i;
     kvcd_wbuf_t w;
 
     if (!present)
         return reply_error(call, -ENOMEM, "out of memory");
-    for (i = 0; i < n; i++) {
-        kvcd_req_key(&call->req, i, &k);
-        obj = kvcd_l1_find_ready(srv->l1, &k, kvcd_key_hash(&k));
-        if (!obj)
-            continue;
-        present[i] = 1;
-        kvcd_l1_touch(srv->l1, obj);
-        srv->c.lookup_hits++;
-        if (prefix == i)
-            prefix++;
-    }
     srv->c.lookups++;
     srv->c.lookup_keys += n;
+    for (i = 0; i < n; i++)
+        srv->c.lookup_hits += present[i];
     kvcd_wbuf_init(&w);
     kvcd_proto_encode_lookup(&w, call->req.id, prefix, present, n);
-    free(present);
     send_reply(call, &w, NULL, 0);
 }
 
-static void op_load(call_t *call)
+static void op_lookup(call_t *call)
+{
+    kvcd_storage_lookup(call->srv->storage, &call->req, lookup_done, call);
+}
+
+/* Serve a LOAD from L1. Objects still WRITING (a prefetch or a store in
+ * progress) make the call wait, up to --l2-timeout-ms, unless `force`. Returns 1
+ * when the call was answered. */
+static int load_serve(call_t *call, int force)
 {
     kvcd_server_t *srv = call->srv;
     size_t n = call->req.nkeys, i;
+    kvcd_obj_t **objs;
     zmq_msg_t *bulk;
-    kvcd_obj_t *obj;
     kvcd_key_t k;
     kvcd_wbuf_t w;
     rel_t *r;
 
+    objs = calloc(n, sizeof(*objs));
+    if (!objs) {
+        reply_error(call, -ENOMEM, "out of memory");
+        return 1;
+    }
+    for (i = 0; i < n; i++) {
+        kvcd_req_key(&call->req, i, &k);
+        objs[i] = kvcd_l1_find(srv->l1, &k, kvcd_key_hash(&k));
+        if (objs[i] && objs[i]->state != KVCD_OBJ_READY) {
+            if (!force) {
+                free(objs);
+                return 0;
+            }
+            objs[i] = NULL;
+        }
+    }
     call->results = calloc(n, sizeof(int));
     bulk = calloc(n, sizeof(zmq_msg_t));
     if (!call->results || !bulk) {
         free(bulk);
-        return reply_error(call, -ENOMEM, "out of memory");
+        free(objs);
+        reply_error(call, -ENOMEM, "out of memory");
+        return 1;
     }
     for (i = 0; i < n; i++) {
-        kvcd_req_key(&call->req, i, &k);
-        obj = kvcd_l1_find_ready(srv->l1, &k, kvcd_key_hash(&k));
+        kvcd_obj_t *obj = objs[i];
+
         r = obj ? malloc(sizeof(*r)) : NULL;
         if (!obj || !r) {
             free(r);
@@ -434,40 +491,92 @@ static void op_load(call_t *call)
          * ZeroMQ has sent it. */
         kvcd_l1_ref(obj);
         kvcd_l1_touch(srv->l1, obj);
+        kvcd_storage_served(srv->storage, obj);
         r->srv = srv;
         r->obj = obj;
         zmq_msg_init_data(&bulk[i], obj->data, obj->size, frame_free_cb, r);
         srv->c.load_hits++;
         srv->c.load_bytes += obj->size;
     }
+    free(objs);
     srv->c.loads++;
     kvcd_wbuf_init(&w);
     kvcd_proto_encode_results(&w, call->req.id, KVCD_OP_LOAD, call->results, n);
     send_reply(call, &w, bulk, n);
     free(bulk);
+    return 1;
+}
+
+/* Retry parked calls (L1 changed, or time passed). */
+static void retry_parked(kvcd_server_t *srv, int force_all)
+{
+    uint64_t now = uv_now(srv->loop);
+    call_t **pp = &srv->parked, *call;
+
+    while ((call = *pp)) {
+        *pp = call->park_next;
+        if (call->park_fn(call, force_all || now >= call->park_deadline))
+            continue;
+        call->park_next = NULL;
+        *pp = call;
+        pp = &call->park_next;
+    }
+    if (!srv->parked && !uv_is_closing((uv_handle_t *)&srv->park_timer))
+        uv_timer_stop(&srv->park_timer);
+}
+
+static void storage_changed(void *data)
+{
+    retry_parked(data, 0);
+}
+
+static void park_timer_cb(uv_timer_t *h)
+{
+    retry_parked(h->data, 0);
+}
+
+/* Wait for L1 to change: fn(call, force) is retried on every change and once
+ * more, forced, when --l2-timeout-ms has passed. */
+static void park(call_t *call, int (*fn)(call_t *, int))
+{
+    kvcd_server_t *srv = call->srv;
+    call_t **pp = &srv->parked;
+
+    call->park_fn = fn;
+    call->park_deadline = uv_now(srv->loop) + (uint64_t)srv->opt->l2_timeout_ms;
+    while (*pp)
+        pp = &(*pp)->park_next; /* first come, first served */
+    call->park_next = NULL;
+    *pp = call;
+    if (!uv_is_active((uv_handle_t *)&srv->park_timer))
+        uv_timer_start(&srv->park_timer, park_timer_cb, 20, 20);
+}
+
+static void op_load(call_t *call)
+{
+    if (!load_serve(call, 0))
+        park(call, load_serve);
+}
+
+static void remove_done(void *data, const int *results)
+{
+    call_t *call = data;
+    size_t i;
+
+    if (!results)
+        return reply_error(call, -ENOMEM, "out of memory");
+    call->results = malloc(call->req.nkeys * sizeof(int));
+    if (!call->results)
+        return reply_error(call, -ENOMEM, "out of memory");
+    memcpy(call->results, results, call->req.nkeys * sizeof(int));
+    for (i = 0; i < call->req.nkeys; i++)
+        call->srv->c.removes += results[i] == 0;
+    reply_results(call);
 }
 
 static void op_remove(call_t *call)
 {
-    kvcd_server_t *srv = call->srv;
-    size_t n = call->req.nkeys, i;
-    kvcd_obj_t *obj;
-    kvcd_key_t k;
-
-    call->results = calloc(n, sizeof(int));
-    if (!call->results)
-        return reply_error(call, -ENOMEM, "out of memory");
-    for (i = 0; i < n; i++) {
-        kvcd_req_key(&call->req, i, &k);
-        obj = kvcd_l1_find_ready(srv->l1, &k, kvcd_key_hash(&k));
-        if (!obj) {
-            call->results[i] = KVCD_ENOTFOUND;
-            continue;
-        }
-        kvcd_l1_unlink(srv->l1, obj);
-        srv->c.removes++;
-    }
-    reply_results(call);
+    kvcd_storage_remove(call->srv->storage, &call->req, remove_done, call);
 }
 
 static void op_clear(call_t *call)
@@ -534,6 +643,7 @@ static void op_status(call_t *call)
 
     if (!st)
         return reply_error(call, KVCD_EINTERNAL, "cannot build status");
+    kvcd_storage_status(call->srv->storage, st);
     kvcd_wbuf_init(&w);
     kvcd_proto_reply_begin(&w, call->req.id, KVCD_OP_STATUS, 0, NULL, 1);
     kvcd_pack_cstr(&w.pk, "status");
@@ -693,7 +803,8 @@ static void stop_timer_cb(uv_timer_t *h)
     kvcd_server_t *srv = h->data;
 
     KVCD_LOG(KVCD_LOG_WARNING, "server",
-             "shutdown timeout: %" PRIu64 " requests still in flight", srv->inflight);
+             "shutdown timeout: %" PRIu64 " requests and %zu L2 operations still in flight",
+             srv->inflight, kvcd_storage_inflight(srv->storage));
     finish_stop(srv);
 }
 
@@ -706,8 +817,12 @@ static void finish_stop(kvcd_server_t *srv)
     if (srv->closed)
         return;
     srv->closed = 1;
-    /* Answer everything already queued in the socket with ESHUTDOWN. */
+    /* Answer everything already queued in the socket with ESHUTDOWN, and the
+     * LOADs still waiting for objects with what there is. */
     drain_n(srv, -1);
+    retry_parked(srv, 1);
+    kvcd_storage_stop(srv->storage);
+    uv_close((uv_handle_t *)&srv->park_timer, NULL);
     zmq_setsockopt(srv->sock, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_close(srv->sock);
     srv->sock = NULL;
@@ -733,7 +848,8 @@ static void quiet_timer_cb(uv_timer_t *h)
     kvcd_server_t *srv = h->data;
 
     drain(srv);
-    if (srv->inflight == 0 &&
+    /* Write-behind to the adapters is flushed before the socket closes. */
+    if (srv->inflight == 0 && kvcd_storage_inflight(srv->storage) == 0 &&
         uv_now(srv->loop) - srv->last_recv_ms >= SHUTDOWN_QUIET_MS)
         finish_stop(srv);
 }
@@ -782,6 +898,13 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
                  opt->l1_size_gb, kvcd_strerror(rc));
         goto fail;
     }
+
+    rc = kvcd_storage_create(loop, opt, srv->l1, &srv->storage, err, errlen);
+    if (rc != 0)
+        goto fail;
+    kvcd_storage_on_change(srv->storage, storage_changed, srv);
+    uv_timer_init(loop, &srv->park_timer);
+    srv->park_timer.data = srv;
 
     srv->zctx = zmq_ctx_new();
     srv->sock = srv->zctx ? zmq_socket(srv->zctx, ZMQ_ROUTER) : NULL;
@@ -837,6 +960,12 @@ fail:
         zmq_close(srv->sock);
     if (srv->zctx)
         zmq_ctx_term(srv->zctx);
+    if (srv->storage) {
+        kvcd_storage_stop(srv->storage);
+        uv_close((uv_handle_t *)&srv->park_timer, NULL);
+        uv_run(loop, UV_RUN_DEFAULT); /* let the close callbacks run */
+        kvcd_storage_destroy(srv->storage);
+    }
     if (srv->l1)
         kvcd_l1_destroy(srv->l1);
     pthread_mutex_destroy(&srv->rel_lock);
@@ -850,6 +979,7 @@ void kvcd_server_destroy(kvcd_server_t *srv)
      * every zero-copy frame's free callback has run when it returns. */
     zmq_ctx_term(srv->zctx);
     release_queued(srv);
+    kvcd_storage_destroy(srv->storage);
     kvcd_l1_destroy(srv->l1);
     pthread_mutex_destroy(&srv->rel_lock);
     free(srv);

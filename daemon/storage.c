@@ -1,0 +1,848 @@
+/*
+ * storage.c - L1/L2 orchestration: write-behind, lookup with prefetch and
+ * pins, remove (see storage.h).
+ *
+ * Every L2 call is an op_t: the runner's request, its items, and a link back
+ * to the job that issued it. A job (a write-behind group, a lookup, a remove)
+ * lives until its last op is *released* by the runner, not merely completed:
+ * a call that missed its deadline may still be writing into L1 buffers, so the
+ * objects behind it keep their references until then, and the keys it reads
+ * are owned by the job rather than borrowed from the client's frame.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/l2.h"
+#include "daemon/log.h"
+#include "daemon/storage.h"
+#include "protocol/kvcd_err.h"
+
+typedef struct op_s op_t;
+typedef void (*op_fn)(op_t *op);
+
+struct op_s {
+    kvcd_l2_req_t req;          /* first: the runner hands this back */
+    kvcd_storage_t *st;
+    size_t l2idx;
+    void *job;
+    op_fn done, release;
+    size_t *map;                /* item -> job key index */
+    kvcd_l2_item_t items[];
+};
+
+typedef struct lookup_s lookup_t;
+
+struct kvcd_storage_s {
+    uv_loop_t *loop;
+    const kvcd_options_t *opt;
+    kvcd_l1_t *l1;
+    kvcd_l2_t *l2[16];
+    size_t nl2;
+    uv_timer_t pin_timer;
+    int stopped;
+    kvcd_obj_t *pin_head, *pin_tail;
+    size_t npinned;
+    size_t inflight;            /* ops not yet released */
+    size_t prefetching;         /* lookups in their prefetch phase */
+    lookup_t *wait_head, *wait_tail;
+    void (*change_cb)(void *);
+    void *change_data;
+    struct {
+        uint64_t wb_keys, wb_failed, skip_l1_dropped;
+        uint64_t l2_lookup_keys, l2_hits;
+        uint64_t prefetch_keys, prefetch_bytes, prefetch_failed, prefetch_trimmed;
+        uint64_t pins, pins_used, pins_expired;
+        uint64_t l2_removed;
+    } c;
+};
+
+/* ---- ops ---- */
+
+static void op_cb(kvcd_l2_req_t *req)
+{
+    op_t *op = (op_t *)req;
+
+    op->done(op);
+}
+
+static void op_release_cb(kvcd_l2_req_t *req)
+{
+    op_t *op = (op_t *)req;
+    kvcd_storage_t *st = op->st;
+
+    st->inflight--;
+    if (op->release)
+        op->release(op);
+    free(op->map);
+    free(op);
+}
+
+static op_t *op_new(kvcd_storage_t *st, size_t l2idx, kvcd_l2_op_t kind, size_t n,
+                    void *job, op_fn done, op_fn release)
+{
+    op_t *op = calloc(1, sizeof(*op) + n * sizeof(kvcd_l2_item_t));
+
+    if (!op)
+        return NULL;
+    op->map = calloc(n ? n : 1, sizeof(size_t));
+    if (!op->map) {
+        free(op);
+        return NULL;
+    }
+    op->st = st;
+    op->l2idx = l2idx;
+    op->job = job;
+    op->done = done;
+    op->release = release;
+    op->req.op = kind;
+    op->req.items = op->items;
+    op->req.n = n;
+    op->req.cb = op_cb;
+    op->req.release = op_release_cb;
+    op->req.data = op;
+    return op;
+}
+
+static void op_submit(op_t *op)
+{
+    op->st->inflight++;
+    kvcd_l2_submit(op->st->l2[op->l2idx], &op->req);
+}
+
+static void changed(kvcd_storage_t *st)
+{
+    if (st->change_cb)
+        st->change_cb(st->change_data);
+}
+
+/* ---- pins ----
+ *
+ * A pinned object sits on one list ordered by expiry (one timeout for all, so
+ * re-pinning moves it to the tail) and holds a single reference for all its
+ * pins. A LOAD consumes one pin; the timer drops all pins of an object whose
+ * last pin is older than --pin-timeout-ms. */
+
+static void pin_list_remove(kvcd_storage_t *st, kvcd_obj_t *obj)
+{
+    if (obj->pin_prev)
+        obj->pin_prev->pin_next = obj->pin_next;
+    else
+        st->pin_head = obj->pin_next;
+    if (obj->pin_next)
+        obj->pin_next->pin_prev = obj->pin_prev;
+    else
+        st->pin_tail = obj->pin_prev;
+    obj->pin_prev = obj->pin_next = NULL;
+    st->npinned--;
+}
+
+static void pin(kvcd_storage_t *st, kvcd_obj_t *obj)
+{
+    if (obj->pins == 0)
+        kvcd_l1_ref(obj);
+    else
+        pin_list_remove(st, obj);
+    obj->pins++;
+    obj->pin_expire_ms = uv_now(st->loop) + (uint64_t)st->opt->pin_timeout_ms;
+    obj->pin_prev = st->pin_tail;
+    obj->pin_next = NULL;
+    if (st->pin_tail)
+        st->pin_tail->pin_next = obj;
+    else
+        st->pin_head = obj;
+    st->pin_tail = obj;
+    st->npinned++;
+    st->c.pins++;
+}
+
+/* Drop `count` pins of obj. A temporary prefetched copy leaves L1 once no pin
+ * waits for it any more. */
+static void unpin(kvcd_storage_t *st, kvcd_obj_t *obj, uint32_t count)
+{
+    obj->pins -= count;
+    if (obj->pins > 0)
+        return;
+    pin_list_remove(st, obj);
+    if (obj->prefetched)
+        kvcd_l1_unlink(st->l1, obj);
+    kvcd_l1_unref(st->l1, obj);
+}
+
+static void pin_timer_cb(uv_timer_t *h)
+{
+    kvcd_storage_t *st = h->data;
+    uint64_t now = uv_now(st->loop);
+    kvcd_obj_t *obj;
+
+    while ((obj = st->pin_head) && (obj->pin_expire_ms <= now || st->stopped)) {
+        if (!st->stopped)
+            st->c.pins_expired += obj->pins;
+        unpin(st, obj, obj->pins);
+    }
+}
+
+void kvcd_storage_served(kvcd_storage_t *st, kvcd_obj_t *obj)
+{
+    if (obj->pins > 0) {
+        st->c.pins_used++;
+        unpin(st, obj, 1);
+    } else if (obj->prefetched) {
+        kvcd_l1_unlink(st->l1, obj);
+    }
+}
+
+/* ---- write-behind ---- */
+
+typedef struct {
+    size_t n;
+    kvcd_obj_t **objs;
+    uint8_t *ok;            /* every adapter stored it */
+    size_t cbs_left, releases_left;
+} wb_t;
+
+static void wb_done(op_t *op)
+{
+    kvcd_storage_t *st = op->st;
+    wb_t *wb = op->job;
+    size_t j;
+
+    for (j = 0; j < op->req.n; j++) {
+        int r = op->items[j].result;
+
+        if (r == 0)
+            continue;
+        wb->ok[op->map[j]] = 0;
+        st->c.wb_failed++;
+        KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "storage", 5000,
+                             "write-behind to %s failed: %s", kvcd_l2_name(st->l2[op->l2idx]),
+                             kvcd_strerror(r));
+    }
+    if (--wb->cbs_left > 0 || st->opt->l2_store_policy != KVCD_STORE_SKIP_L1)
+        return;
+    for (j = 0; j < wb->n; j++) {
+        kvcd_obj_t *obj = wb->objs[j];
+
+        if (wb->ok[j] && obj->linked && obj->state == KVCD_OBJ_READY && obj->pins == 0) {
+            kvcd_l1_unlink(st->l1, obj);
+            st->c.skip_l1_dropped++;
+        }
+    }
+}
+
+static void wb_release(op_t *op)
+{
+    kvcd_storage_t *st = op->st;
+    wb_t *wb = op->job;
+    size_t j;
+
+    if (--wb->releases_left > 0)
+        return;
+    for (j = 0; j < wb->n; j++)
+        kvcd_l1_unref(st->l1, wb->objs[j]);
+    free(wb->objs);
+    free(wb->ok);
+    free(wb);
+    changed(st); /* stores waiting for room may go on */
+}
+
+void kvcd_storage_write_behind(kvcd_storage_t *st, kvcd_obj_t *const *objs, size_t n)
+{
+    size_t i, m = 0, a;
+    wb_t *wb;
+
+    if (st->nl2 == 0)
+        return;
+    for (i = 0; i < n; i++)
+        m += objs[i] != NULL;
+    if (m == 0)
+        return;
+    wb = calloc(1, sizeof(*wb));
+    if (wb) {
+        wb->objs = calloc(m, sizeof(*wb->objs));
+        wb->ok = malloc(m);
+    }
+    if (!wb || !wb->objs || !wb->ok) {
+        KVCD_LOG_RATELIMITED(KVCD_LOG_ERROR, "storage", 5000, "write-behind: out of memory");
+        if (wb) {
+            free(wb->objs);
+            free(wb->ok);
+        }
+        free(wb);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        if (!objs[i])
+            continue;
+        kvcd_l1_ref(objs[i]);
+        wb->ok[wb->n] = 1;
+        wb->objs[wb->n++] = objs[i];
+    }
+    wb->cbs_left = wb->releases_left = st->nl2;
+    st->c.wb_keys += m;
+    for (a = 0; a < st->nl2; a++) {
+        op_t *op = op_new(st, a, KVCD_L2_STORE, m, wb, wb_done, wb_release);
+
+        if (!op) {
+            /* Account as a failed write so the group still completes. */
+            memset(wb->ok, 0, m);
+            wb->releases_left--;
+            if (--wb->cbs_left == 0 && wb->releases_left == 0) {
+                for (i = 0; i < m; i++)
+                    kvcd_l1_unref(st->l1, wb->objs[i]);
+                free(wb->objs);
+                free(wb->ok);
+                free(wb);
+                return;
+            }
+            continue;
+        }
+        for (i = 0; i < m; i++) {
+            op->items[i].key = wb->objs[i]->key;
+            op->items[i].buf = wb->objs[i]->data;
+            op->items[i].len = wb->objs[i]->size;
+            op->map[i] = i;
+        }
+        op_submit(op);
+    }
+}
+
+/* ---- lookup ---- */
+
+enum { K_NONE, K_L1, K_L2, K_LOADED, K_FAILED, K_BUSY };
+
+struct lookup_s {
+    kvcd_storage_t *st;
+    lookup_t *next;
+    kvcd_storage_lookup_cb cb;
+    void *data;
+    size_t n;
+    kvcd_key_t *keys;           /* deep copies in keybuf */
+    char *keybuf;
+    uint8_t *state;             /* K_* */
+    int *src;                   /* adapter index that has the key, -1 none */
+    size_t *size;
+    kvcd_obj_t **objs;          /* prefetch targets */
+    uint8_t *present;
+    size_t pending;             /* ops whose done has not run */
+    size_t refs;                /* unreleased ops + 1 while the job runs */
+};
+
+static void lookup_unref(lookup_t *lk)
+{
+    if (--lk->refs > 0)
+        return;
+    free(lk->keys);
+    free(lk->keybuf);
+    free(lk->state);
+    free(lk->src);
+    free(lk->size);
+    free(lk->objs);
+    free(lk->present);
+    free(lk);
+}
+
+static void start_prefetch(lookup_t *lk);
+
+/* Pin the prefix and answer. */
+static void lookup_finish(lookup_t *lk)
+{
+    kvcd_storage_t *st = lk->st;
+    size_t i, prefix = 0;
+    kvcd_obj_t *obj;
+
+    for (i = 0; i < lk->n; i++)
+        lk->present[i] = lk->state[i] == K_L1 || lk->state[i] == K_LOADED ||
+                         lk->state[i] == K_BUSY || lk->state[i] == K_L2;
+    /* Between the scan and now, L1 may have evicted or removed things: the
+     * prefix ends at the first key that is not linked in L1 any more. */
+    for (i = 0; i < lk->n && lk->present[i]; i++) {
+        obj = kvcd_l1_find(st->l1, &lk->keys[i], kvcd_key_hash(&lk->keys[i]));
+        if (!obj) {
+            lk->present[i] = lk->state[i] == K_L2; /* still in L2, not brought up */
+            break;
+        }
+        pin(st, obj);
+        prefix++;
+    }
+    lk->cb(lk->data, prefix, lk->present);
+    lookup_unref(lk);
+}
+
+static void prefetch_done(op_t *op)
+{
+    kvcd_storage_t *st = op->st;
+    lookup_t *lk = op->job;
+    size_t j;
+
+    for (j = 0; j < op->req.n; j++) {
+        size_t k = op->map[j];
+        kvcd_obj_t *obj = lk->objs[k];
+
+        if (op->items[j].result == 0 && op->items[j].size == obj->size) {
+            obj->prefetched = st->opt->l2_prefetch_policy == KVCD_PREFETCH_DEFAULT;
+            kvcd_l1_publish(st->l1, obj);
+            lk->state[k] = K_LOADED;
+            st->c.prefetch_keys++;
+            st->c.prefetch_bytes += obj->size;
+        } else {
+            /* Invisible at once; the memory waits for the release. */
+            kvcd_l1_unlink(st->l1, obj);
+            lk->state[k] = K_FAILED;
+            st->c.prefetch_failed++;
+            KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "storage", 5000,
+                                 "prefetch from %s failed: %s",
+                                 kvcd_l2_name(st->l2[op->l2idx]),
+                                 kvcd_strerror(op->items[j].result ? op->items[j].result
+                                                                   : KVCD_ECHECKSUM));
+        }
+    }
+    changed(st);
+    if (--lk->pending > 0)
+        return;
+    st->prefetching--;
+    if (st->wait_head) {
+        lookup_t *next = st->wait_head;
+
+        st->wait_head = next->next;
+        if (!st->wait_head)
+            st->wait_tail = NULL;
+        start_prefetch(next);
+    }
+    lookup_finish(lk);
+}
+
+static void prefetch_release(op_t *op)
+{
+    lookup_t *lk = op->job;
+    size_t j;
+
+    for (j = 0; j < op->req.n; j++)
+        kvcd_l1_unref(op->st->l1, lk->objs[op->map[j]]); /* the writer's reference */
+    lookup_unref(lk);
+}
+
+/* Bring the L2 part of the prefix up into L1: reserve (trimming the prefix to
+ * what fits), then one load batch per adapter. */
+static void start_prefetch(lookup_t *lk)
+{
+    kvcd_storage_t *st = lk->st;
+    size_t count[16] = {0}, fill[16] = {0}, i, prefix = 0, a;
+    op_t *ops[16] = {0};
+    int rc;
+
+    while (prefix < lk->n && lk->state[prefix] != K_NONE)
+        prefix++;
+    for (i = 0; i < prefix; i++) {
+        if (lk->state[i] != K_L2)
+            continue;
+        rc = kvcd_l1_reserve(st->l1, &lk->keys[i], kvcd_key_hash(&lk->keys[i]), lk->size[i],
+                             &lk->objs[i]);
+        if (rc == KVCD_EBUSY) {
+            lk->state[i] = K_BUSY; /* another request is bringing it in */
+            continue;
+        }
+        if (rc != 0) {
+            /* No room: the prefix ends here. */
+            for (; i < lk->n; i++)
+                if (lk->state[i] == K_L2)
+                    lk->state[i] = K_NONE;
+            st->c.prefetch_trimmed++;
+            break;
+        }
+        count[lk->src[i]]++;
+    }
+    for (a = 0; a < st->nl2; a++) {
+        if (count[a] == 0)
+            continue;
+        ops[a] = op_new(st, a, KVCD_L2_LOAD, count[a], lk, prefetch_done, prefetch_release);
+        if (!ops[a])
+            count[a] = 0;
+    }
+    for (i = 0; i < lk->n; i++) {
+        op_t *op;
+
+        if (!lk->objs[i] || lk->state[i] != K_L2)
+            continue;
+        a = (size_t)lk->src[i];
+        op = ops[a];
+        if (!op) {
+            /* Out of memory for the batch: give the object back. */
+            kvcd_l1_unlink(st->l1, lk->objs[i]);
+            kvcd_l1_unref(st->l1, lk->objs[i]);
+            lk->objs[i] = NULL;
+            lk->state[i] = K_FAILED;
+            continue;
+        }
+        op->items[fill[a]].key = lk->keys[i];
+        op->items[fill[a]].buf = lk->objs[i]->data;
+        op->items[fill[a]].len = lk->size[i];
+        op->map[fill[a]++] = i;
+    }
+    st->prefetching++;
+    lk->pending = 0;
+    for (a = 0; a < st->nl2; a++)
+        if (ops[a])
+            lk->pending++;
+    if (lk->pending == 0) {
+        st->prefetching--;
+        lookup_finish(lk);
+        return;
+    }
+    for (a = 0; a < st->nl2; a++) {
+        if (!ops[a])
+            continue;
+        lk->refs++;
+        op_submit(ops[a]);
+    }
+}
+
+static void l2_lookup_done(op_t *op)
+{
+    kvcd_storage_t *st = op->st;
+    lookup_t *lk = op->job;
+    size_t j, prefix;
+
+    for (j = 0; j < op->req.n; j++) {
+        size_t k = op->map[j];
+
+        if (op->items[j].result != 0 || op->items[j].size == 0)
+            continue;
+        /* Priority: the lowest adapter index that has the key wins. */
+        if (lk->src[k] < 0 || (size_t)lk->src[k] > op->l2idx) {
+            lk->src[k] = (int)op->l2idx;
+            lk->size[k] = op->items[j].size;
+        }
+    }
+    if (--lk->pending > 0)
+        return;
+    for (j = 0; j < lk->n; j++) {
+        if (lk->state[j] == K_NONE && lk->src[j] >= 0) {
+            lk->state[j] = K_L2;
+            st->c.l2_hits++;
+        }
+    }
+    for (prefix = 0; prefix < lk->n && lk->state[prefix] != K_NONE; prefix++)
+        ;
+    for (j = 0; j < prefix && lk->state[j] != K_L2; j++)
+        ;
+    if (j == prefix) {
+        lookup_finish(lk); /* nothing to bring up */
+        return;
+    }
+    if (st->prefetching >= (size_t)st->opt->l2_prefetch_max_inflight) {
+        lk->next = NULL;
+        if (st->wait_tail)
+            st->wait_tail->next = lk;
+        else
+            st->wait_head = lk;
+        st->wait_tail = lk;
+        return;
+    }
+    start_prefetch(lk);
+}
+
+static void l2_lookup_release(op_t *op)
+{
+    lookup_unref(op->job);
+}
+
+/* Deep-copy the request's keys into the job: an adapter call may outlive the
+ * client's frame (deadline passed, reply sent). */
+static int copy_keys(const kvcd_req_t *req, kvcd_key_t **keys, char **buf)
+{
+    size_t i, total = 0, off = 0;
+    kvcd_key_t k;
+
+    for (i = 0; i < req->nkeys; i++) {
+        kvcd_req_key(req, i, &k);
+        total += kvcd_key_extra(&k);
+    }
+    *keys = calloc(req->nkeys, sizeof(kvcd_key_t));
+    *buf = malloc(total ? total : 1);
+    if (!*keys || !*buf) {
+        free(*keys);
+        free(*buf);
+        return -ENOMEM;
+    }
+    for (i = 0; i < req->nkeys; i++) {
+        kvcd_req_key(req, i, &k);
+        kvcd_key_copy(&(*keys)[i], &k, *buf + off);
+        off += kvcd_key_extra(&k);
+    }
+    return 0;
+}
+
+void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
+                         kvcd_storage_lookup_cb cb, void *data)
+{
+    size_t n = req->nkeys, i, missing = 0, a, j;
+    lookup_t *lk = calloc(1, sizeof(*lk));
+    kvcd_obj_t *obj;
+
+    if (!lk || copy_keys(req, &lk->keys, &lk->keybuf) != 0) {
+        free(lk);
+        cb(data, 0, NULL);
+        return;
+    }
+    lk->st = st;
+    lk->cb = cb;
+    lk->data = data;
+    lk->n = n;
+    lk->refs = 1;
+    lk->state = calloc(n, 1);
+    lk->src = malloc(n * sizeof(int));
+    lk->size = calloc(n, sizeof(size_t));
+    lk->objs = calloc(n, sizeof(kvcd_obj_t *));
+    lk->present = calloc(n, 1);
+    if (!lk->state || !lk->src || !lk->size || !lk->objs || !lk->present) {
+        lookup_unref(lk);
+        cb(data, 0, NULL);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        lk->src[i] = -1;
+        obj = kvcd_l1_find(st->l1, &lk->keys[i], kvcd_key_hash(&lk->keys[i]));
+        if (obj && obj->state == KVCD_OBJ_READY) {
+            lk->state[i] = K_L1;
+            kvcd_l1_touch(st->l1, obj);
+        } else if (obj) {
+            lk->state[i] = K_BUSY; /* being stored or brought up right now */
+        } else {
+            missing++;
+        }
+    }
+    if (missing == 0 || st->nl2 == 0) {
+        lookup_finish(lk);
+        return;
+    }
+    st->c.l2_lookup_keys += missing;
+    lk->pending = st->nl2;
+    for (a = 0; a < st->nl2; a++) {
+        op_t *op = op_new(st, a, KVCD_L2_LOOKUP, missing, lk, l2_lookup_done,
+                          l2_lookup_release);
+
+        if (!op) {
+            if (--lk->pending == 0)
+                lookup_finish(lk);
+            continue;
+        }
+        for (i = 0, j = 0; i < n; i++) {
+            if (lk->state[i] != K_NONE)
+                continue;
+            op->items[j].key = lk->keys[i];
+            op->map[j++] = i;
+        }
+        lk->refs++;
+        op_submit(op);
+    }
+}
+
+/* ---- remove ---- */
+
+typedef struct {
+    kvcd_storage_remove_cb cb;
+    void *data;
+    size_t n;
+    kvcd_key_t *keys;
+    char *keybuf;
+    int *results;
+    size_t pending, refs;
+} remove_t;
+
+static void remove_unref(remove_t *rm)
+{
+    if (--rm->refs > 0)
+        return;
+    free(rm->keys);
+    free(rm->keybuf);
+    free(rm->results);
+    free(rm);
+}
+
+static void remove_done(op_t *op)
+{
+    remove_t *rm = op->job;
+    size_t j;
+
+    for (j = 0; j < op->req.n; j++) {
+        if (op->items[j].result == 0) {
+            rm->results[op->map[j]] = 0;
+            op->st->c.l2_removed++;
+        }
+    }
+    if (--rm->pending == 0) {
+        rm->cb(rm->data, rm->results);
+        remove_unref(rm);
+    }
+}
+
+static void remove_release(op_t *op)
+{
+    remove_unref(op->job);
+}
+
+void kvcd_storage_remove(kvcd_storage_t *st, const kvcd_req_t *req,
+                         kvcd_storage_remove_cb cb, void *data)
+{
+    size_t n = req->nkeys, i, a;
+    remove_t *rm = calloc(1, sizeof(*rm));
+    kvcd_obj_t *obj;
+
+    if (!rm || copy_keys(req, &rm->keys, &rm->keybuf) != 0 ||
+        !(rm->results = malloc(n * sizeof(int)))) {
+        if (rm) {
+            free(rm->keys);
+            free(rm->keybuf);
+        }
+        free(rm);
+        cb(data, NULL);
+        return;
+    }
+    rm->cb = cb;
+    rm->data = data;
+    rm->n = n;
+    rm->refs = 1;
+    for (i = 0; i < n; i++) {
+        obj = kvcd_l1_find_ready(st->l1, &rm->keys[i], kvcd_key_hash(&rm->keys[i]));
+        rm->results[i] = obj ? 0 : KVCD_ENOTFOUND;
+        if (obj)
+            kvcd_l1_unlink(st->l1, obj);
+    }
+    rm->pending = st->nl2 + 1;
+    for (a = 0; a < st->nl2; a++) {
+        op_t *op = op_new(st, a, KVCD_L2_REMOVE, n, rm, remove_done, remove_release);
+
+        if (!op) {
+            rm->pending--;
+            continue;
+        }
+        for (i = 0; i < n; i++) {
+            op->items[i].key = rm->keys[i];
+            op->map[i] = i;
+        }
+        rm->refs++;
+        op_submit(op);
+    }
+    if (--rm->pending == 0) {
+        rm->cb(rm->data, rm->results);
+        remove_unref(rm);
+    }
+}
+
+/* ---- lifecycle ---- */
+
+int kvcd_storage_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_l1_t *l1,
+                        kvcd_storage_t **out, char *err, size_t errlen)
+{
+    kvcd_storage_t *st = calloc(1, sizeof(*st));
+    kvcd_adapter_env_t env;
+    kvcd_l1_stats_t ls;
+    char name[64];
+    size_t i;
+    int rc;
+
+    if (!st) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    st->loop = loop;
+    st->opt = opt;
+    st->l1 = l1;
+    kvcd_l1_stats(l1, &ls);
+    for (i = 0; i < opt->n_l2; i++) {
+        memset(&env, 0, sizeof(env));
+        env.loop = loop;
+        env.arena_base = kvcd_l1_base(l1);
+        env.arena_size = ls.capacity;
+        env.arena_align = KVCD_L1_ALIGN;
+        env.max_workers = opt->max_workers;
+        snprintf(name, sizeof(name), "#%zu (%s)", i + 1,
+                 json_string_value(json_object_get(opt->l2_specs[i], "type")));
+        env.instance = name;
+        rc = kvcd_l2_create(loop, opt->l2_specs[i], (int)i + 1, &env,
+                            (uint64_t)opt->l2_timeout_ms, &st->l2[i], err, errlen);
+        if (rc != 0) {
+            while (i-- > 0)
+                kvcd_l2_destroy(st->l2[i]);
+            free(st);
+            return rc;
+        }
+        st->nl2++;
+    }
+    uv_timer_init(loop, &st->pin_timer);
+    st->pin_timer.data = st;
+    uv_timer_start(&st->pin_timer, pin_timer_cb, 250, 250);
+    uv_unref((uv_handle_t *)&st->pin_timer);
+    *out = st;
+    return 0;
+}
+
+void kvcd_storage_on_change(kvcd_storage_t *st, void (*cb)(void *), void *data)
+{
+    st->change_cb = cb;
+    st->change_data = data;
+}
+
+size_t kvcd_storage_inflight(const kvcd_storage_t *st)
+{
+    return st->inflight;
+}
+
+void kvcd_storage_status(kvcd_storage_t *st, json_t *status)
+{
+    json_t *l2 = json_array(), *c;
+    size_t i;
+
+    for (i = 0; i < st->nl2; i++)
+        json_array_append_new(l2, kvcd_l2_status(st->l2[i]));
+    json_object_set_new(status, "l2", l2);
+    c = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+                  " s:I, s:s, s:s}",
+                  "write_behind_keys", (json_int_t)st->c.wb_keys,
+                  "write_behind_failed", (json_int_t)st->c.wb_failed,
+                  "skip_l1_dropped", (json_int_t)st->c.skip_l1_dropped,
+                  "l2_lookup_keys", (json_int_t)st->c.l2_lookup_keys,
+                  "l2_hits", (json_int_t)st->c.l2_hits,
+                  "prefetch_keys", (json_int_t)st->c.prefetch_keys,
+                  "prefetch_bytes", (json_int_t)st->c.prefetch_bytes,
+                  "prefetch_failed", (json_int_t)st->c.prefetch_failed,
+                  "prefetch_trimmed", (json_int_t)st->c.prefetch_trimmed,
+                  "pins", (json_int_t)st->c.pins,
+                  "pins_used", (json_int_t)st->c.pins_used,
+                  "pins_expired", (json_int_t)st->c.pins_expired,
+                  "pinned_objects", (json_int_t)st->npinned,
+                  "l2_removed", (json_int_t)st->c.l2_removed,
+                  "l2_inflight", (json_int_t)st->inflight,
+                  "store_policy",
+                  st->opt->l2_store_policy == KVCD_STORE_SKIP_L1 ? "skip_l1" : "default",
+                  "prefetch_policy",
+                  st->opt->l2_prefetch_policy == KVCD_PREFETCH_RETAIN ? "retain" : "default");
+    json_object_set_new(status, "storage", c);
+}
+
+void kvcd_storage_stop(kvcd_storage_t *st)
+{
+    if (st->stopped)
+        return;
+    st->stopped = 1;
+    pin_timer_cb(&st->pin_timer); /* releases every pin */
+    uv_close((uv_handle_t *)&st->pin_timer, NULL);
+}
+
+void kvcd_storage_destroy(kvcd_storage_t *st)
+{
+    size_t i;
+
+    if (!st->stopped)
+        KVCD_LOG(KVCD_LOG_ERROR, "storage", "destroyed without stop");
+    for (i = 0; i < st->nl2; i++) {
+        if (kvcd_l2_inflight(st->l2[i]) == 0)
+            kvcd_l2_destroy(st->l2[i]);
+        else
+            KVCD_LOG(KVCD_LOG_WARNING, "storage", "%s still busy at exit; not closed",
+                     kvcd_l2_name(st->l2[i]));
+    }
+    free(st);
+}
