@@ -584,7 +584,8 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
     size_t i, k = 0, n = req->n;
     uint64_t timeout = req->timeout_ms ? req->timeout_ms : l2->timeout_ms;
     int blocking = (l2->a->flags & KVCD_ADAPTER_BLOCKING) != 0;
-    int preset = l2->destroying ? KVCD_ESHUTDOWN : KVCD_EINTERNAL;
+    int bad_op = (unsigned)req->op > KVCD_L2_REMOVE;
+    int preset = l2->destroying ? KVCD_ESHUTDOWN : bad_op ? KVCD_EUNKNOWNOP : KVCD_EINTERNAL;
     run_t *run;
 
     req->l2 = l2;
@@ -595,7 +596,10 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
         if (req->op == KVCD_L2_LOOKUP || req->op == KVCD_L2_LOAD)
             req->items[i].size = 0;
     }
-    if (n > 0 && !l2->destroying)
+    if (bad_op)
+        KVCD_LOG(KVCD_LOG_ERROR, "l2", "%s: submit with unknown operation %d", l2->name,
+                 (int)req->op);
+    if (n > 0 && !l2->destroying && !bad_op)
         k = blocking ? ((size_t)l2->env.max_workers < n ? (size_t)l2->env.max_workers : n) : 1;
     run = run_alloc(k, n);
     run->l2 = l2;

@@ -325,6 +325,17 @@ START_TEST(empty_request_completes_later)
 }
 END_TEST
 
+START_TEST(unknown_operation_is_an_error)
+{
+    kvcd_l2_item_t it;
+
+    create("{\"type\":\"mock\"}");
+    set_key(&it, 0);
+    ck_assert_int_eq(kvcd_test_call(&loop, l2, (kvcd_l2_op_t)7, &it, 1, 0), 0);
+    ck_assert_int_eq(it.result, KVCD_EUNKNOWNOP);
+}
+END_TEST
+
 /* ---- runner: blocking adapters ---- */
 
 static void rec_run(size_t n)
@@ -836,6 +847,7 @@ static Suite *runner_suite(void)
     tcase_add_test(r, async_completing_inside_the_call);
     tcase_add_test(r, async_timeout_discards_late_completion);
     tcase_add_test(r, empty_request_completes_later);
+    tcase_add_test(r, unknown_operation_is_an_error);
     tcase_add_test(r, blocking_batch_split_over_workers);
     tcase_add_test(r, one_worker_one_call);
     tcase_add_test(r, background_counts_in_flight);
