@@ -78,8 +78,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 .PHONY: all test bench install clean check-format run
 
 # The README's first command: L1 plus an fs L2 in ./kvcd-data.
-RUN_FLAGS ?= --l1-size-gb 1 --eviction-policy LRU \
-    --l2-adapter '{"type":"fs","base_path":"kvcd-data"}'
+RUN_FLAGS ?= --config conf/examples/default.json
 run: all
 	$(KVCD) $(RUN_FLAGS)
 all: $(KVCD) $(KVCDCTL) $(LIBCLIENT)

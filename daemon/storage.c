@@ -51,7 +51,7 @@ struct kvcd_storage_s {
     void *change_data;
     struct {
         uint64_t wb_keys, wb_failed, skip_l1_dropped;
-        uint64_t l2_lookup_keys, l2_hits;
+        uint64_t l1_hits, l2_lookup_keys, l2_hits;
         uint64_t prefetch_keys, prefetch_bytes, prefetch_failed, prefetch_trimmed;
         uint64_t pins, pins_used, pins_expired;
         uint64_t l2_removed;
@@ -607,6 +607,7 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
         if (obj && obj->state == KVCD_OBJ_READY) {
             lk->state[i] = K_L1;
             kvcd_l1_touch(st->l1, obj);
+            st->c.l1_hits++;
         } else if (obj) {
             lk->state[i] = K_BUSY; /* being stored or brought up right now */
         } else {
@@ -799,7 +800,8 @@ void kvcd_storage_status(kvcd_storage_t *st, json_t *status)
         json_array_append_new(l2, kvcd_l2_status(st->l2[i]));
     json_object_set_new(status, "l2", l2);
     c = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-                  " s:I, s:s, s:s}",
+                  " s:I, s:I, s:s, s:s}",
+                  "l1_hits", (json_int_t)st->c.l1_hits,
                   "write_behind_keys", (json_int_t)st->c.wb_keys,
                   "write_behind_failed", (json_int_t)st->c.wb_failed,
                   "skip_l1_dropped", (json_int_t)st->c.skip_l1_dropped,
