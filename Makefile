@@ -75,6 +75,8 @@ BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
 .DEFAULT_GOAL := all
+# Keep test objects: deleting them as intermediates races with edits.
+.SECONDARY:
 .PHONY: all test bench install clean check-format run
 
 # The README's first command: L1 plus an fs L2 in ./kvcd-data.

@@ -37,7 +37,7 @@ int main(int argc, char **argv)
     /* Plugins first: --help and --help-adapter list what they bring too. */
     for (size_t i = 0; i < opt.n_plugins; i++) {
         if (kvcd_l2_load_plugin(opt.plugins[i], err, sizeof(err)) != 0) {
-            fprintf(stderr, "kvcd: --plugin %s: %s\n", opt.plugins[i], err);
+            fprintf(stderr, "kvcd: --plugin: %s\n", err);
             kvcd_options_free(&opt);
             return 2;
         }

@@ -1,0 +1,274 @@
+/*
+ * test_fs_daemon.c - the fs adapter behind the real daemon: persistence across
+ * restarts, two daemons sharing one directory, files and modes on disk.
+ */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "protocol/client.h"
+#include "tests/support.h"
+
+#define MiB (1u << 20)
+#define N 12
+
+static uint8_t hb[N][8];
+static kvcd_bytes_t H[N];
+static kvcd_key_t base;
+
+static void keys(void)
+{
+    size_t i;
+
+    kvcd_keyset(&base, "meta-llama/Llama-3.1-8B", 4, 3, 0, "tenant-a");
+    for (i = 0; i < N; i++) {
+        memset(hb[i], 0, 8);
+        hb[i][0] = 0xab;
+        hb[i][7] = (uint8_t)i;
+        H[i].ptr = hb[i];
+        H[i].len = 8;
+    }
+}
+
+static size_t chunk_len(size_t i)
+{
+    return MiB + 4096 * i + 123; /* not a multiple of 4 KiB */
+}
+
+static void *chunk(size_t i)
+{
+    void *p = malloc(chunk_len(i));
+
+    kvcd_fill_random(p, chunk_len(i), 77 + i);
+    return p;
+}
+
+static void start_fs(kvcd_proc_t *p, const char *dir, const char *endpoint_dir,
+                     const char *extra_policy)
+{
+    char spec[600];
+    const char *args[] = {"--l2-adapter", spec, "--l1-size-gb", "0.0625",
+                          extra_policy ? "--l2-store-policy" : NULL, extra_policy, NULL};
+
+    snprintf(spec, sizeof(spec), "{\"type\":\"fs\",\"base_path\":\"%s\"}", dir);
+    if (endpoint_dir) {
+        memset(p, 0, sizeof(*p));
+        snprintf(p->dir, sizeof(p->dir), "%s", endpoint_dir);
+        snprintf(p->endpoint, sizeof(p->endpoint), "ipc://%s/kvcd.sock", p->dir);
+        snprintf(p->log, sizeof(p->log), "%s/kvcd.log", p->dir);
+        ck_assert_msg(kvcd_proc_restart(p, args) == 0, "kvcd did not start: %s", p->log);
+    } else {
+        ck_assert_msg(kvcd_proc_start(p, args) == 0, "kvcd did not start: %s", p->log);
+    }
+}
+
+static kvcd_client_t *connect_to(const kvcd_proc_t *p)
+{
+    kvcd_client_t *c;
+
+    ck_assert_int_eq(kvcd_client_connect(p->endpoint, 20000, &c), 0);
+    return c;
+}
+
+static void store_all(kvcd_client_t *c)
+{
+    const void *bufs[N];
+    size_t lens[N], i;
+    int res[N];
+
+    for (i = 0; i < N; i++) {
+        bufs[i] = chunk(i);
+        lens[i] = chunk_len(i);
+    }
+    ck_assert_int_eq(kvcd_client_store(c, &base, H, N, bufs, lens, res), 0);
+    for (i = 0; i < N; i++) {
+        ck_assert_int_eq(res[i], 0);
+        free((void *)bufs[i]);
+    }
+}
+
+static json_int_t stat_of(kvcd_client_t *c, const char *group, const char *name)
+{
+    json_error_t e;
+    char *text;
+    json_t *st, *v;
+    json_int_t r;
+
+    ck_assert_int_eq(kvcd_client_status(c, &text), 0);
+    st = json_loads(text, 0, &e);
+    free(text);
+    v = json_object_get(json_object_get(st, group), name);
+    ck_assert_msg(json_is_integer(v), "%s.%s missing", group, name);
+    r = json_integer_value(v);
+    json_decref(st);
+    return r;
+}
+
+static void settle(kvcd_client_t *c)
+{
+    int i;
+
+    for (i = 0; i < 1000 && stat_of(c, "storage", "l2_inflight") > 0; i++)
+        usleep(10000);
+    ck_assert_int_eq(stat_of(c, "storage", "l2_inflight"), 0);
+}
+
+/* Look up and load all keys through c; every byte must match. */
+static void expect_all(kvcd_client_t *c)
+{
+    void *bufs[N];
+    size_t caps[N], lens[N], prefix, i;
+    int res[N];
+
+    ck_assert_int_eq(kvcd_client_lookup(c, &base, H, N, &prefix, NULL), 0);
+    ck_assert_uint_eq(prefix, N);
+    for (i = 0; i < N; i++) {
+        caps[i] = chunk_len(i);
+        bufs[i] = malloc(caps[i]);
+    }
+    ck_assert_int_eq(kvcd_client_load(c, &base, H, N, bufs, caps, lens, res), 0);
+    for (i = 0; i < N; i++) {
+        void *want = chunk(i);
+
+        ck_assert_int_eq(res[i], 0);
+        ck_assert_uint_eq(lens[i], chunk_len(i));
+        ck_assert_msg(memcmp(bufs[i], want, lens[i]) == 0, "key %zu differs", i);
+        free(want);
+        free(bufs[i]);
+    }
+}
+
+static size_t count_files(const char *dir, const char *pattern, int want_mode)
+{
+    char cmd[800], out[256];
+    const char *argv[] = {"sh", "-c", cmd, NULL};
+
+    if (want_mode)
+        snprintf(cmd, sizeof(cmd), "find '%s' -name '%s' -type f ! -perm %o | wc -l", dir,
+                 pattern, want_mode);
+    else
+        snprintf(cmd, sizeof(cmd), "find '%s' -name '%s' -type f | wc -l", dir, pattern);
+    ck_assert_int_eq(kvcd_run(argv, out, sizeof(out), 10000), 0);
+    return (size_t)strtoul(out, NULL, 10);
+}
+
+START_TEST(restart_keeps_chunks)
+{
+    kvcd_proc_t a;
+    kvcd_client_t *c;
+    char dir[400], sockdir[300];
+
+    keys();
+    /* A plain daemon gives us a private temp dir; then restart it on fs. */
+    ck_assert_int_eq(kvcd_proc_start(&a, NULL), 0);
+    ck_assert_int_eq(kvcd_proc_stop(&a, SIGTERM, 10000), 0);
+    snprintf(sockdir, sizeof(sockdir), "%s", a.dir);
+    snprintf(dir, sizeof(dir), "%s/l2", a.dir);
+    start_fs(&a, dir, sockdir, NULL);
+    c = connect_to(&a);
+    store_all(c);
+    settle(c);
+    kvcd_client_close(c);
+    ck_assert_int_eq(kvcd_proc_stop(&a, SIGTERM, 10000), 0);
+    ck_assert_uint_eq(count_files(dir, "*.data", 0), N);
+    ck_assert_uint_eq(count_files(dir, "*.data", 0600), 0); /* all files 0600 */
+
+    /* A new daemon on the same base_path: empty L1, every chunk from disk. */
+    start_fs(&a, dir, sockdir, NULL);
+    c = connect_to(&a);
+    ck_assert_int_eq(stat_of(c, "l1", "objects"), 0);
+    expect_all(c);
+    ck_assert_int_eq(stat_of(c, "storage", "l2_hits"), N);
+    kvcd_client_close(c);
+    ck_assert_int_eq(kvcd_proc_stop(&a, SIGTERM, 10000), 0);
+    ck_assert(!kvcd_proc_log_has_sanitizer_report(&a));
+    kvcd_proc_cleanup(&a);
+}
+END_TEST
+
+START_TEST(two_daemons_share_a_directory)
+{
+    kvcd_proc_t a, b;
+    kvcd_client_t *ca, *cb;
+    char dir[400];
+    size_t prefix;
+    int res[N];
+    struct stat st;
+
+    keys();
+    ck_assert_int_eq(kvcd_proc_start(&a, NULL), 0);
+    ck_assert_int_eq(kvcd_proc_stop(&a, SIGTERM, 10000), 0);
+    snprintf(dir, sizeof(dir), "%s/shared", a.dir);
+    /* Both with skip_l1, so every lookup goes to the directory. */
+    start_fs(&a, dir, a.dir, "skip_l1");
+    ck_assert_int_eq(kvcd_proc_start(&b, (const char *const[]){"--l1-size-gb", "0.0625", NULL}),
+                     0);
+    ck_assert_int_eq(kvcd_proc_stop(&b, SIGTERM, 10000), 0);
+    start_fs(&b, dir, b.dir, "skip_l1");
+    ca = connect_to(&a);
+    cb = connect_to(&b);
+
+    store_all(ca);
+    settle(ca);
+    ck_assert_int_eq(stat(dir, &st), 0);
+    ck_assert_int_eq(st.st_mode & 0777, 0700);
+    expect_all(cb); /* written by A, read by B */
+
+    ck_assert_int_eq(kvcd_client_remove(cb, &base, H, N, res), 0);
+    ck_assert_int_eq(res[0], 0);
+    ck_assert_int_eq(kvcd_client_lookup(ca, &base, H, N, &prefix, NULL), 0);
+    ck_assert_uint_eq(prefix, 0); /* removed through B, a miss through A */
+    ck_assert_uint_eq(count_files(dir, "*.data", 0), 0);
+
+    kvcd_client_close(ca);
+    kvcd_client_close(cb);
+    ck_assert_int_eq(kvcd_proc_stop(&a, SIGTERM, 10000), 0);
+    ck_assert_int_eq(kvcd_proc_stop(&b, SIGTERM, 10000), 0);
+    ck_assert(!kvcd_proc_log_has_sanitizer_report(&a));
+    ck_assert(!kvcd_proc_log_has_sanitizer_report(&b));
+    kvcd_proc_cleanup(&a);
+    kvcd_proc_cleanup(&b);
+}
+END_TEST
+
+START_TEST(unwritable_base_path_is_a_clear_error)
+{
+    char spec[300];
+    const char *argv[] = {kvcd_test_bin(), "--l2-adapter", spec, NULL};
+    char out[2048];
+
+    /* A path below a regular file can never be created, even by root. */
+    snprintf(spec, sizeof(spec), "{\"type\":\"fs\",\"base_path\":\"/etc/hostname/kvcd\"}");
+    ck_assert_int_eq(kvcd_run(argv, out, sizeof(out), 5000), 2);
+    ck_assert_msg(strstr(out, "--l2-adapter #1 (fs): base_path") != NULL, "%s", out);
+    snprintf(spec, sizeof(spec), "{\"type\":\"fs\",\"base_path\":42}");
+    ck_assert_int_eq(kvcd_run(argv, out, sizeof(out), 5000), 2);
+    ck_assert_msg(strstr(out, "--l2-adapter #1 (fs): base_path") != NULL, "%s", out);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("fs_daemon");
+    TCase *tc = tcase_create("fs");
+    SRunner *sr;
+    int failed;
+
+    signal(SIGPIPE, SIG_IGN);
+    tcase_set_timeout(tc, 180);
+    tcase_add_test(tc, restart_keeps_chunks);
+    tcase_add_test(tc, two_daemons_share_a_directory);
+    tcase_add_test(tc, unwritable_base_path_is_a_clear_error);
+    suite_add_tcase(s, tc);
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
