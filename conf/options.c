@@ -25,6 +25,7 @@ enum {
     OPT_MAX_FRAME_MB, OPT_MAX_REQUEST_MB, OPT_SHUTDOWN_TIMEOUT, OPT_PLUGIN,
     OPT_STORE_POLICY, OPT_PREFETCH_POLICY, OPT_PREFETCH_MAX, OPT_L2_TIMEOUT,
     OPT_PIN_TIMEOUT, OPT_CONFIG, OPT_HELP_ADAPTER,
+    OPT_MAX_SEGMENTS, OPT_MAX_SEGMENT_GB, OPT_SEGMENT_LEASE,
 };
 
 static const struct option longopts[] = {
@@ -50,6 +51,9 @@ static const struct option longopts[] = {
     {"l2-prefetch-max-in-flight", required_argument, NULL, OPT_PREFETCH_MAX},
     {"l2-timeout-ms", required_argument, NULL, OPT_L2_TIMEOUT},
     {"pin-timeout-ms", required_argument, NULL, OPT_PIN_TIMEOUT},
+    {"max-segments", required_argument, NULL, OPT_MAX_SEGMENTS},
+    {"max-segment-gb", required_argument, NULL, OPT_MAX_SEGMENT_GB},
+    {"segment-lease-ms", required_argument, NULL, OPT_SEGMENT_LEASE},
     {"config", required_argument, NULL, OPT_CONFIG},
     {"help-adapter", required_argument, NULL, OPT_HELP_ADAPTER},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -102,6 +106,12 @@ void kvcd_options_usage(const char *adapter_types)
 "                           (default 1024)\n"
 "  --shutdown-timeout-ms N  how long SIGTERM waits for in-flight work and\n"
 "                           write-behind (default 10000)\n"
+"\n"
+"Shared memory (clients on the same host, docs/PROTOCOL.md):\n"
+"  --max-segments N         segments registered at once (default 64)\n"
+"  --max-segment-gb G       GiB of segments mapped at once (default 64)\n"
+"  --segment-lease-ms N     a client's segments are unregistered after N ms\n"
+"                           without a request from it (default 30000)\n"
 "\n"
 "Other:\n"
 "  --config FILE            settings as one JSON object (keys are the flag names\n"
@@ -176,6 +186,9 @@ static void set_defaults(kvcd_options_t *o)
     o->l2_prefetch_max_inflight = 8;
     o->l2_timeout_ms = 5000;
     o->pin_timeout_ms = 10000;
+    o->max_segments = 64;
+    o->max_segment_gb = 64.0;
+    o->segment_lease_ms = 30000;
 }
 
 /* Parse flags into o (already holding defaults or earlier settings). */
@@ -318,6 +331,20 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             if (parse_u64(optarg, 1, 3600000, &u))
                 return bad(err, errlen, "--pin-timeout-ms: expected an integer in 1..3600000, got '%s'", optarg);
             o->pin_timeout_ms = (int)u;
+            break;
+        case OPT_MAX_SEGMENTS:
+            if (parse_u64(optarg, 1, 65536, &u))
+                return bad(err, errlen, "--max-segments: expected an integer in 1..65536, got '%s'", optarg);
+            o->max_segments = (int)u;
+            break;
+        case OPT_MAX_SEGMENT_GB:
+            if (parse_double(optarg, 1.0 / 1024, 1 << 20, &o->max_segment_gb))
+                return bad(err, errlen, "--max-segment-gb: expected a number of GiB of at least 0.001, got '%s'", optarg);
+            break;
+        case OPT_SEGMENT_LEASE:
+            if (parse_u64(optarg, 10, 86400000, &u))
+                return bad(err, errlen, "--segment-lease-ms: expected an integer in 10..86400000, got '%s'", optarg);
+            o->segment_lease_ms = (int)u;
             break;
         case OPT_CONFIG:
             break; /* read before the flags, in kvcd_options_parse */

@@ -48,6 +48,9 @@ typedef struct {
     int l2_prefetch_max_inflight;
     int l2_timeout_ms;
     int pin_timeout_ms;
+    int max_segments;           /* shared-memory segments registered at once */
+    double max_segment_gb;      /* GiB mapped for them, in total */
+    int segment_lease_ms;       /* a silent owner's segments go after this */
     int want_help;              /* --help: print after the registry is loaded */
     const char *help_adapter;   /* --help-adapter TYPE */
     const char *config_path;    /* --config FILE */

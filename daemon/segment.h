@@ -1,0 +1,95 @@
+/*
+ * segment.h - the table of shared-memory segments clients registered
+ * (docs/PROTOCOL.md, "Shared-memory data plane").
+ *
+ * A segment is a sealed memfd that a client created and named "kvcd-..."; the
+ * daemon reaches it through /proc/<pid>/fd/<fd>, checks it (a kvcd memfd, this
+ * user's, sealed against shrinking, large enough), maps it and closes the fd.
+ * Because the memfd cannot shrink, the mapping can never raise SIGBUS, whatever
+ * the client does afterwards, including dying.
+ *
+ * Life of a segment:
+ *   kvcd_segtab_register   -> in the table, refs = 1 (the table's), id never
+ *                             reused within the process's life;
+ *   kvcd_segtab_acquire    -> a request that copies to or from it takes a
+ *                             reference for as long as its copies run;
+ *   kvcd_segtab_unregister / lease expiry
+ *                          -> out of the table at once (later requests naming it
+ *                             get ESEGMENT), `registered` drops to 0; unmapped
+ *                             when the last reference goes.
+ *
+ * Ownership: a segment belongs to the ZeroMQ routing identity that registered
+ * it; only that identity may use or unregister it. Every request from an
+ * identity renews its lease (kvcd_segtab_touch); a timer unregisters the
+ * segments of owners silent for longer than --segment-lease-ms, so a client
+ * that dies releases what it registered.
+ *
+ * Threading: loop thread only, no locks. Worker threads may read and write a
+ * segment's bytes while the caller holds a reference.
+ */
+#ifndef KVCD_SEGMENT_H
+#define KVCD_SEGMENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "conf/options.h"
+
+typedef struct kvcd_segtab_s kvcd_segtab_t;
+typedef struct kvcd_segment_s kvcd_segment_t;
+typedef struct kvcd_seg_owner_s kvcd_seg_owner_t;
+
+/* Fields above the line are read-only for users of the table. */
+struct kvcd_segment_s {
+    uint64_t id;
+    void *base;             /* the mapping, `size` bytes, read-write */
+    size_t size;
+    uint8_t registered;     /* 0 once unregistered or expired */
+    /* ---- private to segment.c ---- */
+    uint32_t refs;
+    kvcd_segtab_t *tab;
+    kvcd_seg_owner_t *owner;
+    kvcd_segment_t *next;
+};
+
+/* The table, with its lease timer on loop. opt must outlive it. 0 or -ENOMEM. */
+int kvcd_segtab_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_segtab_t **out);
+
+/* Close the lease timer (loop thread, before the loop's last run). */
+void kvcd_segtab_stop(kvcd_segtab_t *t);
+
+/* Unmap every segment and free. Only when no copy is running (after uv_run). */
+void kvcd_segtab_destroy(kvcd_segtab_t *t);
+
+/* REGISTER_SEGMENT for the identity owner[0..owner_len): check and map fd `fd`
+ * of process `pid`, `size` bytes. 0 and *id, or KVCD_ESEGMENT / KVCD_EBADFIELD
+ * with the reason in msg. The caller's buffers are not kept. */
+int kvcd_segtab_register(kvcd_segtab_t *t, const void *owner, size_t owner_len,
+                         uint64_t pid, uint64_t fd, uint64_t size, uint64_t *id,
+                         char *msg, size_t msglen);
+
+/* UNREGISTER_SEGMENT: 0, or KVCD_ESEGMENT (unknown, or another owner's). */
+int kvcd_segtab_unregister(kvcd_segtab_t *t, const void *owner, size_t owner_len,
+                           uint64_t id, char *msg, size_t msglen);
+
+/* The registered segment `id` of this owner, with a reference the caller drops
+ * with kvcd_segment_unref. 0, or KVCD_ESEGMENT with the reason in msg. */
+int kvcd_segtab_acquire(kvcd_segtab_t *t, const void *owner, size_t owner_len,
+                        uint64_t id, kvcd_segment_t **out, char *msg, size_t msglen);
+
+/* Drop a reference; unmaps once the segment is out of the table and unused. */
+void kvcd_segment_unref(kvcd_segment_t *seg);
+
+/* A request arrived from this identity: renew its lease. Cheap when it owns
+ * nothing. */
+void kvcd_segtab_touch(kvcd_segtab_t *t, const void *owner, size_t owner_len);
+
+/* Add "segments" (registered count) and "segment_bytes" (bytes mapped,
+ * including unregistered segments still in use) to status, and
+ * "segments_expired" to its "counters" map. */
+void kvcd_segtab_status(const kvcd_segtab_t *t, json_t *status);
+
+#endif
