@@ -1,6 +1,7 @@
 /*
  * support.c - process helpers for the end-to-end tests (see support.h).
  */
+#include <check.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -243,4 +244,16 @@ void kvcd_fill_random(void *buf, size_t len, uint64_t seed)
     }
     for (i = len & ~(size_t)7; i < len; i++)
         ((uint8_t *)buf)[i] = (uint8_t)(x >> (8 * (i & 7)));
+}
+
+int kvcd_test_run(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    int failed;
+
+    signal(SIGPIPE, SIG_IGN);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
 }

@@ -43,6 +43,11 @@ void kvcd_proc_cleanup(kvcd_proc_t *p);
  * truncated to outlen). Returns the exit status or -1. */
 int kvcd_run(const char *const *argv, char *out, size_t outlen, int timeout_ms);
 
+/* Run a suite with Check's normal output (fork mode unless CK_FORK=no), SIGPIPE
+ * ignored; returns main's exit status: 0 when every test passed. */
+struct Suite;
+int kvcd_test_run(struct Suite *s);
+
 /* Deterministic pseudo-random bytes. */
 void kvcd_fill_random(void *buf, size_t len, uint64_t seed);
 

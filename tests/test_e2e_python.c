@@ -49,16 +49,10 @@ int main(void)
 {
     Suite *s = suite_create("e2e_python");
     TCase *tc = tcase_create("python");
-    SRunner *sr;
-    int failed;
 
     tcase_set_timeout(tc, 660);
     tcase_add_test(tc, python_client_imports_with_debian_python);
     tcase_add_test(tc, python_client_end_to_end);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return kvcd_test_run(s);
 }

@@ -257,18 +257,11 @@ int main(void)
 {
     Suite *s = suite_create("fs_daemon");
     TCase *tc = tcase_create("fs");
-    SRunner *sr;
-    int failed;
 
-    signal(SIGPIPE, SIG_IGN);
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc, restart_keeps_chunks);
     tcase_add_test(tc, two_daemons_share_a_directory);
     tcase_add_test(tc, unwritable_base_path_is_a_clear_error);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return kvcd_test_run(s);
 }
