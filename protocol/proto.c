@@ -29,7 +29,13 @@ const char *kvcd_op_name(uint32_t op)
 int kvcd_op_has_keys(uint32_t op)
 {
     return op == KVCD_OP_STORE || op == KVCD_OP_LOOKUP || op == KVCD_OP_LOAD ||
-           op == KVCD_OP_REMOVE;
+           op == KVCD_OP_REMOVE || op == KVCD_OP_STORE_SHM || op == KVCD_OP_LOAD_SHM;
+}
+
+int kvcd_op_uses_segment(uint32_t op)
+{
+    return op == KVCD_OP_UNREGISTER_SEGMENT || op == KVCD_OP_STORE_SHM ||
+           op == KVCD_OP_LOAD_SHM;
 }
 
 static int fail(char *msg, size_t msglen, int err, const char *fmt, ...)
@@ -59,13 +65,42 @@ static int get_uint(const msgpack_object *v, uint64_t max, uint64_t *out)
     return 0;
 }
 
+/* One array of unsigned integers per key (offsets, lengths, capacities). */
+static int get_u64_array(const msgpack_object *arr, const char *name, size_t n,
+                         uint64_t min, uint64_t **out, char *msg, size_t msglen)
+{
+    uint64_t *a;
+    size_t i;
+
+    if (!arr)
+        return fail(msg, msglen, KVCD_EMISSING, "%s: required field missing", name);
+    if (arr->via.array.size != n)
+        return fail(msg, msglen, KVCD_EBADFIELD, "%s: %" PRIu32 " entries for %zu hashes",
+                    name, arr->via.array.size, n);
+    a = malloc(n * sizeof(*a));
+    if (!a)
+        return fail(msg, msglen, -ENOMEM, "out of memory");
+    for (i = 0; i < n; i++) {
+        if (get_uint(&arr->via.array.ptr[i], UINT64_MAX, &a[i]) != 0 || a[i] < min) {
+            free(a);
+            return fail(msg, msglen, KVCD_EBADFIELD,
+                        "%s[%zu]: expected an unsigned integer of at least %" PRIu64,
+                        name, i, min);
+        }
+    }
+    *out = a;
+    return 0;
+}
+
 int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
                           kvcd_req_t *req, char *msg, size_t msglen)
 {
     msgpack_unpacked up;
     const msgpack_object *map, *hashes = NULL;
+    const msgpack_object *offsets = NULL, *lengths = NULL, *capacities = NULL;
     uint64_t v, world = 1, worker = 0, rank = 0;
     int have_v = 0, have_id = 0, have_op = 0, have_rank = 0, have_model = 0;
+    int have_pid = 0, have_fd = 0, have_size = 0, have_segment = 0;
     size_t off = 0, i;
     int rc;
 
@@ -172,6 +207,41 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
                 goto out;
             }
             hashes = val;
+        } else if (key_is(k, "pid") || key_is(k, "fd")) {
+            int is_pid = key_is(k, "pid");
+
+            if (get_uint(val, INT32_MAX, is_pid ? &req->seg_pid : &req->seg_fd) != 0) {
+                rc = fail(msg, msglen, KVCD_EBADFIELD, "%s: expected an integer in 0..%d",
+                          is_pid ? "pid" : "fd", INT32_MAX);
+                goto out;
+            }
+            *(is_pid ? &have_pid : &have_fd) = 1;
+        } else if (key_is(k, "size")) {
+            if (get_uint(val, UINT64_MAX, &req->seg_size) != 0 || req->seg_size == 0) {
+                rc = fail(msg, msglen, KVCD_EBADFIELD,
+                          "size: expected a positive number of bytes");
+                goto out;
+            }
+            have_size = 1;
+        } else if (key_is(k, "segment")) {
+            if (get_uint(val, UINT64_MAX, &req->segment) != 0) {
+                rc = fail(msg, msglen, KVCD_EBADFIELD, "segment: expected an unsigned integer");
+                goto out;
+            }
+            have_segment = 1;
+        } else if (key_is(k, "offsets") || key_is(k, "lengths") || key_is(k, "capacities")) {
+            if (val->type != MSGPACK_OBJECT_ARRAY) {
+                rc = fail(msg, msglen, KVCD_EBADFIELD,
+                          "%.*s: expected an array of unsigned integers",
+                          (int)k->via.str.size, k->via.str.ptr);
+                goto out;
+            }
+            if (key_is(k, "offsets"))
+                offsets = val;
+            else if (key_is(k, "lengths"))
+                lengths = val;
+            else
+                capacities = val;
         }
     }
 
@@ -195,6 +265,15 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
     }
     if (kvcd_op_name(req->op) == NULL) {
         rc = fail(msg, msglen, KVCD_EUNKNOWNOP, "unknown operation %" PRIu32, req->op);
+        goto out;
+    }
+    if (req->op == KVCD_OP_REGISTER_SEGMENT && (!have_pid || !have_fd || !have_size)) {
+        rc = fail(msg, msglen, KVCD_EMISSING, "%s: required field missing",
+                  !have_pid ? "pid" : !have_fd ? "fd" : "size");
+        goto out;
+    }
+    if (kvcd_op_uses_segment(req->op) && !have_segment) {
+        rc = fail(msg, msglen, KVCD_EMISSING, "segment: required field missing");
         goto out;
     }
     if (!kvcd_op_has_keys(req->op)) {
@@ -257,15 +336,22 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
             goto out;
         }
     }
+    if (req->op == KVCD_OP_STORE_SHM || req->op == KVCD_OP_LOAD_SHM) {
+        int store = req->op == KVCD_OP_STORE_SHM;
+
+        rc = get_u64_array(offsets, "offsets", req->nkeys, 0, &req->offsets, msg, msglen);
+        if (rc == 0)
+            rc = get_u64_array(store ? lengths : capacities, store ? "lengths" : "capacities",
+                               req->nkeys, store ? 1 : 0, &req->lengths, msg, msglen);
+        if (rc != 0)
+            goto out;
+    }
     rc = 0;
 
 out:
     msgpack_unpacked_destroy(&up);
-    if (rc != 0) {
-        free(req->hashes);
-        req->hashes = NULL;
-        req->nkeys = 0;
-    }
+    if (rc != 0)
+        kvcd_proto_req_free(req);
     return rc;
 }
 
@@ -274,6 +360,10 @@ void kvcd_proto_req_free(kvcd_req_t *req)
     free(req->hashes);
     req->hashes = NULL;
     req->nkeys = 0;
+    free(req->offsets);
+    req->offsets = NULL;
+    free(req->lengths);
+    req->lengths = NULL;
 }
 
 /* ---- writing ---- */
@@ -476,14 +566,47 @@ void kvcd_proto_encode_ping(kvcd_wbuf_t *w, uint64_t id, const kvcd_ping_t *p)
     pack_kv_u64(&w->pk, "l1_capacity", p->l1_capacity);
 }
 
-void kvcd_proto_encode_req(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
-                           const kvcd_key_t *base, const kvcd_bytes_t *hashes,
-                           size_t n)
+void kvcd_proto_encode_segment(kvcd_wbuf_t *w, uint64_t id, uint64_t segment)
+{
+    kvcd_proto_reply_begin(w, id, KVCD_OP_REGISTER_SEGMENT, 0, NULL, 1);
+    pack_kv_u64(&w->pk, "segment", segment);
+}
+
+void kvcd_proto_encode_load_shm(kvcd_wbuf_t *w, uint64_t id, const int *results,
+                                const uint64_t *lengths, size_t n)
+{
+    size_t i;
+
+    kvcd_proto_reply_begin(w, id, KVCD_OP_LOAD_SHM, 0, NULL, 2);
+    kvcd_pack_cstr(&w->pk, "results");
+    msgpack_pack_array(&w->pk, n);
+    for (i = 0; i < n; i++)
+        msgpack_pack_uint32(&w->pk, (uint32_t)-results[i]);
+    kvcd_pack_cstr(&w->pk, "lengths");
+    msgpack_pack_array(&w->pk, n);
+    for (i = 0; i < n; i++)
+        msgpack_pack_uint64(&w->pk, lengths[i]);
+}
+
+static void pack_u64_array(msgpack_packer *pk, const char *k, const uint64_t *a, size_t n)
+{
+    size_t i;
+
+    kvcd_pack_cstr(pk, k);
+    msgpack_pack_array(pk, n);
+    for (i = 0; i < n; i++)
+        msgpack_pack_uint64(pk, a[i]);
+}
+
+/* The header map with `extra` more pairs that the caller packs after it. */
+static void encode_req_extra(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
+                             const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                             size_t n, size_t extra)
 {
     msgpack_packer *pk = &w->pk;
     size_t i;
 
-    msgpack_pack_map(pk, 3 + (base ? 5 : 0));
+    msgpack_pack_map(pk, 3 + (base ? 5 : 0) + extra);
     pack_kv_u64(pk, "v", KVCD_PROTO_VERSION);
     pack_kv_u64(pk, "id", id);
     pack_kv_u64(pk, "op", op);
@@ -502,6 +625,41 @@ void kvcd_proto_encode_req(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
     for (i = 0; i < n; i++) {
         msgpack_pack_bin(pk, hashes[i].len);
         msgpack_pack_bin_body(pk, hashes[i].ptr, hashes[i].len);
+    }
+}
+
+void kvcd_proto_encode_req(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
+                           const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                           size_t n)
+{
+    encode_req_extra(w, id, op, base, hashes, n, 0);
+}
+
+void kvcd_proto_encode_req_shm(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
+                               const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                               size_t n, const kvcd_shm_args_t *shm)
+{
+    msgpack_packer *pk = &w->pk;
+
+    switch (op) {
+    case KVCD_OP_REGISTER_SEGMENT:
+        encode_req_extra(w, id, op, NULL, NULL, 0, 3);
+        pack_kv_u64(pk, "pid", shm->pid);
+        pack_kv_u64(pk, "fd", shm->fd);
+        pack_kv_u64(pk, "size", shm->size);
+        break;
+    case KVCD_OP_STORE_SHM:
+    case KVCD_OP_LOAD_SHM:
+        encode_req_extra(w, id, op, base, hashes, n, 3);
+        pack_kv_u64(pk, "segment", shm->segment);
+        pack_u64_array(pk, "offsets", shm->offsets, n);
+        pack_u64_array(pk, op == KVCD_OP_STORE_SHM ? "lengths" : "capacities",
+                       shm->lengths, n);
+        break;
+    default:
+        encode_req_extra(w, id, op, base, hashes, n, 1);
+        pack_kv_u64(pk, "segment", shm->segment);
+        break;
     }
 }
 
@@ -564,6 +722,22 @@ int kvcd_proto_decode_reply(const void *buf, size_t len, kvcd_reply_hdr_t *rep)
             get_uint(val, UINT64_MAX, &rep->prefix);
         else if (key_is(k, "removed"))
             get_uint(val, UINT64_MAX, &rep->removed);
+        else if (key_is(k, "segment"))
+            get_uint(val, UINT64_MAX, &rep->segment);
+        else if (key_is(k, "lengths") && val->type == MSGPACK_OBJECT_ARRAY) {
+            size_t n = val->via.array.size;
+
+            if (rep->nresults && rep->nresults != n)
+                goto out;
+            rep->nresults = n;
+            free(rep->lengths);
+            rep->lengths = calloc(n ? n : 1, sizeof(uint64_t));
+            if (!rep->lengths)
+                goto nomem;
+            for (j = 0; j < n; j++)
+                if (get_uint(&val->via.array.ptr[j], UINT64_MAX, &rep->lengths[j]) != 0)
+                    goto out;
+        }
         else if (key_is(k, "status")) {
             json_decref(rep->status);
             rep->status = kvcd_msgpack_to_json(val);
@@ -613,9 +787,11 @@ void kvcd_proto_reply_free(kvcd_reply_hdr_t *rep)
 {
     free(rep->results);
     free(rep->present);
+    free(rep->lengths);
     json_decref(rep->status);
     rep->results = NULL;
     rep->present = NULL;
+    rep->lengths = NULL;
     rep->status = NULL;
     rep->nresults = 0;
 }

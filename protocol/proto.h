@@ -59,7 +59,17 @@ typedef struct {
     kvcd_key_t base;        /* model, salt, kv_rank, group; hash unset */
     size_t nkeys;
     kvcd_bytes_t *hashes;   /* nkeys entries, malloc'd, bytes borrowed */
+    /* Shared-memory data plane (ops 8-11), zero where the op has none. */
+    uint64_t seg_pid;       /* REGISTER_SEGMENT: pid, fd, size (>= 1) */
+    uint64_t seg_fd;
+    uint64_t seg_size;
+    uint64_t segment;       /* UNREGISTER_SEGMENT, STORE_SHM, LOAD_SHM */
+    uint64_t *offsets;      /* STORE_SHM, LOAD_SHM: nkeys entries, malloc'd */
+    uint64_t *lengths;      /* STORE_SHM: lengths (>= 1); LOAD_SHM: capacities */
 } kvcd_req_t;
+
+/* 1 for the shared-memory operations that name a registered segment. */
+int kvcd_op_uses_segment(uint32_t op);
 
 /* Decode frame 0. Returns 0, or a negative KVCD_E* with a message naming the
  * problem (and the field) in msg. Even on error, req->id and req->op hold what
@@ -121,10 +131,30 @@ typedef struct {
 
 void kvcd_proto_encode_ping(kvcd_wbuf_t *w, uint64_t id, const kvcd_ping_t *p);
 
+/* REGISTER_SEGMENT reply: the new segment's id. */
+void kvcd_proto_encode_segment(kvcd_wbuf_t *w, uint64_t id, uint64_t segment);
+/* LOAD_SHM reply: per-key results and object sizes (0 on a miss). */
+void kvcd_proto_encode_load_shm(kvcd_wbuf_t *w, uint64_t id, const int *results,
+                                const uint64_t *lengths, size_t n);
+
 /* Request (client side). base may be NULL for operations without keys. */
 void kvcd_proto_encode_req(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
                            const kvcd_key_t *base, const kvcd_bytes_t *hashes,
                            size_t n);
+
+/* The fields of the shared-memory operations (client side). */
+typedef struct {
+    uint64_t pid, fd, size;     /* REGISTER_SEGMENT */
+    uint64_t segment;           /* UNREGISTER_SEGMENT, STORE_SHM, LOAD_SHM */
+    const uint64_t *offsets;    /* STORE_SHM, LOAD_SHM: n entries */
+    const uint64_t *lengths;    /* STORE_SHM: lengths; LOAD_SHM: capacities */
+} kvcd_shm_args_t;
+
+/* A request with a key set (base may be NULL for ops 8 and 9) plus the shm
+ * fields that op takes. */
+void kvcd_proto_encode_req_shm(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
+                               const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                               size_t n, const kvcd_shm_args_t *shm);
 
 /* A decoded reply header (client side); arrays malloc'd. */
 typedef struct {
@@ -142,6 +172,8 @@ typedef struct {
     kvcd_ping_t ping;       /* PING; server points into server_buf */
     char server_buf[64];
     json_t *status;         /* STATUS: new reference */
+    uint64_t segment;       /* REGISTER_SEGMENT */
+    uint64_t *lengths;      /* LOAD_SHM, nresults entries */
 } kvcd_reply_hdr_t;
 
 int kvcd_proto_decode_reply(const void *buf, size_t len, kvcd_reply_hdr_t *rep);
