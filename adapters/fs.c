@@ -1,0 +1,734 @@
+/*
+ * fs.c - the filesystem L2 adapter: one file per object under base_path.
+ *
+ * Files are named as LMCache's fs adapter names them, with an unambiguous
+ * escape and a rule for names longer than NAME_MAX (fs/name.c), optionally
+ * spread over hash-prefix subdirectories (dir_levels). A file holds the payload
+ * followed, unless checksum is "none", by a 64-byte trailer binding it to its
+ * length, its XXH3-64 and the digest of its key. docs/ADAPTERS.md documents the
+ * fields, the name rules and the trailer byte by byte.
+ *
+ * Invariants:
+ *  - A name is published only by renaming a complete temp file from
+ *    relative_tmp_dir, so it either does not exist or holds a whole object; a
+ *    failed store unlinks its temp file.
+ *  - Every load of a checksummed file verifies the trailer; a bad file is a
+ *    counted miss and is unlinked, but only if the name still refers to the
+ *    inode that was read (another daemon may have replaced it meanwhile).
+ *  - Every path is relative to the base directory's descriptor and made of
+ *    escaped key bytes: no "/" other than the hash-prefix levels, never "." or
+ *    "..", no NUL, no component longer than NAME_MAX; symlinks are not followed.
+ *  - A store reserves its bytes first, evicting least recently used files until
+ *    both the capacity bound and the free-space floor hold (fs/index.c), or
+ *    fails with -ENOSPC without writing.
+ *  - The directory is the truth: lookup and load stat and open the file, so the
+ *    files of other daemons sharing the directory are hits. The in-memory index
+ *    only accounts usage and orders eviction; the background scan rebuilds it.
+ *
+ * Threading: store, lookup, load, remove and background run on threadpool
+ * workers, concurrently on one instance; the index is guarded by `mu`, counters
+ * are atomics. init, status and close run on the loop thread; status makes no
+ * system call. Nothing here uses libuv. Every system call goes through
+ * kvcd_fs_sys (fs/sys.c, test hooks in fs.h) so that tests can inject faults.
+ *
+ * The helpers in the fs directory are compiled with the core (they are not
+ * adapters); this file defines the adapter object.
+ */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "adapters/adapter.h"
+#include "adapters/fs/fs_int.h"
+
+static const char *const odf_name[ODF_N] = {"unsupported", "unaligned_buffer", "io_einval"};
+
+/* ---- storing: temp file, hash-prefix directories, orphans ----------------- */
+
+/* Create the hash-prefix directories of path ("ab/" or "ab/cd/"). */
+static int mk_levels(fs_t *fs, const char *path)
+{
+    char d[8];
+    int l;
+
+    for (l = 0; l < fs->dir_levels; l++) {
+        memcpy(d, path, (size_t)l * 3 + 2);
+        d[l * 3 + 2] = '\0';
+        if (kvcd_fs_sys->mkdirat(fs->base_fd, d, fs->dir_mode) != 0) {
+            if (errno != EEXIST)
+                return -errno;
+        } else if (fs->chmod_dirs) {
+            int fd = kvcd_fs_sys->openat(fs->base_fd, d, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+
+            if (fd >= 0) {
+                kvcd_fs_sys->fchmod(fd, fs->dir_mode);
+                kvcd_fs_sys->close(fd);
+            }
+        }
+    }
+    return 0;
+}
+
+/* fsync the directory holding path, so that the rename survives a crash. */
+static int sync_dir(fs_t *fs, const char *path)
+{
+    char d[8];
+    int fd, r = 0;
+
+    if (fs->dir_levels == 0)
+        return kvcd_fs_sys->fsync(fs->base_fd) ? -errno : 0;
+    memcpy(d, path, (size_t)fs->dir_levels * 3 - 1);
+    d[fs->dir_levels * 3 - 1] = '\0';
+    if ((fd = kvcd_fs_sys->openat(fs->base_fd, d, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)) < 0)
+        return -errno;
+    if (kvcd_fs_sys->fsync(fd))
+        r = -errno;
+    kvcd_fs_sys->close(fd);
+    return r;
+}
+
+/* Sweep temp files left by writers that died. A file of ours (same nonce) is in
+ * flight; one from this host whose writer is gone (same pid with another nonce
+ * is a previous incarnation; or the pid no longer exists) is removed at once;
+ * any other is removed once older than orphan_tmp_age_s (other hosts sharing
+ * the directory, unparsable names). The nonce is per process, so instances of
+ * one process never sweep each other. */
+static void sweep_tmp(fs_t *fs)
+{
+    struct dirent *de;
+    struct timespec ts;
+    DIR *d;
+    int fd;
+    uint64_t wall;
+
+    fd = kvcd_fs_sys->openat(fs->tmp_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0) {
+        kvcd_fs_err(fs, "sweep", fs->tmp_dir, errno);
+        return;
+    }
+    if (!(d = kvcd_fs_sys->fdopendir(fd))) {
+        kvcd_fs_err(fs, "sweep", fs->tmp_dir, errno);
+        kvcd_fs_sys->close(fd);
+        return;
+    }
+    kvcd_fs_sys->clock_gettime(CLOCK_REALTIME, &ts);
+    wall = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    while ((de = kvcd_fs_sys->readdir(d))) {
+        char host[64];
+        int pid = 0, n = 0;
+        uint64_t nonce = 0;
+        bool gone = false;
+        struct stat st;
+
+        if (de->d_name[0] == '.' || de->d_type == DT_DIR)
+            continue;
+        if (sscanf(de->d_name, "%63[A-Za-z0-9-].%d.%" SCNx64 ".%*d.%*u.tmp%n", host, &pid, &nonce,
+                   &n) == 3 &&
+            n > 0 && de->d_name[n] == '\0' && !strcmp(host, fs->host)) {
+            if (nonce == fs->nonce)
+                continue;
+            gone = pid == fs->pid || (pid > 0 && kvcd_fs_sys->kill(pid, 0) != 0 && errno == ESRCH);
+        }
+        if (!gone) {
+            uint64_t mt;
+
+            if (kvcd_fs_sys->fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW))
+                continue;
+            mt = (uint64_t)st.st_mtim.tv_sec * 1000 + (uint64_t)st.st_mtim.tv_nsec / 1000000;
+            if (!S_ISREG(st.st_mode) || mt + fs->orphan_age_ms > wall)
+                continue;
+        }
+        if (kvcd_fs_sys->unlinkat(dirfd(d), de->d_name, 0) == 0)
+            CNT(fs->orphans_removed, 1);
+    }
+    kvcd_fs_sys->closedir(d);
+}
+
+static size_t tlen_of(const fs_t *fs)
+{
+    return fs->checksum ? TRL_SIZE : 0;
+}
+
+/* ---- the methods, one key at a time --------------------------------------- */
+
+static int store_one(fs_t *fs, kvcd_l2_item_t *it)
+{
+    char path[REL_MAX], tmp[192];
+    uint8_t dig[16], trl[TRL_SIZE];
+    uint64_t fbytes = (uint64_t)it->len + tlen_of(fs), t;
+    struct stat st;
+    int fd, r, c;
+
+    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+        return r;
+    if (it->len && !it->buf)
+        return KVCD_EBADFIELD;
+    /* Published files are immutable and whole: the same name and length is the
+     * same object (a damaged one is caught and removed by the next load). */
+    if (fs->skip_existing &&
+        kvcd_fs_sys->fstatat(fs->base_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISREG(st.st_mode) && (uint64_t)st.st_size == fbytes) {
+        if (kvcd_fs_idx_touch(fs, path, fbytes, false))
+            kvcd_fs_reserve(fs, 0);
+        CNT(fs->store_skipped, 1);
+        return 0;
+    }
+    t = kvcd_fs_now_ms();
+    if (t >= LD(fs->next_sweep)) {
+        uint64_t ns = LD(fs->next_sweep);
+
+        if (atomic_compare_exchange_strong(&fs->next_sweep, &ns, t + fs->orphan_age_ms))
+            sweep_tmp(fs);
+    }
+    if ((r = kvcd_fs_reserve(fs, fbytes)))
+        return r;
+    if (fs->checksum)
+        kvcd_fs_trl_build(trl, it->buf, it->len, dig);
+    if ((fd = kvcd_fs_tmp_create(fs, tmp, sizeof(tmp))) < 0) {
+        r = kvcd_fs_err(fs, "store create", fs->tmp_dir, -fd);
+        goto out;
+    }
+    r = kvcd_fs_write_obj(fs, fd, it->buf, it->len, trl, tlen_of(fs));
+    if (r)
+        r = kvcd_fs_err(fs, "store write", tmp, -r);
+    if (!r && fs->fsync_on && kvcd_fs_sys->fdatasync(fd))
+        r = kvcd_fs_err(fs, "store fsync", tmp, errno);
+    c = kvcd_fs_sys->close(fd);
+    if (!r && c)
+        r = kvcd_fs_err(fs, "store close", tmp, errno);
+    if (!r && kvcd_fs_sys->renameat(fs->tmp_fd, tmp, fs->base_fd, path)) {
+        int e = errno;
+
+        if (e == ENOENT && fs->dir_levels && (e = -mk_levels(fs, path)) == 0 &&
+            kvcd_fs_sys->renameat(fs->tmp_fd, tmp, fs->base_fd, path))
+            e = errno;
+        if (e)
+            r = kvcd_fs_err(fs, "store rename", path, e);
+    }
+    if (r) {
+        kvcd_fs_sys->unlinkat(fs->tmp_fd, tmp, 0);
+        goto out;
+    }
+    if (fs->fsync_on && (c = sync_dir(fs, path)))
+        kvcd_fs_err(fs, "store fsync dir", path, -c); /* the file is there */
+    kvcd_fs_unreserve(fs, fbytes);
+    if (kvcd_fs_idx_touch(fs, path, fbytes, false))
+        kvcd_fs_reserve(fs, 0); /* replaced a file another daemon had made longer */
+    CNT(fs->stores, 1);
+    CNT(fs->store_bytes, it->len);
+    it->size = it->len;
+    return 0;
+out:
+    kvcd_fs_unreserve(fs, fbytes);
+    return r;
+}
+
+/* A file that failed verification: count it, and unlink it if the name still
+ * refers to the inode we read. */
+static int bad_file(fs_t *fs, const char *path, const struct stat *seen)
+{
+    struct stat st;
+
+    CNT(fs->checksum_fail, 1);
+    if (kvcd_fs_sys->fstatat(fs->base_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        st.st_ino == seen->st_ino && st.st_dev == seen->st_dev)
+        kvcd_fs_sys->unlinkat(fs->base_fd, path, 0);
+    kvcd_fs_idx_drop(fs, path);
+    return KVCD_ECHECKSUM;
+}
+
+static bool is_miss(int e)
+{
+    return e == ENOENT || e == ENOTDIR || e == ELOOP;
+}
+
+static int lookup_one(fs_t *fs, kvcd_l2_item_t *it)
+{
+    char path[REL_MAX];
+    uint8_t dig[16];
+    struct stat st;
+    int r;
+
+    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+        return r;
+    CNT(fs->lookups, 1);
+    if (kvcd_fs_sys->fstatat(fs->base_fd, path, &st, AT_SYMLINK_NOFOLLOW)) {
+        if (!is_miss(errno))
+            return kvcd_fs_err(fs, "lookup", path, errno);
+        kvcd_fs_idx_drop(fs, path);
+        return KVCD_ENOTFOUND;
+    }
+    if (!S_ISREG(st.st_mode))
+        return KVCD_ENOTFOUND;
+    if ((uint64_t)st.st_size < tlen_of(fs)) {
+        bad_file(fs, path, &st);
+        return KVCD_ENOTFOUND;
+    }
+    it->size = (size_t)st.st_size - tlen_of(fs);
+    if (kvcd_fs_idx_touch(fs, path, (uint64_t)st.st_size, true))
+        kvcd_fs_reserve(fs, 0);
+    CNT(fs->hits, 1);
+    return 0;
+}
+
+static int load_one(fs_t *fs, kvcd_l2_item_t *it)
+{
+    char path[REL_MAX];
+    uint8_t dig[16], trl[TRL_SIZE];
+    struct stat st;
+    uint64_t plen;
+    size_t tlen = tlen_of(fs);
+    int fd, r;
+
+    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+        return r;
+    if (it->len && !it->buf)
+        return KVCD_EBADFIELD;
+    fd = kvcd_fs_sys->openat(fs->base_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0) {
+        if (!is_miss(errno))
+            return kvcd_fs_err(fs, "load open", path, errno);
+        kvcd_fs_idx_drop(fs, path);
+        return KVCD_ENOTFOUND;
+    }
+    if (kvcd_fs_sys->fstat(fd, &st)) {
+        r = kvcd_fs_err(fs, "load stat", path, errno);
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        r = KVCD_ENOTFOUND;
+        goto out;
+    }
+    if ((uint64_t)st.st_size < tlen) {
+        r = bad_file(fs, path, &st);
+        goto out;
+    }
+    plen = (uint64_t)st.st_size - tlen;
+    it->size = (size_t)plen;
+    if (plen > it->len) {
+        r = -EMSGSIZE; /* stored again with another size since lookup */
+        goto out;
+    }
+    r = kvcd_fs_read_obj(fs, fd, it->buf, (size_t)plen, trl, tlen);
+    if (r < 0) {
+        r = kvcd_fs_err(fs, "load read", path, -r);
+        goto out;
+    }
+    if (r == 1) { /* shorter than fstat said: truncated in place */
+        r = bad_file(fs, path, &st);
+        goto out;
+    }
+    if (fs->checksum) {
+        if (!kvcd_fs_trl_verify(trl, plen, dig, it->buf)) {
+            r = bad_file(fs, path, &st);
+            goto out;
+        }
+    } else if (plen >= TRL_SIZE) {
+        /* checksum "none" reading a file written with a trailer: strip it (a
+         * valid trailer for another key means the file is not ours to serve) */
+        const uint8_t *t = (const uint8_t *)it->buf + plen - TRL_SIZE;
+
+        if (kvcd_fs_trl_sane(t, plen - TRL_SIZE)) {
+            if (memcmp(t + 32, dig, 16)) {
+                r = bad_file(fs, path, &st);
+                goto out;
+            }
+            it->size = (size_t)(plen - TRL_SIZE);
+        }
+    }
+    CNT(fs->loads, 1);
+    CNT(fs->load_bytes, it->size);
+    if (kvcd_fs_idx_touch(fs, path, (uint64_t)st.st_size, false))
+        kvcd_fs_reserve(fs, 0);
+    r = 0;
+out:
+    kvcd_fs_sys->close(fd);
+    kvcd_fs_idx_unpin(fs, path);
+    return r;
+}
+
+static int remove_one(fs_t *fs, kvcd_l2_item_t *it)
+{
+    char path[REL_MAX];
+    uint8_t dig[16];
+    int r;
+
+    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+        return r;
+    r = 0;
+    if (kvcd_fs_sys->unlinkat(fs->base_fd, path, 0)) {
+        if (!is_miss(errno) && errno != EISDIR)
+            return kvcd_fs_err(fs, "remove", path, errno);
+        r = KVCD_ENOTFOUND;
+    } else {
+        CNT(fs->removes, 1);
+    }
+    kvcd_fs_idx_drop(fs, path);
+    return r;
+}
+
+/* Keys run one after another within a batch: the core splits a request into
+ * batches over the threadpool, which is where the parallelism is. */
+static void run(fs_t *fs, kvcd_l2_batch_t *b, int (*one)(fs_t *, kvcd_l2_item_t *))
+{
+    size_t i;
+
+    for (i = 0; i < b->n; i++) {
+        kvcd_l2_item_t *it = &b->items[i];
+
+        /* deadline_ms is uv_now() based: CLOCK_MONOTONIC milliseconds */
+        if (b->deadline_ms && kvcd_fs_now_ms() > b->deadline_ms) {
+            it->result = KVCD_ETIMEDOUT;
+            CNT(fs->timeouts, 1);
+            continue;
+        }
+        it->result = one(fs, it);
+        if (it->result == 0 || it->result == KVCD_ENOTFOUND)
+            atomic_store(&fs->err_streak, 0);
+    }
+}
+
+static void fs_store(void *self, kvcd_l2_batch_t *b)
+{
+    run(self, b, store_one);
+}
+
+static void fs_lookup(void *self, kvcd_l2_batch_t *b)
+{
+    run(self, b, lookup_one);
+}
+
+static void fs_load(void *self, kvcd_l2_batch_t *b)
+{
+    run(self, b, load_one);
+}
+
+static void fs_remove(void *self, kvcd_l2_batch_t *b)
+{
+    run(self, b, remove_one);
+}
+
+/* ---- start-up scan -------------------------------------------------------- */
+
+typedef struct {
+    ent_t **v;
+    size_t n, cap;
+} vec_t;
+
+/* Collect every *.data file under dir (base, or a hash-prefix level). */
+static void scan_dir(fs_t *fs, int pfd, const char *name, const char *rel, int depth, vec_t *out)
+{
+    struct dirent *de;
+    DIR *d;
+    int fd = kvcd_fs_sys->openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+
+    if (fd < 0)
+        return;
+    if (!(d = kvcd_fs_sys->fdopendir(fd))) {
+        kvcd_fs_sys->close(fd);
+        return;
+    }
+    while ((de = kvcd_fs_sys->readdir(d))) {
+        char sub[REL_MAX];
+        struct stat st;
+        ent_t *e;
+
+        if (de->d_name[0] == '.' && (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
+            continue;
+        if (depth == 0 && !strcmp(de->d_name, fs->tmp_top))
+            continue;
+        if (depth < 2 && kvcd_fs_is_hex2(de->d_name) &&
+            (de->d_type == DT_DIR || de->d_type == DT_UNKNOWN)) {
+            snprintf(sub, sizeof(sub), "%s%s/", rel, de->d_name);
+            scan_dir(fs, dirfd(d), de->d_name, sub, depth + 1, out);
+            continue;
+        }
+        if (!kvcd_fs_is_data(de->d_name) || strlen(rel) + strlen(de->d_name) >= REL_MAX ||
+            (de->d_type != DT_REG && de->d_type != DT_UNKNOWN))
+            continue;
+        if (kvcd_fs_sys->fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
+            !S_ISREG(st.st_mode))
+            continue;
+        snprintf(sub, sizeof(sub), "%s%s", rel, de->d_name);
+        if (out->n == out->cap) {
+            size_t nc = out->cap ? out->cap * 2 : 1024;
+            ent_t **nv = realloc(out->v, nc * sizeof(*nv));
+
+            if (!nv)
+                continue;
+            out->v = nv;
+            out->cap = nc;
+        }
+        if (!(e = kvcd_fs_ent_new(sub, (uint64_t)st.st_size)))
+            continue;
+        /* recency of a file we have not seen used: its last access or write */
+        {
+            uint64_t at = (uint64_t)st.st_atim.tv_sec * 1000 +
+                          (uint64_t)st.st_atim.tv_nsec / 1000000,
+                     mt = (uint64_t)st.st_mtim.tv_sec * 1000 +
+                          (uint64_t)st.st_mtim.tv_nsec / 1000000;
+
+            e->stamp = at > mt ? at : mt;
+        }
+        out->v[out->n++] = e;
+        CNT(fs->scan_files, 1);
+        CNT(fs->scan_bytes, (uint64_t)st.st_size);
+    }
+    kvcd_fs_sys->closedir(d);
+}
+
+/* Sweep orphans, rebuild usage and recency from the directory, then evict down
+ * to the bounds. Runs once on a worker after init; stores, lookups and loads
+ * run meanwhile. */
+static void fs_background(void *self)
+{
+    fs_t *fs = self;
+    vec_t v = {NULL, 0, 0};
+
+    atomic_store(&fs->scan_state, 1);
+    atomic_store(&fs->next_sweep, kvcd_fs_now_ms() + fs->orphan_age_ms);
+    sweep_tmp(fs);
+    scan_dir(fs, fs->base_fd, ".", "", 0, &v);
+    kvcd_fs_idx_add_scanned(fs, v.v, v.n);
+    free(v.v);
+    kvcd_fs_reserve(fs, 0);
+    atomic_store(&fs->scan_state, 2);
+}
+
+/* ---- life cycle ----------------------------------------------------------- */
+
+/* One nonce per process (not per instance): instances of one process must see
+ * each other's temp files as live, a later process with the same pid must not. */
+static uint64_t proc_nonce;
+static pthread_once_t nonce_once = PTHREAD_ONCE_INIT;
+
+static void nonce_init(void)
+{
+    struct timespec ts;
+
+    if (getrandom(&proc_nonce, sizeof(proc_nonce), GRND_NONBLOCK) == sizeof(proc_nonce))
+        return;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    proc_nonce = XXH3_64bits_withSeed(&ts, sizeof(ts), (uint64_t)getpid());
+}
+
+static void fs_close(void *self);
+
+static int fs_init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, char *err,
+                   size_t errlen)
+{
+    fs_t *fs = self;
+    struct statvfs sv;
+    char host[64];
+    size_t i;
+    int r;
+
+    fs->base_fd = fs->tmp_fd = -1;
+    fs->tmp_dir = strdup(".tmp");
+    fs->read_ahead = 65536;
+    fs->checksum = true;
+    fs->skip_existing = true;
+    fs->file_mode = 0600;
+    fs->dir_mode = 0700;
+    fs->pin_ms = 10000;
+    fs->orphan_age_ms = 600 * 1000;
+    fs->health_window_ms = 5000;
+    atomic_store(&fs->odirect_ok, true);
+    /* until background has run, stores do not sweep (it sweeps first) */
+    atomic_store(&fs->next_sweep, UINT64_MAX);
+    pthread_mutex_init(&fs->mu, NULL);
+    fs->inited = true;
+    if (kvcd_fs_idx_init(fs)) {
+        snprintf(err, errlen, "base_path: out of memory");
+        r = KVCD_ECONFIG;
+        goto fail;
+    }
+    if ((r = kvcd_fs_parse_spec(fs, spec, err, errlen)))
+        goto fail;
+
+    /* identity of this instance's temp files */
+    if (gethostname(host, sizeof(host)))
+        strcpy(host, "host");
+    host[sizeof(host) - 1] = '\0';
+    for (i = 0; host[i]; i++)
+        if (!isalnum((unsigned char)host[i]) && host[i] != '-')
+            host[i] = '-';
+    memcpy(fs->host, host, sizeof(host));
+    fs->pid = getpid();
+    pthread_once(&nonce_once, nonce_init);
+    fs->nonce = proc_nonce;
+    snprintf(fs->ident, sizeof(fs->ident), "%s.%d.%" PRIx64, fs->host, (int)fs->pid, fs->nonce);
+
+    if ((r = kvcd_fs_open_dirs(fs, err, errlen)))
+        goto fail;
+    if (kvcd_fs_sys->fstatvfs(fs->base_fd, &sv) == 0) {
+        atomic_store(&fs->fs_free, (uint64_t)sv.f_bavail * sv.f_frsize);
+        atomic_store(&fs->fs_total, (uint64_t)sv.f_blocks * sv.f_frsize);
+        atomic_store(&fs->fs_stat_at, kvcd_fs_now_ms());
+    }
+    return 0;
+fail:
+    fs_close(fs);
+    return r;
+}
+
+static void fs_close(void *self)
+{
+    fs_t *fs = self;
+
+    if (!fs->inited)
+        return;
+    kvcd_fs_idx_free(fs);
+    if (fs->tmp_fd >= 0)
+        kvcd_fs_sys->close(fs->tmp_fd);
+    if (fs->base_fd >= 0)
+        kvcd_fs_sys->close(fs->base_fd);
+    free(fs->base_path);
+    free(fs->tmp_dir);
+    pthread_mutex_destroy(&fs->mu);
+    memset(fs, 0, sizeof(*fs));
+}
+
+/* ---- status --------------------------------------------------------------- */
+
+#define JSET(o, k, v) json_object_set_new((o), (k), (v))
+#define JU(x) json_integer((json_int_t)(x))
+
+static void fs_status(void *self, json_t *out)
+{
+    fs_t *fs = self;
+    json_t *opt = json_object(), *errs = json_object(), *od = json_object(), *cnt = json_object(),
+           *scan = json_object();
+    uint64_t t = kvcd_fs_now_ms(), used, reserved, nent, streak = LD(fs->err_streak),
+             total = LD(fs->fs_total), last_at;
+    char last[sizeof(fs->last_err)], mode[8];
+    bool healthy = streak == 0 || t - LD(fs->err_at) >= fs->health_window_ms;
+    int i;
+
+    pthread_mutex_lock(&fs->mu);
+    used = fs->used;
+    reserved = fs->reserved;
+    nent = fs->nent;
+    memcpy(last, fs->last_err, sizeof(last));
+    last_at = fs->last_err_at;
+    pthread_mutex_unlock(&fs->mu);
+
+    JSET(out, "healthy", json_boolean(healthy));
+    JSET(out, "base_path", json_string(fs->base_path));
+    JSET(opt, "relative_tmp_dir", json_string(fs->tmp_dir));
+    JSET(opt, "read_ahead_size", JU(fs->read_ahead));
+    JSET(opt, "use_odirect", json_boolean(fs->odirect));
+    JSET(opt, "max_capacity_gb", json_real(fs->max_capacity_gb));
+    JSET(opt, "min_free_gb", json_real(fs->min_free_gb));
+    JSET(opt, "min_free_percent", json_real(fs->floor_pct));
+    JSET(opt, "checksum", json_string(fs->checksum ? "xxh3" : "none"));
+    JSET(opt, "fsync", json_boolean(fs->fsync_on));
+    snprintf(mode, sizeof(mode), "%04o", (unsigned)fs->file_mode);
+    JSET(opt, "file_mode", json_string(mode));
+    snprintf(mode, sizeof(mode), "%04o", (unsigned)fs->dir_mode);
+    JSET(opt, "dir_mode", json_string(mode));
+    JSET(opt, "dir_levels", JU(fs->dir_levels));
+    JSET(opt, "skip_existing", json_boolean(fs->skip_existing));
+    JSET(opt, "lookup_pin_ms", JU(fs->pin_ms));
+    JSET(opt, "orphan_tmp_age_s", JU(fs->orphan_age_ms / 1000));
+    JSET(opt, "health_window_ms", JU(fs->health_window_ms));
+    JSET(out, "options", opt);
+    JSET(out, "used_bytes", JU(used));
+    JSET(out, "reserved_bytes", JU(reserved));
+    JSET(out, "capacity_bytes", JU(fs->capacity));
+    JSET(out, "files", JU(nent));
+    JSET(out, "fs_free_bytes", JU(LD(fs->fs_free)));
+    JSET(out, "fs_total_bytes", JU(total));
+    JSET(out, "free_floor_bytes", JU(kvcd_fs_floor_of(fs, total)));
+    JSET(out, "fs_stat_age_ms", JU(t - LD(fs->fs_stat_at)));
+    JSET(out, "tmp_name_prefix", json_string(fs->ident));
+
+    for (i = 0; i < ERRNO_SLOTS; i++) {
+        uint64_t n = LD(fs->errs[i]);
+        char nm[24];
+        const char *name = i ? kvcd_errname(-i) : "other";
+
+        if (!n)
+            continue;
+        if (!strcmp(name, "ESYS")) {
+            snprintf(nm, sizeof(nm), "errno_%d", i);
+            name = nm;
+        }
+        JSET(errs, name, JU(n));
+    }
+    JSET(out, "errors", errs);
+    if (last_at) {
+        json_t *le = json_object();
+
+        JSET(le, "what", json_string(last));
+        JSET(le, "age_ms", JU(t - last_at));
+        JSET(out, "last_error", le);
+    } else {
+        JSET(out, "last_error", json_null());
+    }
+    JSET(out, "checksum_failures", JU(LD(fs->checksum_fail)));
+
+    JSET(od, "requested", json_boolean(fs->odirect));
+    JSET(od, "supported", json_boolean(LD(fs->odirect_ok)));
+    for (i = 0; i < ODF_N; i++) {
+        json_t *c = json_object();
+        int e = LD(fs->odf[i].first_errno);
+
+        JSET(c, "count", JU(LD(fs->odf[i].count)));
+        JSET(c, "errno", e ? json_string(kvcd_errname(-e)) : json_null());
+        JSET(c, "logged", json_boolean(LD(fs->odf[i].logged)));
+        JSET(od, odf_name[i], c);
+    }
+    JSET(out, "odirect_fallbacks", od);
+
+    JSET(cnt, "stores", JU(LD(fs->stores)));
+    JSET(cnt, "store_bytes", JU(LD(fs->store_bytes)));
+    JSET(cnt, "stores_skipped_existing", JU(LD(fs->store_skipped)));
+    JSET(cnt, "stores_rejected_no_space", JU(LD(fs->nospace)));
+    JSET(cnt, "lookups", JU(LD(fs->lookups)));
+    JSET(cnt, "lookup_hits", JU(LD(fs->hits)));
+    JSET(cnt, "loads", JU(LD(fs->loads)));
+    JSET(cnt, "load_bytes", JU(LD(fs->load_bytes)));
+    JSET(cnt, "removes", JU(LD(fs->removes)));
+    JSET(cnt, "evictions", JU(LD(fs->evictions)));
+    JSET(cnt, "evicted_bytes", JU(LD(fs->evicted_bytes)));
+    JSET(cnt, "eviction_errors", JU(LD(fs->evict_errors)));
+    JSET(cnt, "timeouts", JU(LD(fs->timeouts)));
+    JSET(out, "counters", cnt);
+
+    i = LD(fs->scan_state);
+    JSET(scan, "state", json_string(i == 0 ? "pending" : i == 1 ? "running" : "done"));
+    JSET(scan, "files", JU(LD(fs->scan_files)));
+    JSET(scan, "bytes", JU(LD(fs->scan_bytes)));
+    JSET(scan, "orphans_removed", JU(LD(fs->orphans_removed)));
+    JSET(out, "scan", scan);
+}
+
+const kvcd_adapter_t kvcd_adapter_fs = {
+    KVCD_ADAPTER_HEADER("fs", fs_t, KVCD_ADAPTER_BLOCKING | KVCD_ADAPTER_PERSISTENT),
+    .doc = "files under a directory: persistent, shareable, bounded, checksummed",
+    .fields = kvcd_fs_fields,
+    .init = fs_init,
+    .store = fs_store,
+    .lookup = fs_lookup,
+    .load = fs_load,
+    .remove = fs_remove,
+    .status = fs_status,
+    .close = fs_close,
+    .background = fs_background,
+};

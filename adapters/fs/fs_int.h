@@ -1,0 +1,163 @@
+/*
+ * fs_int.h - private to the fs adapter (adapters/fs.c and the files beside this one).
+ *
+ * The instance structure and the helpers the adapter's files share. Nothing
+ * here is part of any interface: the adapter's only public symbol is
+ * kvcd_adapter_fs (plus the test hooks of adapters/fs.h). Helpers are hidden
+ * from a shared object's dynamic symbol table.
+ *
+ * Threading: fields under "options" are immutable after init; the index and
+ * last_err are guarded by `mu`; everything _Atomic may be read and bumped by
+ * any thread.
+ */
+#ifndef KVCD_ADAPTER_FS_INT_H
+#define KVCD_ADAPTER_FS_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#include "adapters/adapter.h"
+#include "adapters/fs.h"
+
+#define KVCD_FS_HIDDEN __attribute__((visibility("hidden")))
+
+#define TRL_SIZE 64 /* trailer bytes after the payload */
+#define TRL_VERSION 1
+#define DIO_ALIGN 4096                   /* O_DIRECT offset/length/buffer alignment */
+#define NAME_LIMIT 255                   /* NAME_MAX of Linux filesystems */
+#define SHORT_PREFIX 216                 /* kept bytes of a shortened name: 216+2+32+5 = 255 */
+#define REL_MAX (2 * 3 + NAME_LIMIT + 1) /* "ab/cd/" + name + NUL */
+#define ERRNO_SLOTS 160
+#define DEFAULT_FLOOR_PERCENT 5.0
+
+/* One file known to the index. Recency order: lru.next is the most recent. */
+typedef struct ent_s ent_t;
+struct ent_s {
+    ent_t *hnext;
+    ent_t *prev, *next;
+    uint64_t hash;
+    uint64_t bytes; /* file length, trailer included */
+    uint64_t stamp; /* pinned until (ms); file time (ms) while scanning */
+    uint32_t pins;
+    char path[]; /* relative to base_path */
+};
+
+/* Causes of an O_DIRECT fallback to buffered I/O. */
+enum { ODF_UNSUPPORTED, ODF_UNALIGNED, ODF_IO, ODF_N };
+
+typedef struct {
+    _Atomic uint64_t count;
+    _Atomic int first_errno;
+    atomic_bool logged; /* set by the first occurrence: the one to log */
+} odf_t;
+
+typedef struct {
+    /* options, immutable after init */
+    char *base_path;
+    char *tmp_dir;
+    char tmp_top[NAME_LIMIT + 1]; /* first component of tmp_dir */
+    uint64_t read_ahead;
+    bool odirect, fsync_on, checksum, skip_existing;
+    mode_t file_mode, dir_mode;
+    bool chmod_files, chmod_dirs; /* the umask would strip bits */
+    int dir_levels;
+    double max_capacity_gb, min_free_gb, min_free_percent;
+    uint64_t capacity;  /* bytes, 0 = unbounded */
+    uint64_t floor_abs; /* bytes from min_free_gb */
+    double floor_pct;   /* effective min_free_percent */
+    uint64_t pin_ms, orphan_age_ms, health_window_ms;
+
+    int base_fd, tmp_fd;
+    char ident[128]; /* "<host>.<pid>.<nonce>" temp name prefix */
+    char host[64];
+    pid_t pid;
+    uint64_t nonce;
+    _Atomic uint64_t tmp_seq;
+    bool inited;
+
+    /* index: guarded by mu */
+    pthread_mutex_t mu;
+    ent_t **tab;
+    size_t tab_mask;
+    size_t nent;
+    ent_t lru;
+    uint64_t used, reserved;
+    char last_err[320];
+    uint64_t last_err_at;
+
+    /* last statvfs of base_path, for status (which makes no system call) */
+    _Atomic uint64_t fs_free, fs_total, fs_stat_at;
+
+    _Atomic bool odirect_ok;
+    odf_t odf[ODF_N];
+    _Atomic uint64_t errs[ERRNO_SLOTS];
+    _Atomic uint64_t err_streak, err_at;
+
+    _Atomic uint64_t stores, store_bytes, store_skipped, nospace, lookups, hits, loads, load_bytes,
+        removes, evictions, evicted_bytes, checksum_fail, timeouts, evict_errors;
+    _Atomic int scan_state; /* 0 not started, 1 running, 2 done */
+    _Atomic uint64_t scan_files, scan_bytes, orphans_removed, next_sweep;
+} fs_t;
+
+#define CNT(f, n) atomic_fetch_add_explicit(&(f), (n), memory_order_relaxed)
+#define LD(f) atomic_load_explicit(&(f), memory_order_relaxed)
+
+static inline uint64_t rup(uint64_t n)
+{
+    return (n + DIO_ALIGN - 1) & ~(uint64_t)(DIO_ALIGN - 1);
+}
+
+/* sys.c: the system call table in use; clock; error accounting */
+extern const kvcd_fs_syscalls_t *kvcd_fs_sys KVCD_FS_HIDDEN;
+KVCD_FS_HIDDEN uint64_t kvcd_fs_now_ms(void); /* CLOCK_MONOTONIC, like uv_now() */
+/* Count a failed system call by errno, mark unhealthy, remember it. -e. */
+KVCD_FS_HIDDEN int kvcd_fs_err(fs_t *fs, const char *op, const char *path, int e);
+KVCD_FS_HIDDEN void kvcd_fs_odf_note(fs_t *fs, int cause, int e);
+
+/* name.c: file names and the trailer (pure) */
+KVCD_FS_HIDDEN int kvcd_fs_name(int dir_levels, const kvcd_key_t *k, char *path, uint8_t dig[16]);
+KVCD_FS_HIDDEN void kvcd_fs_trl_build(uint8_t *t, const void *buf, size_t len,
+                                      const uint8_t dig[16]);
+KVCD_FS_HIDDEN bool kvcd_fs_trl_sane(const uint8_t *t, uint64_t plen);
+KVCD_FS_HIDDEN bool kvcd_fs_trl_verify(const uint8_t *t, uint64_t plen, const uint8_t dig[16],
+                                       const void *payload);
+KVCD_FS_HIDDEN bool kvcd_fs_is_hex2(const char *s);
+KVCD_FS_HIDDEN bool kvcd_fs_is_data(const char *s);
+
+/* index.c: usage accounting, LRU, pins, eviction */
+KVCD_FS_HIDDEN int kvcd_fs_idx_init(fs_t *fs);
+KVCD_FS_HIDDEN void kvcd_fs_idx_free(fs_t *fs);
+KVCD_FS_HIDDEN ent_t *kvcd_fs_ent_new(const char *path, uint64_t bytes);
+KVCD_FS_HIDDEN bool kvcd_fs_idx_touch(fs_t *fs, const char *path, uint64_t bytes, bool pin);
+KVCD_FS_HIDDEN void kvcd_fs_idx_unpin(fs_t *fs, const char *path);
+KVCD_FS_HIDDEN void kvcd_fs_idx_drop(fs_t *fs, const char *path);
+KVCD_FS_HIDDEN void kvcd_fs_idx_add_scanned(fs_t *fs, ent_t **v, size_t n);
+KVCD_FS_HIDDEN uint64_t kvcd_fs_floor_of(const fs_t *fs, uint64_t total);
+KVCD_FS_HIDDEN int kvcd_fs_reserve(fs_t *fs, uint64_t need);
+KVCD_FS_HIDDEN void kvcd_fs_unreserve(fs_t *fs, uint64_t n);
+
+/* io.c: whole-object reads and writes, O_DIRECT, temp files */
+KVCD_FS_HIDDEN int kvcd_fs_io_full(int fd, const struct iovec *in, int cnt, off_t off, bool wr);
+KVCD_FS_HIDDEN int kvcd_fs_direct_on(fs_t *fs, int fd);
+KVCD_FS_HIDDEN int kvcd_fs_write_obj(fs_t *fs, int fd, const void *buf, size_t len,
+                                     const uint8_t *trl, size_t tlen);
+KVCD_FS_HIDDEN int kvcd_fs_read_obj(fs_t *fs, int fd, void *buf, size_t plen, uint8_t *trl,
+                                    size_t tlen);
+KVCD_FS_HIDDEN int kvcd_fs_tmp_create(fs_t *fs, char *tmp, size_t tmplen);
+
+/* config.c: the JSON spec and the directories */
+extern const kvcd_adapter_field_t kvcd_fs_fields[] KVCD_FS_HIDDEN;
+KVCD_FS_HIDDEN int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen);
+KVCD_FS_HIDDEN int kvcd_fs_open_dirs(fs_t *fs, char *err, size_t errlen);
+
+/* the shared part of name.c (also used by the redis adapter); checks the
+ * declarations above against it */
+#include "adapters/fs/name.h"
+
+#endif

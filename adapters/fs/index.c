@@ -1,0 +1,333 @@
+/*
+ * index.c - the fs adapter's in-memory index: usage accounting, LRU, pins and
+ * eviction.
+ *
+ * The directory is the truth; the index only knows which files exist (as far
+ * as this instance has seen: its own stores, lookups and loads that found a
+ * file, the start-up scan), how long they are, and in which order they were
+ * used. A store reserves its bytes here before writing, evicting least recently
+ * used files until the capacity bound and the free-space floor both hold. A
+ * lookup hit pins its file for lookup_pin_ms or until the load, since the ABI
+ * has no "release": eviction skips pinned files.
+ *
+ * Threading: everything under fs->mu; unlink() of a victim runs outside it.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include <xxhash.h>
+
+#include "adapters/fs/fs_int.h"
+
+#define SCAN_BATCH 4096 /* scanned entries inserted per hold of the lock */
+
+static void lru_unlink(ent_t *e)
+{
+    e->prev->next = e->next;
+    e->next->prev = e->prev;
+}
+
+static void lru_head(fs_t *fs, ent_t *e)
+{
+    e->next = fs->lru.next;
+    e->prev = &fs->lru;
+    fs->lru.next->prev = e;
+    fs->lru.next = e;
+}
+
+static void lru_tail(fs_t *fs, ent_t *e)
+{
+    e->prev = fs->lru.prev;
+    e->next = &fs->lru;
+    fs->lru.prev->next = e;
+    fs->lru.prev = e;
+}
+
+static ent_t *idx_find(fs_t *fs, const char *path, uint64_t h)
+{
+    ent_t *e;
+
+    for (e = fs->tab[h & fs->tab_mask]; e; e = e->hnext)
+        if (e->hash == h && !strcmp(e->path, path))
+            return e;
+    return NULL;
+}
+
+/* Link e into the table (caller has checked it is absent) and account it. */
+static void idx_link(fs_t *fs, ent_t *e)
+{
+    size_t b;
+
+    if (fs->nent >= fs->tab_mask + 1) {
+        size_t nb = (fs->tab_mask + 1) * 2, i;
+        ent_t **nt = calloc(nb, sizeof(*nt));
+
+        if (nt) { /* out of memory: keep the old table, chains get longer */
+            for (i = 0; i <= fs->tab_mask; i++) {
+                ent_t *x = fs->tab[i], *nx;
+
+                for (; x; x = nx) {
+                    nx = x->hnext;
+                    x->hnext = nt[x->hash & (nb - 1)];
+                    nt[x->hash & (nb - 1)] = x;
+                }
+            }
+            free(fs->tab);
+            fs->tab = nt;
+            fs->tab_mask = nb - 1;
+        }
+    }
+    b = e->hash & fs->tab_mask;
+    e->hnext = fs->tab[b];
+    fs->tab[b] = e;
+    fs->nent++;
+    fs->used += e->bytes;
+}
+
+/* Unlink e from table and LRU, unaccount it; the caller frees it. */
+static void idx_unlink(fs_t *fs, ent_t *e)
+{
+    ent_t **pp = &fs->tab[e->hash & fs->tab_mask];
+
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    lru_unlink(e);
+    fs->nent--;
+    fs->used -= e->bytes;
+}
+
+ent_t *kvcd_fs_ent_new(const char *path, uint64_t bytes)
+{
+    size_t n = strlen(path);
+    ent_t *e = malloc(sizeof(*e) + n + 1);
+
+    if (!e)
+        return NULL;
+    memset(e, 0, sizeof(*e));
+    memcpy(e->path, path, n + 1);
+    e->hash = XXH3_64bits(path, n);
+    e->bytes = bytes;
+    return e;
+}
+
+/* path is in use now, `bytes` long: insert or refresh, most recent; pin it
+ * against eviction for pin_ms when asked (a lookup hit awaiting its load).
+ * Returns true when that put usage over the capacity bound (a file another
+ * daemon wrote, found by a lookup): the caller enforces the bound. */
+bool kvcd_fs_idx_touch(fs_t *fs, const char *path, uint64_t bytes, bool pin)
+{
+    uint64_t h = XXH3_64bits(path, strlen(path)), t = pin ? kvcd_fs_now_ms() : 0;
+    ent_t *e, *ne = NULL;
+    bool over;
+
+    pthread_mutex_lock(&fs->mu);
+    e = idx_find(fs, path, h);
+    if (!e) {
+        pthread_mutex_unlock(&fs->mu);
+        ne = kvcd_fs_ent_new(path, bytes); /* allocate outside the lock */
+        if (!ne)
+            return false;
+        pthread_mutex_lock(&fs->mu);
+        e = idx_find(fs, path, h);
+        if (!e) {
+            e = ne;
+            ne = NULL;
+            idx_link(fs, e);
+            lru_head(fs, e);
+        }
+    }
+    if (e) {
+        if (e->bytes != bytes) {
+            fs->used = fs->used - e->bytes + bytes;
+            e->bytes = bytes;
+        }
+        if (fs->lru.next != e) {
+            lru_unlink(e);
+            lru_head(fs, e);
+        }
+        if (pin && fs->pin_ms) {
+            if (t >= e->stamp)
+                e->pins = 0;
+            e->pins++;
+            e->stamp = t + fs->pin_ms;
+        }
+    }
+    over = fs->capacity && fs->used + fs->reserved > fs->capacity;
+    pthread_mutex_unlock(&fs->mu);
+    free(ne);
+    return over;
+}
+
+void kvcd_fs_idx_unpin(fs_t *fs, const char *path)
+{
+    uint64_t h = XXH3_64bits(path, strlen(path));
+    ent_t *e;
+
+    pthread_mutex_lock(&fs->mu);
+    e = idx_find(fs, path, h);
+    if (e && e->pins && --e->pins == 0)
+        e->stamp = 0;
+    pthread_mutex_unlock(&fs->mu);
+}
+
+void kvcd_fs_idx_drop(fs_t *fs, const char *path)
+{
+    uint64_t h = XXH3_64bits(path, strlen(path));
+    ent_t *e;
+
+    pthread_mutex_lock(&fs->mu);
+    e = idx_find(fs, path, h);
+    if (e)
+        idx_unlink(fs, e);
+    pthread_mutex_unlock(&fs->mu);
+    free(e);
+}
+
+/* Least recently used entry that no lookup has pinned. Under mu. */
+static ent_t *lru_victim(fs_t *fs, uint64_t t)
+{
+    ent_t *e;
+
+    for (e = fs->lru.prev; e != &fs->lru; e = e->prev)
+        if (e->pins == 0 || t >= e->stamp)
+            return e;
+    return NULL;
+}
+
+/* The free-space floor for a filesystem of `total` bytes. */
+uint64_t kvcd_fs_floor_of(const fs_t *fs, uint64_t total)
+{
+    uint64_t p = (uint64_t)(fs->floor_pct / 100.0 * (double)total);
+
+    return p > fs->floor_abs ? p : fs->floor_abs;
+}
+
+/* Reserve `need` bytes for a store, evicting least recently used files until
+ * the capacity bound and the free-space floor both hold. need 0 just enforces
+ * the bounds. 0 or -ENOSPC (nothing evicted when the bound cannot be met even
+ * by evicting all we know of). */
+int kvcd_fs_reserve(fs_t *fs, uint64_t need)
+{
+    struct statvfs sv;
+    uint64_t avail = 0, fl = 0, freed = 0, t = kvcd_fs_now_ms();
+    bool floor_on = fs->floor_abs > 0 || fs->floor_pct > 0;
+    ent_t *v;
+
+    if (fs->capacity && need > fs->capacity)
+        goto nospace;
+    if (floor_on) {
+        if (kvcd_fs_sys->fstatvfs(fs->base_fd, &sv) == 0) {
+            avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+            atomic_store(&fs->fs_free, avail);
+            atomic_store(&fs->fs_total, (uint64_t)sv.f_blocks * sv.f_frsize);
+            atomic_store(&fs->fs_stat_at, t);
+            fl = kvcd_fs_floor_of(fs, (uint64_t)sv.f_blocks * sv.f_frsize);
+        } else {
+            kvcd_fs_err(fs, "statvfs", fs->base_path, errno);
+            floor_on = false;
+        }
+    }
+    pthread_mutex_lock(&fs->mu);
+    for (;;) {
+        bool cap_ok = !fs->capacity || fs->used + fs->reserved + need <= fs->capacity;
+        /* in-flight reservations have not all reached the disk yet: count them */
+        uint64_t want = fl + need + fs->reserved, have = avail + freed;
+        bool floor_ok = !floor_on || have >= want;
+
+        if (cap_ok && floor_ok) {
+            fs->reserved += need;
+            pthread_mutex_unlock(&fs->mu);
+            return 0;
+        }
+        if (!floor_ok && want - have > fs->used)
+            break; /* evicting everything we know of would not be enough */
+        v = lru_victim(fs, t);
+        if (!v)
+            break;
+        idx_unlink(fs, v);
+        freed += v->bytes;
+        pthread_mutex_unlock(&fs->mu);
+        if (kvcd_fs_sys->unlinkat(fs->base_fd, v->path, 0) == 0) {
+            CNT(fs->evictions, 1);
+            CNT(fs->evicted_bytes, v->bytes);
+        } else if (errno != ENOENT) {
+            /* dropped from the index anyway, so one undeletable file cannot
+             * stop eviction; its bytes are no longer accounted */
+            CNT(fs->evict_errors, 1);
+            kvcd_fs_err(fs, "evict", v->path, errno);
+        }
+        free(v);
+        pthread_mutex_lock(&fs->mu);
+    }
+    pthread_mutex_unlock(&fs->mu);
+nospace:
+    if (need)
+        CNT(fs->nospace, 1);
+    return -ENOSPC;
+}
+
+void kvcd_fs_unreserve(fs_t *fs, uint64_t n)
+{
+    pthread_mutex_lock(&fs->mu);
+    fs->reserved -= n;
+    pthread_mutex_unlock(&fs->mu);
+}
+
+static int by_recency_desc(const void *a, const void *b)
+{
+    uint64_t x = (*(ent_t *const *)a)->stamp, y = (*(ent_t *const *)b)->stamp;
+
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Add the files of the start-up scan (v[0..n), owned by the index from now on)
+ * at the cold end of the LRU, newest first: files used since start are already
+ * in the index and more recent than anything found on disk. */
+void kvcd_fs_idx_add_scanned(fs_t *fs, ent_t **v, size_t n)
+{
+    size_t i;
+
+    if (n)
+        qsort(v, n, sizeof(*v), by_recency_desc);
+    pthread_mutex_lock(&fs->mu);
+    for (i = 0; i < n; i++) {
+        ent_t *e = v[i];
+
+        e->stamp = 0;
+        if (idx_find(fs, e->path, e->hash)) {
+            free(e);
+        } else {
+            idx_link(fs, e);
+            lru_tail(fs, e);
+        }
+        if (i % SCAN_BATCH == SCAN_BATCH - 1) { /* let stores in */
+            pthread_mutex_unlock(&fs->mu);
+            pthread_mutex_lock(&fs->mu);
+        }
+    }
+    pthread_mutex_unlock(&fs->mu);
+}
+
+int kvcd_fs_idx_init(fs_t *fs)
+{
+    fs->lru.next = fs->lru.prev = &fs->lru;
+    if (!(fs->tab = calloc(1024, sizeof(*fs->tab))))
+        return -ENOMEM;
+    fs->tab_mask = 1023;
+    return 0;
+}
+
+void kvcd_fs_idx_free(fs_t *fs)
+{
+    ent_t *e, *n;
+
+    for (e = fs->lru.next; e && e != &fs->lru; e = n) {
+        n = e->next;
+        free(e);
+    }
+    free(fs->tab);
+    fs->tab = NULL;
+}

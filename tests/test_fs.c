@@ -1,0 +1,1928 @@
+/*
+ * test_fs.c - the filesystem L2 adapter (adapters/fs.c), driven directly.
+ *
+ * Each test allocates instances of kvcd_adapter_fs itself, initialises them with
+ * JSON specs and calls the blocking methods synchronously, as a threadpool
+ * worker would. Faults (ENOSPC, EIO, short transfers, O_DIRECT refusal, a full
+ * filesystem, time passing) are injected through the adapter's syscall table;
+ * Check's fork mode keeps each test's table to itself. Every test works in its
+ * own temp directory and removes it.
+ */
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <xxhash.h>
+
+#include "adapters/adapter.h"
+#include "adapters/fs.h"
+
+extern const kvcd_adapter_t kvcd_adapter_fs;
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+#define TRL 64
+
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            ck_abort_msg("%s:%d: failed: %s", __FILE__, __LINE__, #cond);                          \
+    } while (0)
+#define REQUIRE_EQ(x, y)                                                                           \
+    do {                                                                                           \
+        long long x_ = (long long)(x), y_ = (long long)(y);                                        \
+        if (x_ != y_)                                                                              \
+            ck_abort_msg("%s:%d: failed: %s == %s (%lld != %lld)", __FILE__, __LINE__, #x, #y, x_, \
+                         y_);                                                                      \
+    } while (0)
+
+/* ---- scaffolding ---------------------------------------------------------- */
+
+static char master[64]; /* made by the parent, removed by it after all tests */
+static char top[256];   /* this test's temp directory, inside master */
+static char base[300];  /* top/base: the adapter's base_path */
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    return remove(p);
+}
+
+/* Unchecked fixtures run in Check's parent process, so the temp tree goes away
+ * even when a forked test fails (the child then exits without its teardown). */
+static void master_setup(void)
+{
+    strcpy(master, "/tmp/kvcd-test-fs-XXXXXX");
+    REQUIRE(mkdtemp(master) != NULL);
+}
+
+static void master_teardown(void)
+{
+    nftw(master, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void setup(void)
+{
+    snprintf(top, sizeof(top), "%s/t-XXXXXX", master);
+    REQUIRE(mkdtemp(top) != NULL);
+    snprintf(base, sizeof(base), "%s/base", top);
+    umask(022);
+}
+
+static void faults_off(void);
+
+static void teardown(void)
+{
+    faults_off();
+    nftw(top, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int try_init(void **out, char *err, size_t errlen, const char *fmt, ...)
+{
+    char spec[2048];
+    json_error_t je;
+    json_t *j;
+    va_list ap;
+    void *self;
+    int r;
+
+    va_start(ap, fmt);
+    vsnprintf(spec, sizeof(spec), fmt, ap);
+    va_end(ap);
+    j = json_loads(spec, 0, &je);
+    if (!j)
+        ck_abort_msg("bad test JSON %s: %s", spec, je.text);
+    self = calloc(1, kvcd_adapter_fs.instance_size);
+    REQUIRE(self);
+    kvcd_adapter_env_t env = {.arena_align = 4096, .max_workers = 4, .instance = "#1 (fs)"};
+    err[0] = '\0';
+    r = kvcd_adapter_fs.init(self, j, &env, err, errlen);
+    json_decref(j);
+    if (r) {
+        free(self);
+        self = NULL;
+    }
+    *out = self;
+    return r;
+}
+
+/* Init with base_path = base plus extra fields ("" or ", \"k\": v ..."). */
+static void *open_fs(const char *extra)
+{
+    char err[512];
+    void *self;
+    int r =
+        try_init(&self, err, sizeof(err), "{\"type\":\"fs\",\"base_path\":\"%s\"%s}", base, extra);
+
+    if (r)
+        ck_abort_msg("init failed (%d): %s", r, err);
+    return self;
+}
+
+static void close_fs(void *self)
+{
+    kvcd_adapter_fs.close(self);
+    free(self);
+}
+
+/* A key: model, salt (NUL-terminated in the test), hash from an integer. */
+typedef struct {
+    const char *model;
+    size_t model_len;
+    const char *salt;
+    uint8_t hash[8];
+    uint32_t rank, group;
+} tkey_t;
+
+static kvcd_key_t mk(const tkey_t *t)
+{
+    kvcd_key_t k = {
+        .model = t->model,
+        .model_len = (uint32_t)(t->model_len ? t->model_len : strlen(t->model)),
+        .salt = t->salt,
+        .salt_len = t->salt ? (uint32_t)strlen(t->salt) : 0,
+        .hash = t->hash,
+        .hash_len = 8,
+        .kv_rank = t->rank,
+        .group = t->group,
+    };
+    return k;
+}
+
+static tkey_t key_n(const char *model, uint64_t n)
+{
+    tkey_t t = {.model = model, .rank = 0x01000100};
+
+    for (int i = 0; i < 8; i++)
+        t.hash[i] = (uint8_t)(n >> (8 * (7 - i)));
+    return t;
+}
+
+/* One-key batch: returns the item's result; *size gets its size. */
+static int op1(void *self, kvcd_l2_op_t op, const tkey_t *t, void *buf, size_t len, size_t *size)
+{
+    kvcd_l2_item_t it = {.key = mk(t), .buf = buf, .len = len, .result = KVCD_EINTERNAL};
+    kvcd_l2_batch_t b = {.op = op, .items = &it, .n = 1};
+
+    switch (op) {
+    case KVCD_L2_STORE:
+        kvcd_adapter_fs.store(self, &b);
+        break;
+    case KVCD_L2_LOOKUP:
+        kvcd_adapter_fs.lookup(self, &b);
+        break;
+    case KVCD_L2_LOAD:
+        kvcd_adapter_fs.load(self, &b);
+        break;
+    case KVCD_L2_REMOVE:
+        kvcd_adapter_fs.remove(self, &b);
+        break;
+    }
+    if (size)
+        *size = it.size;
+    return it.result;
+}
+
+static void *abuf(size_t n)
+{
+    void *p = aligned_alloc(4096, (n + 4095) / 4096 * 4096 + 4096);
+
+    REQUIRE(p);
+    return p;
+}
+
+/* Deterministic content of object (seed, size). */
+static void fill(uint8_t *p, size_t n, uint64_t seed)
+{
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + n;
+
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = (uint8_t)x;
+    }
+}
+
+static void store_ok(void *fs, const tkey_t *t, size_t n, uint64_t seed)
+{
+    uint8_t *b = abuf(n);
+    int r;
+
+    fill(b, n, seed);
+    r = op1(fs, KVCD_L2_STORE, t, b, n, NULL);
+    free(b);
+    if (r)
+        ck_abort_msg("store of %zu bytes: %s", n, kvcd_errname(r));
+}
+
+/* Lookup + load the key and compare with (n, seed). */
+static void load_ok(void *fs, const tkey_t *t, size_t n, uint64_t seed)
+{
+    size_t sz = 12345;
+    uint8_t *want = abuf(n), *got;
+    int r = op1(fs, KVCD_L2_LOOKUP, t, NULL, 0, &sz);
+
+    if (r)
+        ck_abort_msg("lookup: %s", kvcd_errname(r));
+    REQUIRE_EQ(sz, n);
+    got = abuf(n);
+    memset(got, 0xEE, n);
+    r = op1(fs, KVCD_L2_LOAD, t, got, n, &sz);
+    if (r)
+        ck_abort_msg("load of %zu bytes: %s", n, kvcd_errname(r));
+    REQUIRE_EQ(sz, n);
+    fill(want, n, seed);
+    REQUIRE(memcmp(want, got, n) == 0);
+    free(want);
+    free(got);
+}
+
+static int lookup_r(void *fs, const tkey_t *t)
+{
+    return op1(fs, KVCD_L2_LOOKUP, t, NULL, 0, NULL);
+}
+
+static json_t *status(void *fs)
+{
+    json_t *o = json_object();
+
+    kvcd_adapter_fs.status(fs, o);
+    return o;
+}
+
+/* Integer at a dotted path of the status object (-1 if absent). */
+static long long st_int(void *fs, const char *path)
+{
+    json_t *o = status(fs), *v = o;
+    char buf[128], *save = NULL, *c;
+    long long r = -1;
+
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (c = strtok_r(buf, ".", &save); c && v; c = strtok_r(NULL, ".", &save))
+        v = json_object_get(v, c);
+    if (json_is_integer(v))
+        r = json_integer_value(v);
+    else if (json_is_boolean(v))
+        r = json_is_true(v);
+    json_decref(o);
+    return r;
+}
+
+/* ---- directory walks ------------------------------------------------------ */
+
+typedef struct {
+    size_t data_files, data_bytes, tmp_files, other, bad_names;
+    int max_depth;
+} walk_t;
+
+static walk_t w_acc;
+static size_t base_len;
+
+static int walk_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    const char *rel = p + base_len, *name = p + f->base;
+
+    if (f->level == 0)
+        return 0;
+    if (f->level > w_acc.max_depth && flag == FTW_F)
+        w_acc.max_depth = f->level;
+    if (flag != FTW_F)
+        return 0;
+    if (!strncmp(rel, "/.tmp/", 6)) {
+        w_acc.tmp_files++;
+    } else if (strlen(name) > 5 && !strcmp(name + strlen(name) - 5, ".data")) {
+        w_acc.data_files++;
+        w_acc.data_bytes += (size_t)st->st_size;
+        if (strlen(name) > 255 || !strchr(name, '@'))
+            w_acc.bad_names++;
+    } else {
+        w_acc.other++;
+    }
+    return 0;
+}
+
+static walk_t walk(void)
+{
+    memset(&w_acc, 0, sizeof(w_acc));
+    base_len = strlen(base);
+    REQUIRE(nftw(base, walk_cb, 16, FTW_PHYS) == 0);
+    return w_acc;
+}
+
+/* Nothing but base_path was created in top. */
+static void only_base_in_top(void)
+{
+    DIR *d = opendir(top);
+    struct dirent *de;
+    int n = 0;
+
+    REQUIRE(d);
+    while ((de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            if (strcmp(de->d_name, "base"))
+                ck_abort_msg("unexpected entry outside base_path: %s", de->d_name);
+            n++;
+        }
+    closedir(d);
+    REQUIRE_EQ(n, 1);
+}
+
+static void data_path(char *out, size_t n, const char *name)
+{
+    snprintf(out, n, "%s/%s", base, name);
+}
+
+/* The single .data file in base (flat layout). */
+static void the_file(char *out, size_t n)
+{
+    DIR *d = opendir(base);
+    struct dirent *de;
+    int found = 0;
+
+    REQUIRE(d);
+    while ((de = readdir(d)))
+        if (strstr(de->d_name, ".data")) {
+            data_path(out, n, de->d_name);
+            found++;
+        }
+    closedir(d);
+    REQUIRE_EQ(found, 1);
+}
+
+/* ---- fault injection ------------------------------------------------------ */
+
+static kvcd_fs_syscalls_t fake;
+static const kvcd_fs_syscalls_t *real;
+static int fail_write, fail_read, fail_sync, fail_rename, fail_create, fail_unlink;
+static int fail_odirect;
+static size_t io_limit; /* max bytes per preadv/pwritev, 0 = no limit */
+static long long clock_skew_ms;
+static long long fake_avail = -1; /* bytes free reported by fstatvfs, -1 = real */
+
+static int trim(const struct iovec *in, int cnt, struct iovec *out)
+{
+    size_t left = io_limit;
+    int n = 0;
+
+    for (int i = 0; i < cnt && left; i++, n++) {
+        out[i] = in[i];
+        if (out[i].iov_len > left)
+            out[i].iov_len = left;
+        left -= out[i].iov_len;
+    }
+    return n;
+}
+
+static ssize_t f_pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
+{
+    struct iovec t[8];
+
+    if (fail_write) {
+        errno = fail_write;
+        return -1;
+    }
+    if (io_limit && cnt <= 8)
+        return real->pwritev(fd, t, trim(iov, cnt, t), off);
+    return real->pwritev(fd, iov, cnt, off);
+}
+
+static ssize_t f_preadv(int fd, const struct iovec *iov, int cnt, off_t off)
+{
+    struct iovec t[8];
+
+    if (fail_read) {
+        errno = fail_read;
+        return -1;
+    }
+    if (io_limit && cnt <= 8)
+        return real->preadv(fd, t, trim(iov, cnt, t), off);
+    return real->preadv(fd, iov, cnt, off);
+}
+
+static int f_fdatasync(int fd)
+{
+    if (fail_sync) {
+        errno = fail_sync;
+        return -1;
+    }
+    return real->fdatasync(fd);
+}
+
+static int f_renameat(int a, const char *p, int b, const char *q)
+{
+    if (fail_rename) {
+        errno = fail_rename;
+        return -1;
+    }
+    return real->renameat(a, p, b, q);
+}
+
+static int f_openat(int d, const char *p, int fl, mode_t m)
+{
+    if (fail_create && (fl & O_CREAT)) {
+        errno = fail_create;
+        return -1;
+    }
+    return real->openat(d, p, fl, m);
+}
+
+static int f_unlinkat(int d, const char *p, int fl)
+{
+    if (fail_unlink && strstr(p, ".data")) {
+        errno = fail_unlink;
+        return -1;
+    }
+    return real->unlinkat(d, p, fl);
+}
+
+static int f_fcntl(int fd, int cmd, int arg)
+{
+    if (fail_odirect && cmd == F_SETFL && (arg & O_DIRECT)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return real->fcntl(fd, cmd, arg);
+}
+
+static int f_fstatvfs(int fd, struct statvfs *sv)
+{
+    int r = real->fstatvfs(fd, sv);
+
+    if (r == 0 && fake_avail >= 0) {
+        sv->f_frsize = 4096;
+        sv->f_blocks = 1000000; /* 4 GB: the 5% default floor is 204.8 MB */
+        sv->f_bavail = sv->f_bfree = (fsblkcnt_t)(fake_avail / 4096);
+    }
+    return r;
+}
+
+static int f_clock_gettime(clockid_t c, struct timespec *ts)
+{
+    int r = real->clock_gettime(c, ts);
+    long long ns;
+
+    if (c == CLOCK_MONOTONIC && clock_skew_ms) {
+        ns = (long long)ts->tv_nsec + (clock_skew_ms % 1000) * 1000000;
+        ts->tv_sec += clock_skew_ms / 1000 + ns / 1000000000;
+        ts->tv_nsec = ns % 1000000000;
+    }
+    return r;
+}
+
+static void faults_off(void)
+{
+    kvcd_fs_set_syscalls(NULL);
+    fail_write = fail_read = fail_sync = fail_rename = fail_create = fail_unlink = 0;
+    fail_odirect = 0;
+    io_limit = 0;
+    clock_skew_ms = 0;
+    fake_avail = -1;
+}
+
+static void faults_on(void)
+{
+    real = kvcd_fs_get_syscalls();
+    fake = *real;
+    fake.pwritev = f_pwritev;
+    fake.preadv = f_preadv;
+    fake.fdatasync = f_fdatasync;
+    fake.renameat = f_renameat;
+    fake.openat = f_openat;
+    fake.unlinkat = f_unlinkat;
+    fake.fcntl = f_fcntl;
+    fake.fstatvfs = f_fstatvfs;
+    fake.clock_gettime = f_clock_gettime;
+    kvcd_fs_set_syscalls(&fake);
+}
+
+/* ---- tests: round trips --------------------------------------------------- */
+
+static const size_t sizes[] = {0,     1,     100,   4095,   4096,          4097,
+                               65535, 65536, 65537, 200003, 3 * 65536 + 5, MiB};
+#define NSIZES (sizeof(sizes) / sizeof(sizes[0]))
+
+/* Store every size in one batch, then look all up and load all in batches. */
+static void roundtrip_matrix(const char *extra)
+{
+    void *fs = open_fs(extra);
+    kvcd_l2_item_t it[NSIZES];
+    kvcd_l2_batch_t b = {.items = it, .n = NSIZES};
+    tkey_t k[NSIZES];
+    uint8_t *src[NSIZES], *dst[NSIZES];
+    size_t i;
+
+    for (i = 0; i < NSIZES; i++) {
+        k[i] = key_n("org/model", i + 1);
+        src[i] = abuf(sizes[i]);
+        dst[i] = abuf(sizes[i]);
+        fill(src[i], sizes[i], i);
+        it[i] = (kvcd_l2_item_t){
+            .key = mk(&k[i]), .buf = src[i], .len = sizes[i], .result = KVCD_EINTERNAL};
+    }
+    b.op = KVCD_L2_STORE;
+    kvcd_adapter_fs.store(fs, &b);
+    for (i = 0; i < NSIZES; i++)
+        REQUIRE_EQ(it[i].result, 0);
+
+    b.op = KVCD_L2_LOOKUP;
+    for (i = 0; i < NSIZES; i++)
+        it[i] = (kvcd_l2_item_t){.key = mk(&k[i]), .result = KVCD_EINTERNAL};
+    kvcd_adapter_fs.lookup(fs, &b);
+    for (i = 0; i < NSIZES; i++) {
+        REQUIRE_EQ(it[i].result, 0);
+        REQUIRE_EQ(it[i].size, sizes[i]);
+    }
+    b.op = KVCD_L2_LOAD;
+    for (i = 0; i < NSIZES; i++) {
+        memset(dst[i], 0xEE, sizes[i]);
+        it[i] = (kvcd_l2_item_t){
+            .key = mk(&k[i]), .buf = dst[i], .len = sizes[i], .result = KVCD_EINTERNAL};
+    }
+    kvcd_adapter_fs.load(fs, &b);
+    for (i = 0; i < NSIZES; i++) {
+        if (it[i].result)
+            ck_abort_msg("load size %zu (%s): %s", sizes[i], extra, kvcd_errname(it[i].result));
+        REQUIRE_EQ(it[i].size, sizes[i]);
+        REQUIRE(memcmp(src[i], dst[i], sizes[i]) == 0);
+        free(src[i]);
+        free(dst[i]);
+    }
+    REQUIRE_EQ(st_int(fs, "checksum_failures"), 0);
+    REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    close_fs(fs);
+    /* nothing left in the temp dir */
+    REQUIRE_EQ(walk().tmp_files, 0);
+}
+
+START_TEST(test_roundtrip_buffered)
+{
+    roundtrip_matrix("");
+    roundtrip_matrix(", \"read_ahead_size\": 4096");
+    roundtrip_matrix(", \"read_ahead_size\": 1");
+    roundtrip_matrix(", \"read_ahead_size\": 1048576, \"fsync\": true");
+    roundtrip_matrix(", \"checksum\": \"none\", \"read_ahead_size\": 4096");
+}
+END_TEST
+
+START_TEST(test_roundtrip_odirect)
+{
+    void *fs;
+
+    roundtrip_matrix(", \"use_odirect\": true");
+    roundtrip_matrix(", \"use_odirect\": true, \"checksum\": \"none\", \"fsync\": true");
+    roundtrip_matrix(", \"use_odirect\": true, \"dir_levels\": 2");
+    fs = open_fs(", \"use_odirect\": true");
+    /* /tmp supports O_DIRECT here; if not, the fallback is visible, never silent */
+    if (st_int(fs, "odirect_fallbacks.unsupported.count") == 0) {
+        REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unaligned_buffer.count"), 0);
+        REQUIRE_EQ(st_int(fs, "odirect_fallbacks.io_einval.count"), 0);
+        REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unsupported.logged"), 0);
+    } else {
+        REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unsupported.logged"), 1);
+    }
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_odirect_unaligned_buffer)
+{
+    void *fs = open_fs(", \"use_odirect\": true");
+    tkey_t k = key_n("m", 1);
+    size_t n = 3 * 4096 + 17, sz;
+    uint8_t *raw = abuf(n + 1), *src = raw + 1, *dst = abuf(n + 1);
+
+    if (st_int(fs, "odirect_fallbacks.unsupported.count") != 0) {
+        close_fs(fs);
+        free(raw);
+        free(dst);
+        return; /* no O_DIRECT here: covered by test_odirect_unsupported */
+    }
+    fill(src, n, 7);
+    REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, src, n, NULL), 0);
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unaligned_buffer.count"), 1);
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unaligned_buffer.logged"), 1);
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, dst + 1, n, &sz), 0);
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unaligned_buffer.count"), 2);
+    REQUIRE(memcmp(src, dst + 1, n) == 0);
+    load_ok(fs, &k, n, 7); /* aligned again: no new fallback */
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unaligned_buffer.count"), 2);
+    free(raw);
+    free(dst);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_odirect_unsupported)
+{
+    void *fs;
+    tkey_t k = key_n("m", 1);
+
+    faults_on();
+    fail_odirect = 1;
+    fs = open_fs(", \"use_odirect\": true");
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.supported"), 0);
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unsupported.logged"), 1);
+    store_ok(fs, &k, 70000, 3);
+    load_ok(fs, &k, 70000, 3);
+    REQUIRE(st_int(fs, "odirect_fallbacks.unsupported.count") >= 3);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_short_io)
+{
+    tkey_t k = key_n("m", 1);
+    void *fs;
+
+    faults_on();
+    io_limit = 1000; /* every transfer short: the loops must finish the job */
+    fs = open_fs(", \"read_ahead_size\": 4096");
+    store_ok(fs, &k, 100000, 1);
+    load_ok(fs, &k, 100000, 1);
+    close_fs(fs);
+
+    io_limit = 8192; /* short but aligned direct transfers */
+    fs = open_fs(", \"use_odirect\": true, \"skip_existing\": false");
+    store_ok(fs, &k, 100003, 2);
+    load_ok(fs, &k, 100003, 2);
+    close_fs(fs);
+
+    io_limit = 1000; /* a short direct transfer leaves an unaligned offset */
+    fs = open_fs(", \"use_odirect\": true, \"skip_existing\": false");
+    store_ok(fs, &k, 100005, 3);
+    load_ok(fs, &k, 100005, 3);
+    if (st_int(fs, "odirect_fallbacks.unsupported.count") == 0)
+        REQUIRE(st_int(fs, "odirect_fallbacks.io_einval.count") >= 1);
+    close_fs(fs);
+    REQUIRE_EQ(walk().tmp_files, 0);
+}
+END_TEST
+
+START_TEST(test_miss_and_remove)
+{
+    void *fs = open_fs("");
+    tkey_t k = key_n("m", 42);
+    uint8_t *b = abuf(10);
+
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, 10, NULL), KVCD_ENOTFOUND);
+    REQUIRE_EQ(op1(fs, KVCD_L2_REMOVE, &k, NULL, 0, NULL), KVCD_ENOTFOUND);
+    store_ok(fs, &k, 10, 1);
+    REQUIRE_EQ(op1(fs, KVCD_L2_REMOVE, &k, NULL, 0, NULL), 0);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    REQUIRE_EQ(op1(fs, KVCD_L2_REMOVE, &k, NULL, 0, NULL), KVCD_ENOTFOUND);
+    REQUIRE_EQ(st_int(fs, "files"), 0);
+    REQUIRE_EQ(st_int(fs, "used_bytes"), 0);
+    REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    free(b);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_load_buffer_too_small)
+{
+    void *fs = open_fs("");
+    tkey_t k = key_n("m", 1);
+    uint8_t *b = abuf(5000);
+    size_t sz = 0;
+
+    store_ok(fs, &k, 5000, 1);
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, 4999, &sz), -EMSGSIZE);
+    REQUIRE_EQ(sz, 5000);
+    load_ok(fs, &k, 5000, 1);                               /* the file is untouched */
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, 8000, &sz), 0); /* bigger is fine */
+    REQUIRE_EQ(sz, 5000);
+    free(b);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_duplicate_store)
+{
+    void *fs = open_fs("");
+    tkey_t k = key_n("m", 1);
+    size_t sz;
+
+    store_ok(fs, &k, 5000, 1);
+    store_ok(fs, &k, 5000, 1);
+    REQUIRE_EQ(st_int(fs, "counters.stores_skipped_existing"), 1);
+    store_ok(fs, &k, 6000, 2); /* another length: rewritten */
+    REQUIRE_EQ(lookup_r(fs, &k), 0);
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOOKUP, &k, NULL, 0, &sz), 0);
+    REQUIRE_EQ(sz, 6000);
+    load_ok(fs, &k, 6000, 2);
+    REQUIRE_EQ(st_int(fs, "files"), 1);
+    REQUIRE_EQ(st_int(fs, "used_bytes"), 6000 + TRL);
+    close_fs(fs);
+
+    fs = open_fs(", \"skip_existing\": false");
+    store_ok(fs, &k, 6000, 3);
+    load_ok(fs, &k, 6000, 3);
+    close_fs(fs);
+    REQUIRE_EQ(walk().data_files, 1);
+}
+END_TEST
+
+START_TEST(test_deadline)
+{
+    void *fs = open_fs("");
+    tkey_t k1 = key_n("m", 1), k2 = key_n("m", 2);
+    uint8_t *b = abuf(100);
+    kvcd_l2_item_t it[2] = {
+        {.key = mk(&k1), .buf = b, .len = 100, .result = KVCD_EINTERNAL},
+        {.key = mk(&k2), .buf = b, .len = 100, .result = KVCD_EINTERNAL},
+    };
+    kvcd_l2_batch_t bt = {.op = KVCD_L2_STORE, .items = it, .n = 2, .deadline_ms = 1};
+
+    kvcd_adapter_fs.store(fs, &bt);
+    REQUIRE_EQ(it[0].result, KVCD_ETIMEDOUT);
+    REQUIRE_EQ(it[1].result, KVCD_ETIMEDOUT);
+    REQUIRE_EQ(st_int(fs, "counters.timeouts"), 2);
+    REQUIRE_EQ(walk().data_files, 0);
+    free(b);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_bad_keys)
+{
+    void *fs = open_fs("");
+    tkey_t k = key_n("m", 1);
+    uint8_t *b = abuf(10);
+    kvcd_l2_item_t it = {.key = mk(&k), .buf = b, .len = 10};
+    kvcd_l2_batch_t bt = {.op = KVCD_L2_STORE, .items = &it, .n = 1};
+    static char big[1100];
+
+    it.key.model = "a\0b";
+    it.key.model_len = 3;
+    kvcd_adapter_fs.store(fs, &bt);
+    REQUIRE_EQ(it.result, KVCD_EBADFIELD);
+    it.key = mk(&k);
+    it.key.salt = "x\0y";
+    it.key.salt_len = 3;
+    kvcd_adapter_fs.store(fs, &bt);
+    REQUIRE_EQ(it.result, KVCD_EBADFIELD);
+    it.key = mk(&k);
+    it.key.hash_len = 0;
+    kvcd_adapter_fs.store(fs, &bt);
+    REQUIRE_EQ(it.result, KVCD_EBADFIELD);
+    memset(big, 'a', sizeof(big));
+    it.key = mk(&k);
+    it.key.model = big;
+    it.key.model_len = KVCD_MODEL_MAX + 1;
+    kvcd_adapter_fs.lookup(fs, &bt);
+    REQUIRE_EQ(it.result, KVCD_EBADFIELD);
+    it.key = mk(&k);
+    it.buf = NULL;
+    kvcd_adapter_fs.store(fs, &bt);
+    REQUIRE_EQ(it.result, KVCD_EBADFIELD);
+    REQUIRE_EQ(walk().data_files, 0);
+    free(b);
+    close_fs(fs);
+}
+END_TEST
+
+/* ---- tests: persistence and sharing --------------------------------------- */
+
+START_TEST(test_persistence)
+{
+    void *a = open_fs(""), *b;
+    tkey_t k[20];
+    int i;
+
+    for (i = 0; i < 20; i++) {
+        k[i] = key_n("org/persist", (uint64_t)i);
+        store_ok(a, &k[i], 1000 + (size_t)i * 4096, (uint64_t)i);
+    }
+    close_fs(a);
+
+    b = open_fs("");
+    REQUIRE_EQ(st_int(b, "files"), 0);     /* not scanned yet ... */
+    load_ok(b, &k[3], 1000 + 3 * 4096, 3); /* ... but the directory answers */
+    kvcd_adapter_fs.background(b);
+    REQUIRE_EQ(st_int(b, "files"), 20);
+    {
+        long long want = 0;
+
+        for (i = 0; i < 20; i++)
+            want += 1000 + i * 4096 + TRL;
+        REQUIRE_EQ(st_int(b, "used_bytes"), want);
+        REQUIRE_EQ(st_int(b, "scan.files"), 20);
+    }
+    for (i = 0; i < 20; i++)
+        load_ok(b, &k[i], 1000 + (size_t)i * 4096, (uint64_t)i);
+    close_fs(b);
+}
+END_TEST
+
+START_TEST(test_shared_directory)
+{
+    void *a = open_fs(""), *b = open_fs("");
+    tkey_t k = key_n("org/shared", 9);
+    uint8_t *buf = abuf(50000);
+
+    kvcd_adapter_fs.background(a);
+    kvcd_adapter_fs.background(b);
+    store_ok(a, &k, 50000, 9);
+    load_ok(b, &k, 50000, 9);
+    REQUIRE_EQ(op1(b, KVCD_L2_REMOVE, &k, NULL, 0, NULL), 0);
+    REQUIRE_EQ(lookup_r(a, &k), KVCD_ENOTFOUND);
+    REQUIRE_EQ(op1(a, KVCD_L2_LOAD, &k, buf, 50000, NULL), KVCD_ENOTFOUND);
+    REQUIRE_EQ(st_int(a, "files"), 0); /* A's index forgot it on the miss */
+    /* both write the same key: last rename wins, both whole */
+    store_ok(a, &k, 50000, 9);
+    store_ok(b, &k, 50000, 9);
+    load_ok(a, &k, 50000, 9);
+    REQUIRE_EQ(walk().tmp_files, 0);
+    free(buf);
+    close_fs(a);
+    close_fs(b);
+}
+END_TEST
+
+/* ---- tests: corruption ---------------------------------------------------- */
+
+enum { C_FLIP, C_FLIP_TRAILER, C_TRUNC, C_APPEND, C_KEYDIGEST, C_FOREIGN, C_TINY };
+
+static void corrupt_case(int how)
+{
+    void *fs = open_fs("");
+    tkey_t k = key_n("org/c", 1), other = key_n("org/c", 2);
+    size_t n = 20000, sz;
+    char path[1200], opath[1200];
+    uint8_t *b = abuf(n + 64);
+    int fd;
+    struct stat st;
+
+    store_ok(fs, &k, n, 1);
+    the_file(path, sizeof(path));
+    fd = open(path, O_RDWR);
+    REQUIRE(fd >= 0);
+    switch (how) {
+    case C_FLIP: {
+        uint8_t c;
+        REQUIRE(pread(fd, &c, 1, 1234) == 1);
+        c ^= 0x01;
+        REQUIRE(pwrite(fd, &c, 1, 1234) == 1);
+        break;
+    }
+    case C_FLIP_TRAILER: {
+        uint8_t c;
+        REQUIRE(pread(fd, &c, 1, (off_t)n + 3) == 1);
+        c ^= 0x80;
+        REQUIRE(pwrite(fd, &c, 1, (off_t)n + 3) == 1);
+        break;
+    }
+    case C_TRUNC:
+        REQUIRE(ftruncate(fd, (off_t)(n + TRL - 1)) == 0);
+        break;
+    case C_APPEND:
+        REQUIRE(pwrite(fd, "x", 1, (off_t)(n + TRL)) == 1);
+        break;
+    case C_KEYDIGEST: {
+        /* another key's digest, with the trailer's own check fixed up: only the
+         * key comparison can catch it */
+        uint8_t t[TRL];
+        uint64_t h;
+        REQUIRE(pread(fd, t, TRL, (off_t)n) == TRL);
+        t[40] ^= 0xFF;
+        h = XXH3_64bits(t, 56);
+        for (int i = 0; i < 8; i++)
+            t[56 + i] = (uint8_t)(h >> (8 * i));
+        REQUIRE(pwrite(fd, t, TRL, (off_t)n) == TRL);
+        break;
+    }
+    case C_FOREIGN:
+        /* a whole, valid file of another key (same bytes) under this key's name */
+        close(fd);
+        fd = -1;
+        store_ok(fs, &other, n, 1);
+        break;
+    case C_TINY:
+        REQUIRE(ftruncate(fd, 10) == 0);
+        break;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (how == C_FOREIGN) {
+        /* find other's file, move it over k's name */
+        DIR *d = opendir(base);
+        struct dirent *de;
+
+        REQUIRE(d);
+        opath[0] = '\0';
+        while ((de = readdir(d)))
+            if (strstr(de->d_name, ".data") && !strstr(path, de->d_name))
+                data_path(opath, sizeof(opath), de->d_name);
+        closedir(d);
+        REQUIRE(strcmp(opath, path) != 0);
+        REQUIRE(rename(opath, path) == 0);
+    }
+    if (how == C_TINY) {
+        REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    } else {
+        REQUIRE_EQ(op1(fs, KVCD_L2_LOOKUP, &k, NULL, 0, &sz), 0);
+        REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, n + 64, NULL), KVCD_ECHECKSUM);
+    }
+    REQUIRE(stat(path, &st) != 0 && errno == ENOENT);
+    REQUIRE_EQ(st_int(fs, "checksum_failures"), 1);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    store_ok(fs, &k, n, 1); /* the key can be stored again */
+    load_ok(fs, &k, n, 1);
+    free(b);
+    close_fs(fs);
+}
+
+START_TEST(test_corrupt_flip)
+{
+    corrupt_case(C_FLIP);
+}
+END_TEST
+START_TEST(test_corrupt_flip_trailer)
+{
+    corrupt_case(C_FLIP_TRAILER);
+}
+END_TEST
+START_TEST(test_corrupt_truncate)
+{
+    corrupt_case(C_TRUNC);
+}
+END_TEST
+START_TEST(test_corrupt_append)
+{
+    corrupt_case(C_APPEND);
+}
+END_TEST
+START_TEST(test_corrupt_key_digest)
+{
+    corrupt_case(C_KEYDIGEST);
+}
+END_TEST
+START_TEST(test_corrupt_foreign_file)
+{
+    corrupt_case(C_FOREIGN);
+}
+END_TEST
+START_TEST(test_corrupt_tiny)
+{
+    corrupt_case(C_TINY);
+}
+END_TEST
+
+START_TEST(test_checksum_none)
+{
+    void *plain = open_fs(", \"checksum\": \"none\"");
+    void *sum;
+    tkey_t k = key_n("org/plain", 1), k2 = key_n("org/plain", 2);
+    char path[1200];
+    struct stat st;
+    size_t sz;
+    uint8_t *b = abuf(9000);
+
+    store_ok(plain, &k, 8000, 1);
+    the_file(path, sizeof(path));
+    REQUIRE(stat(path, &st) == 0);
+    REQUIRE_EQ(st.st_size, 8000); /* plain LMCache layout: payload only */
+    {
+        /* the bytes are exactly the payload */
+        uint8_t *want = abuf(8000), *got = abuf(8000);
+        int fd = open(path, O_RDONLY);
+
+        fill(want, 8000, 1);
+        REQUIRE(read(fd, got, 8000) == 8000);
+        close(fd);
+        REQUIRE(memcmp(want, got, 8000) == 0);
+        free(want);
+        free(got);
+    }
+    load_ok(plain, &k, 8000, 1);
+
+    /* a checksummed file read with checksum "none": the trailer is stripped */
+    sum = open_fs("");
+    store_ok(sum, &k2, 7000, 2);
+    REQUIRE_EQ(op1(plain, KVCD_L2_LOOKUP, &k2, NULL, 0, &sz), 0);
+    REQUIRE_EQ(sz, 7000 + TRL);
+    REQUIRE_EQ(op1(plain, KVCD_L2_LOAD, &k2, b, 7000 + TRL, &sz), 0);
+    REQUIRE_EQ(sz, 7000);
+    /* a plain file cannot be verified: a checksumming reader refuses it */
+    REQUIRE_EQ(op1(sum, KVCD_L2_LOAD, &k, b, 8000, NULL), KVCD_ECHECKSUM);
+    REQUIRE_EQ(lookup_r(plain, &k), KVCD_ENOTFOUND);
+    free(b);
+    close_fs(plain);
+    close_fs(sum);
+}
+END_TEST
+
+/* ---- tests: temp files ---------------------------------------------------- */
+
+static void touch(const char *name, time_t age_s)
+{
+    char p[1200];
+    int fd;
+
+    snprintf(p, sizeof(p), "%s/.tmp/%s", base, name);
+    fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(write(fd, "orphan", 6) == 6);
+    if (age_s) {
+        struct timespec ts[2];
+
+        clock_gettime(CLOCK_REALTIME, &ts[0]);
+        ts[0].tv_sec -= age_s;
+        ts[1] = ts[0];
+        REQUIRE(futimens(fd, ts) == 0);
+    }
+    close(fd);
+}
+
+static int tmp_exists(const char *name)
+{
+    char p[1200];
+    struct stat st;
+
+    snprintf(p, sizeof(p), "%s/.tmp/%s", base, name);
+    return stat(p, &st) == 0;
+}
+
+START_TEST(test_orphan_sweep)
+{
+    void *fs = open_fs("");
+    json_t *s = status(fs);
+    char prefix[200], host[80], n1[300], n2[300], n3[300], n4[300];
+    pid_t dead = fork();
+    int pid, stw;
+    unsigned long long nonce;
+
+    if (dead == 0)
+        _exit(0);
+    REQUIRE(waitpid(dead, &stw, 0) == dead);
+    snprintf(prefix, sizeof(prefix), "%s",
+             json_string_value(json_object_get(s, "tmp_name_prefix")));
+    json_decref(s);
+    REQUIRE(sscanf(prefix, "%79[^.].%d.%llx", host, &pid, &nonce) == 3);
+    REQUIRE_EQ(pid, getpid());
+
+    snprintf(n1, sizeof(n1), "%s.%d.%llx.5.1.tmp", host, (int)dead, nonce + 1);
+    touch(n1, 0); /* this host, writer gone */
+    snprintf(n2, sizeof(n2), "%s.%d.%llx.5.1.tmp", host, pid, nonce + 1);
+    touch(n2, 0); /* our pid, earlier life */
+    snprintf(n3, sizeof(n3), "%s.%d.%llx.5.1.tmp", host, pid, nonce);
+    touch(n3, 0); /* ours, in flight: kept */
+    snprintf(n4, sizeof(n4), "%s.1.%llx.5.1.tmp", host, nonce + 2);
+    touch(n4, 0);                            /* pid 1 lives: kept */
+    touch("otherhost.77.abc.1.1.tmp", 0);    /* other host, fresh: kept */
+    touch("otherhost.77.abc.1.2.tmp", 7200); /* other host, old: swept */
+    touch("junk", 7200);                     /* unknown, old: swept */
+    touch("junk2", 0);                       /* unknown, fresh: kept */
+
+    kvcd_adapter_fs.background(fs);
+    REQUIRE(!tmp_exists(n1));
+    REQUIRE(!tmp_exists(n2));
+    REQUIRE(tmp_exists(n3));
+    REQUIRE(tmp_exists(n4));
+    REQUIRE(tmp_exists("otherhost.77.abc.1.1.tmp"));
+    REQUIRE(!tmp_exists("otherhost.77.abc.1.2.tmp"));
+    REQUIRE(!tmp_exists("junk"));
+    REQUIRE(tmp_exists("junk2"));
+    REQUIRE_EQ(st_int(fs, "scan.orphans_removed"), 4);
+    REQUIRE_EQ(st_int(fs, "files"), 0); /* temp files are not cache files */
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_orphan_sweep_periodic)
+{
+    void *fs;
+    tkey_t k = key_n("m", 1);
+
+    faults_on();
+    fs = open_fs(", \"orphan_tmp_age_s\": 60");
+    kvcd_adapter_fs.background(fs);
+    touch("otherhost.77.abc.1.2.tmp", 120);
+    store_ok(fs, &k, 10, 1); /* too early for a sweep */
+    REQUIRE(tmp_exists("otherhost.77.abc.1.2.tmp"));
+    clock_skew_ms = 61 * 1000;
+    k = key_n("m", 2);
+    store_ok(fs, &k, 10, 1);
+    REQUIRE(!tmp_exists("otherhost.77.abc.1.2.tmp"));
+    close_fs(fs);
+}
+END_TEST
+
+/* ---- tests: capacity ------------------------------------------------------ */
+
+#define CAP_SPEC ", \"max_capacity_gb\": 0.0009765625" /* 1 MiB */
+#define OBJ (64 * KiB - TRL)                           /* 64 KiB files */
+
+START_TEST(test_capacity_bound)
+{
+    void *fs = open_fs(CAP_SPEC);
+    tkey_t k;
+    int i;
+
+    kvcd_adapter_fs.background(fs);
+    for (i = 0; i < 48; i++) { /* 3x the capacity */
+        walk_t w;
+
+        k = key_n("org/cap", (uint64_t)i);
+        store_ok(fs, &k, OBJ, (uint64_t)i);
+        w = walk();
+        REQUIRE(w.data_bytes <= MiB);
+        REQUIRE(st_int(fs, "used_bytes") <= (long long)MiB);
+    }
+    for (i = 0; i < 48; i++) {
+        k = key_n("org/cap", (uint64_t)i);
+        if (i < 32)
+            REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+        else
+            load_ok(fs, &k, OBJ, (uint64_t)i);
+    }
+    REQUIRE_EQ(st_int(fs, "counters.evictions"), 32);
+    REQUIRE_EQ(st_int(fs, "capacity_bytes"), MiB);
+    REQUIRE_EQ(walk().data_bytes, MiB);
+    /* an object that can never fit is refused without emptying the cache */
+    {
+        uint8_t *b = abuf(2 * MiB);
+
+        k = key_n("org/cap", 1000);
+        REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, 2 * MiB, NULL), -ENOSPC);
+        REQUIRE_EQ(walk().data_files, 16);
+        REQUIRE_EQ(st_int(fs, "counters.stores_rejected_no_space"), 1);
+        REQUIRE_EQ(st_int(fs, "healthy"), 1);
+        free(b);
+    }
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_capacity_lru_order)
+{
+    void *fs = open_fs(CAP_SPEC ", \"lookup_pin_ms\": 0");
+    tkey_t k;
+    int i;
+
+    for (i = 0; i < 16; i++) {
+        k = key_n("org/lru", (uint64_t)i);
+        store_ok(fs, &k, OBJ, (uint64_t)i);
+    }
+    k = key_n("org/lru", 0);
+    load_ok(fs, &k, OBJ, 0); /* 0 is now the most recent */
+    k = key_n("org/lru", 100);
+    store_ok(fs, &k, OBJ, 100);
+    k = key_n("org/lru", 0);
+    REQUIRE_EQ(lookup_r(fs, &k), 0);
+    k = key_n("org/lru", 1);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_capacity_pins)
+{
+    void *fs;
+    tkey_t k;
+    int i;
+
+    faults_on();
+    fs = open_fs(CAP_SPEC); /* lookup_pin_ms 10000 */
+    for (i = 0; i < 16; i++) {
+        k = key_n("org/pin", (uint64_t)i);
+        store_ok(fs, &k, OBJ, (uint64_t)i);
+    }
+    for (i = 0; i < 16; i++) { /* pin everything */
+        k = key_n("org/pin", (uint64_t)i);
+        REQUIRE_EQ(lookup_r(fs, &k), 0);
+    }
+    {
+        uint8_t *b = abuf(OBJ);
+
+        k = key_n("org/pin", 100);
+        REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, OBJ, NULL), -ENOSPC);
+        free(b);
+    }
+    k = key_n("org/pin", 5);
+    load_ok(fs, &k, OBJ, 5); /* load releases the pin (the lookup in load_ok re-pins) */
+    {
+        uint8_t *b = abuf(OBJ);
+
+        REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, OBJ, NULL), 0);
+        free(b);
+    }
+    k = key_n("org/pin", 100);
+    store_ok(fs, &k, OBJ, 100); /* evicts 5, the only unpinned file */
+    k = key_n("org/pin", 5);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    k = key_n("org/pin", 0);
+    clock_skew_ms = 11000; /* pins expire */
+    k = key_n("org/pin", 101);
+    store_ok(fs, &k, OBJ, 101);
+    k = key_n("org/pin", 0); /* least recent lookup: evicted */
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    REQUIRE(walk().data_bytes <= MiB);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_capacity_after_restart)
+{
+    void *a = open_fs(""), *b;
+    tkey_t k;
+    int i;
+
+    for (i = 0; i < 24; i++) {
+        k = key_n("org/rs", (uint64_t)i);
+        store_ok(a, &k, OBJ, (uint64_t)i);
+    }
+    close_fs(a);
+    /* recency comes back from file times: key i was used i seconds after 0 */
+    for (i = 0; i < 24; i++) {
+        char p[1200];
+        struct timespec ts[2];
+
+        snprintf(p, sizeof(p), "%s/org-SEP-rs@0x01000100@0@%016x.data", base, i);
+        clock_gettime(CLOCK_REALTIME, &ts[0]);
+        ts[0].tv_sec -= 100 - i;
+        ts[1] = ts[0];
+        REQUIRE(utimensat(AT_FDCWD, p, ts, 0) == 0);
+    }
+    b = open_fs(CAP_SPEC);
+    kvcd_adapter_fs.background(b); /* scan finds 1.5 MiB: evicts to 1 MiB */
+    REQUIRE(walk().data_bytes <= MiB);
+    REQUIRE_EQ(st_int(b, "files"), 16);
+    REQUIRE_EQ(st_int(b, "used_bytes"), MiB);
+    for (i = 0; i < 24; i++) {
+        k = key_n("org/rs", (uint64_t)i);
+        REQUIRE_EQ(lookup_r(b, &k), i < 8 ? KVCD_ENOTFOUND : 0);
+    }
+    close_fs(b);
+}
+END_TEST
+
+START_TEST(test_capacity_shared_discovery)
+{
+    void *a = open_fs(""), *b = open_fs(CAP_SPEC);
+    tkey_t k;
+    int i;
+
+    for (i = 0; i < 24; i++) { /* another daemon fills the directory */
+        k = key_n("org/disc", (uint64_t)i);
+        store_ok(a, &k, OBJ, (uint64_t)i);
+    }
+    for (i = 0; i < 24; i++) { /* B finds them and keeps within its bound */
+        k = key_n("org/disc", (uint64_t)i);
+        load_ok(b, &k, OBJ, (uint64_t)i);
+        REQUIRE(st_int(b, "used_bytes") <= (long long)MiB);
+    }
+    REQUIRE(walk().data_bytes <= MiB);
+    close_fs(a);
+    close_fs(b);
+}
+END_TEST
+
+START_TEST(test_free_floor)
+{
+    void *fs;
+    tkey_t k;
+    const long long floor = 204800000; /* 5% of the fake 4 GB filesystem */
+    int i;
+
+    faults_on();
+    fake_avail = floor + 10 * (long long)MiB;
+    fs = open_fs("");
+    REQUIRE_EQ(st_int(fs, "free_floor_bytes"), floor);
+    for (i = 0; i < 4; i++) {
+        k = key_n("org/floor", (uint64_t)i);
+        store_ok(fs, &k, OBJ, (uint64_t)i);
+    }
+    REQUIRE_EQ(st_int(fs, "counters.evictions"), 0);
+    fake_avail = floor + 10 * (long long)KiB; /* one more file must go first */
+    k = key_n("org/floor", 10);
+    store_ok(fs, &k, OBJ, 10);
+    REQUIRE_EQ(st_int(fs, "counters.evictions"), 1);
+    k = key_n("org/floor", 0);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    fake_avail = floor - 100 * (long long)MiB; /* hopeless: refuse, keep all */
+    {
+        uint8_t *b = abuf(OBJ);
+
+        k = key_n("org/floor", 11);
+        REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, OBJ, NULL), -ENOSPC);
+        free(b);
+    }
+    REQUIRE_EQ(st_int(fs, "counters.evictions"), 1);
+    REQUIRE_EQ(walk().data_files, 4);
+    close_fs(fs);
+
+    /* explicit floors: the larger one applies */
+    fs = open_fs(", \"min_free_gb\": 1, \"min_free_percent\": 1");
+    REQUIRE_EQ(st_int(fs, "free_floor_bytes"), 1073741824LL);
+    close_fs(fs);
+    fs = open_fs(", \"min_free_gb\": 0.1");
+    REQUIRE_EQ(st_int(fs, "free_floor_bytes"), 107374182LL);
+    close_fs(fs);
+}
+END_TEST
+
+/* ---- tests: faults -------------------------------------------------------- */
+
+static void fault_case(int *knob, int err, const char *extra)
+{
+    void *fs;
+    tkey_t k = key_n("org/fault", 1);
+    uint8_t *b = abuf(30000);
+    char name[32];
+    walk_t w;
+    json_t *s, *e;
+
+    faults_on();
+    fs = open_fs(extra);
+    kvcd_adapter_fs.background(fs);
+    fill(b, 30000, 1);
+    *knob = err;
+    REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, 30000, NULL), -err);
+    w = walk();
+    REQUIRE_EQ(w.data_files, 0);
+    REQUIRE_EQ(w.tmp_files, 0);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    /* the miss above proves the directory still answers, but the store failed */
+    *knob = err;
+    REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, 30000, NULL), -err);
+    s = status(fs);
+    REQUIRE(json_is_false(json_object_get(s, "healthy")));
+    snprintf(name, sizeof(name), "%s", kvcd_errname(-err));
+    e = json_object_get(json_object_get(s, "errors"), name);
+    REQUIRE(json_is_integer(e) && json_integer_value(e) == 2);
+    REQUIRE(json_is_object(json_object_get(s, "last_error")));
+    REQUIRE_EQ(json_integer_value(json_object_get(s, "reserved_bytes")), 0);
+    json_decref(s);
+
+    *knob = 0; /* the fault stops */
+    store_ok(fs, &k, 30000, 1);
+    REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    load_ok(fs, &k, 30000, 1);
+    REQUIRE_EQ(walk().tmp_files, 0);
+    REQUIRE_EQ(walk().data_files, 1);
+
+    /* health also comes back by itself when no operation follows */
+    *knob = err;
+    k = key_n("org/fault", 2);
+    REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, 30000, NULL), -err);
+    *knob = 0;
+    REQUIRE_EQ(st_int(fs, "healthy"), 0);
+    clock_skew_ms = 6000;
+    REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    free(b);
+    close_fs(fs);
+}
+
+START_TEST(test_fault_enospc)
+{
+    fault_case(&fail_write, ENOSPC, "");
+}
+END_TEST
+START_TEST(test_fault_eio_write)
+{
+    fault_case(&fail_write, EIO, ", \"use_odirect\": true");
+}
+END_TEST
+START_TEST(test_fault_eio_fsync)
+{
+    fault_case(&fail_sync, EIO, ", \"fsync\": true");
+}
+END_TEST
+START_TEST(test_fault_eio_rename)
+{
+    fault_case(&fail_rename, EIO, ", \"dir_levels\": 1");
+}
+END_TEST
+START_TEST(test_fault_erofs_create)
+{
+    fault_case(&fail_create, EROFS, "");
+}
+END_TEST
+START_TEST(test_fault_eacces_create)
+{
+    fault_case(&fail_create, EACCES, "");
+}
+END_TEST
+
+START_TEST(test_fault_eio_read)
+{
+    void *fs;
+    tkey_t k = key_n("org/fault", 1);
+    uint8_t *b = abuf(30000);
+
+    faults_on();
+    fs = open_fs("");
+    store_ok(fs, &k, 30000, 1);
+    fail_read = EIO;
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, 30000, NULL), -EIO);
+    REQUIRE_EQ(st_int(fs, "errors.EIO"), 1);
+    REQUIRE_EQ(st_int(fs, "checksum_failures"), 0);
+    REQUIRE_EQ(st_int(fs, "healthy"), 0);
+    fail_read = 0;
+    REQUIRE_EQ(walk().data_files, 1); /* an I/O error is not corruption */
+    load_ok(fs, &k, 30000, 1);
+    REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    free(b);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_fault_undeletable_file)
+{
+    void *fs;
+    tkey_t k;
+    int i;
+
+    faults_on();
+    fs = open_fs(CAP_SPEC ", \"lookup_pin_ms\": 0");
+    for (i = 0; i < 16; i++) {
+        k = key_n("org/undel", (uint64_t)i);
+        store_ok(fs, &k, OBJ, (uint64_t)i);
+    }
+    fail_unlink = EACCES; /* one file cannot be deleted: eviction goes on */
+    k = key_n("org/undel", 100);
+    store_ok(fs, &k, OBJ, 100);
+    fail_unlink = 0;
+    REQUIRE_EQ(st_int(fs, "counters.eviction_errors"), 1);
+    k = key_n("org/undel", 101);
+    store_ok(fs, &k, OBJ, 101);
+    REQUIRE(st_int(fs, "used_bytes") <= (long long)MiB);
+    close_fs(fs);
+}
+END_TEST
+
+/* ---- tests: names --------------------------------------------------------- */
+
+START_TEST(test_lmcache_names)
+{
+    void *fs = open_fs("");
+    tkey_t k = key_n("meta-llama/Llama-3.1-8B", 0);
+    char p[1200];
+    struct stat st;
+
+    k.rank = 0x02010201;
+    k.hash[0] = 0xab;
+    k.hash[1] = 0xcd;
+    store_ok(fs, &k, 100, 1);
+    data_path(p, sizeof(p), "meta-llama-SEP-Llama-3.1-8B@0x02010201@0@abcd000000000000.data");
+    REQUIRE(stat(p, &st) == 0);
+    k.group = 0x1f;
+    k.salt = "s1";
+    store_ok(fs, &k, 100, 1);
+    data_path(p, sizeof(p), "meta-llama-SEP-Llama-3.1-8B@0x02010201@1f@abcd000000000000@s1.data");
+    REQUIRE(stat(p, &st) == 0);
+    /* escapes: "-SEP" literal, '%', '@', '~', space */
+    k = key_n("x-SEP-y/z%@~ q", 1);
+    store_ok(fs, &k, 100, 1);
+    data_path(p, sizeof(p), "x%2DSEP-y-SEP-z%25%40%7E%20q@0x01000100@0@0000000000000001.data");
+    REQUIRE(stat(p, &st) == 0);
+    close_fs(fs);
+}
+END_TEST
+
+static const char *const hostile_models[] = {
+    "../x",  "a/b",       "a-SEP-b",      "/",    "..", ".",  "-SEP/", "%2F", "a@b", "~",
+    "a%2Db", "-SEP-SEP-", "\n\t\x01\xff", ".tmp", "ab", NULL, /* + long ones below */
+};
+static const char *const hostile_salts[] = {NULL, "../x", "a/b", "@", "-SEP-", "~", "%40"};
+
+static void hostile_run(const char *extra, int levels)
+{
+    void *fs = open_fs(extra);
+    static char longm[3][1001];
+    const char *models[32];
+    size_t nm = 0, ns = sizeof(hostile_salts) / sizeof(hostile_salts[0]), i, j;
+    uint64_t seed = 0;
+    walk_t w;
+
+    for (i = 0; hostile_models[i]; i++)
+        models[nm++] = hostile_models[i];
+    memset(longm[0], '/', 1000);
+    memset(longm[1], 'x', 1000);
+    for (i = 0; i < 1000; i++)
+        longm[2][i] = "../"[i % 3];
+    longm[1][999] = 'y';
+    for (i = 0; i < 3; i++)
+        models[nm++] = longm[i];
+
+    for (i = 0; i < nm; i++)
+        for (j = 0; j < ns; j++) {
+            tkey_t k = key_n(models[i], 7);
+
+            k.salt = hostile_salts[j];
+            store_ok(fs, &k, 100 + seed, seed);
+            seed++;
+        }
+    seed = 0;
+    for (i = 0; i < nm; i++)
+        for (j = 0; j < ns; j++) {
+            tkey_t k = key_n(models[i], 7);
+
+            k.salt = hostile_salts[j];
+            load_ok(fs, &k, 100 + seed, seed);
+            seed++;
+        }
+    w = walk();
+    REQUIRE_EQ(w.data_files, nm * ns); /* all names distinct */
+    REQUIRE_EQ(w.bad_names, 0);
+    REQUIRE_EQ(w.max_depth, levels + 1);
+    REQUIRE_EQ(w.other, 0);
+    REQUIRE_EQ(w.tmp_files, 0);
+    only_base_in_top();
+    close_fs(fs);
+}
+
+START_TEST(test_hostile_names)
+{
+    hostile_run("", 0);
+}
+END_TEST
+
+START_TEST(test_hostile_names_levels)
+{
+    hostile_run(", \"dir_levels\": 2", 2);
+}
+END_TEST
+
+START_TEST(test_long_name_rule)
+{
+    void *fs = open_fs("");
+    static char m[1001];
+    tkey_t k;
+    DIR *d;
+    struct dirent *de;
+    int n = 0;
+
+    memset(m, 'x', 1000);
+    k = key_n(m, 1);
+    store_ok(fs, &k, 10, 1);
+    d = opendir(base);
+    while ((de = readdir(d)))
+        if (strstr(de->d_name, ".data")) {
+            const char *t = strstr(de->d_name, "@~");
+
+            REQUIRE_EQ(strlen(de->d_name), 255);
+            REQUIRE(t != NULL);
+            REQUIRE_EQ(t - de->d_name, 216);
+            REQUIRE_EQ(strlen(t), 2 + 32 + 5);
+            n++;
+        }
+    closedir(d);
+    REQUIRE_EQ(n, 1);
+    close_fs(fs);
+}
+END_TEST
+
+START_TEST(test_symlink_not_followed)
+{
+    void *fs = open_fs(", \"checksum\": \"none\"");
+    tkey_t k = key_n("m", 1);
+    char p[1200], outside[1200];
+    uint8_t *b = abuf(100);
+    int fd;
+
+    snprintf(outside, sizeof(outside), "%s/secret", top);
+    fd = open(outside, O_WRONLY | O_CREAT, 0600);
+    REQUIRE(write(fd, "secret", 6) == 6);
+    close(fd);
+    data_path(p, sizeof(p), "m@0x01000100@0@0000000000000001.data");
+    REQUIRE(symlink(outside, p) == 0);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, 100, NULL), KVCD_ENOTFOUND);
+    free(b);
+    close_fs(fs);
+}
+END_TEST
+
+/* ---- tests: modes and specs ----------------------------------------------- */
+
+static unsigned mode_of(const char *p)
+{
+    struct stat st;
+
+    REQUIRE(lstat(p, &st) == 0);
+    return st.st_mode & 07777;
+}
+
+START_TEST(test_modes)
+{
+    void *fs;
+    tkey_t k = key_n("m", 1);
+    char p[1200];
+    DIR *d;
+    struct dirent *de;
+
+    snprintf(base, sizeof(base), "%s/deep/er/base", top); /* created, mkdir -p */
+    fs = open_fs("");
+    store_ok(fs, &k, 10, 1);
+    REQUIRE_EQ(mode_of(base), 0700);
+    snprintf(p, sizeof(p), "%s/deep", top);
+    REQUIRE_EQ(mode_of(p), 0700);
+    snprintf(p, sizeof(p), "%s/.tmp", base);
+    REQUIRE_EQ(mode_of(p), 0700);
+    the_file(p, sizeof(p));
+    REQUIRE_EQ(mode_of(p), 0600);
+    close_fs(fs);
+
+    /* explicit modes are exact, whatever the umask */
+    umask(077);
+    snprintf(base, sizeof(base), "%s/b2", top);
+    fs = open_fs(", \"file_mode\": \"0640\", \"dir_mode\": \"0750\", \"dir_levels\": 1");
+    store_ok(fs, &k, 10, 1);
+    REQUIRE_EQ(mode_of(base), 0750);
+    d = opendir(base);
+    while ((de = readdir(d)))
+        if (strlen(de->d_name) == 2 && de->d_name[0] != '.') {
+            DIR *s;
+            struct dirent *f;
+
+            snprintf(p, sizeof(p), "%s/%s", base, de->d_name);
+            REQUIRE_EQ(mode_of(p), 0750);
+            s = opendir(p);
+            while ((f = readdir(s)))
+                if (strstr(f->d_name, ".data")) {
+                    snprintf(p, sizeof(p), "%s/%s/%s", base, de->d_name, f->d_name);
+                    REQUIRE_EQ(mode_of(p), 0640);
+                }
+            closedir(s);
+        }
+    closedir(d);
+    close_fs(fs);
+    fs = open_fs(", \"file_mode\": 384"); /* the number 0600 */
+    close_fs(fs);
+}
+END_TEST
+
+static void bad_spec(const char *field, const char *fmt, ...)
+{
+    char spec[1024], err[512];
+    va_list ap;
+    void *self;
+    int r;
+
+    va_start(ap, fmt);
+    vsnprintf(spec, sizeof(spec), fmt, ap);
+    va_end(ap);
+    r = try_init(&self, err, sizeof(err), "%s", spec);
+    if (r != KVCD_ECONFIG)
+        ck_abort_msg("spec %s: init returned %d, want ECONFIG", spec, r);
+    if (strncmp(err, field, strlen(field)) || err[strlen(field)] != ':')
+        ck_abort_msg("spec %s: error \"%s\" does not name %s", spec, err, field);
+}
+
+#define SPEC(extra) "{\"type\":\"fs\",\"base_path\":\"%s\"" extra "}", base
+
+START_TEST(test_bad_specs)
+{
+    char file[1200], link_to[1200];
+    int fd;
+
+    bad_spec("bogus", SPEC(",\"bogus\":1"));
+    bad_spec("base_path", "{\"type\":\"fs\",\"base_path\":5}");
+    bad_spec("base_path", "{\"type\":\"fs\"}");
+    bad_spec("base_path", "{\"type\":\"fs\",\"base_path\":\"\"}");
+    bad_spec("type", "{\"type\":\"s3\",\"base_path\":\"/x\"}");
+    bad_spec("spec", "[1]");
+    bad_spec("relative_tmp_dir", SPEC(",\"relative_tmp_dir\":\"/abs\""));
+    bad_spec("relative_tmp_dir", SPEC(",\"relative_tmp_dir\":\"../x\""));
+    bad_spec("relative_tmp_dir", SPEC(",\"relative_tmp_dir\":\"a/../b\""));
+    bad_spec("relative_tmp_dir", SPEC(",\"relative_tmp_dir\":\"\""));
+    bad_spec("relative_tmp_dir", SPEC(",\"relative_tmp_dir\":\".\""));
+    bad_spec("relative_tmp_dir", SPEC(",\"relative_tmp_dir\":\"ab\""));
+    bad_spec("relative_tmp_dir", SPEC(",\"relative_tmp_dir\":\"x.data\""));
+    bad_spec("relative_tmp_dir", SPEC(",\"relative_tmp_dir\":7"));
+    bad_spec("read_ahead_size", SPEC(",\"read_ahead_size\":-1"));
+    bad_spec("read_ahead_size", SPEC(",\"read_ahead_size\":0"));
+    bad_spec("read_ahead_size", SPEC(",\"read_ahead_size\":\"64k\""));
+    bad_spec("read_ahead_size", SPEC(",\"read_ahead_size\":1.5"));
+    bad_spec("use_odirect", SPEC(",\"use_odirect\":\"yes\""));
+    bad_spec("fsync", SPEC(",\"fsync\":1"));
+    bad_spec("checksum", SPEC(",\"checksum\":\"crc32\""));
+    bad_spec("file_mode", SPEC(",\"file_mode\":600"));
+    bad_spec("file_mode", SPEC(",\"file_mode\":\"0400\""));
+    bad_spec("file_mode", SPEC(",\"file_mode\":\"9\""));
+    bad_spec("dir_mode", SPEC(",\"dir_mode\":\"0600\""));
+    bad_spec("max_capacity_gb", SPEC(",\"max_capacity_gb\":-1"));
+    bad_spec("max_capacity_gb", SPEC(",\"max_capacity_gb\":\"1\""));
+    bad_spec("min_free_gb", SPEC(",\"min_free_gb\":-0.5"));
+    bad_spec("min_free_percent", SPEC(",\"min_free_percent\":150"));
+    bad_spec("dir_levels", SPEC(",\"dir_levels\":3"));
+    bad_spec("lookup_pin_ms", SPEC(",\"lookup_pin_ms\":-1"));
+    bad_spec("orphan_tmp_age_s", SPEC(",\"orphan_tmp_age_s\":0"));
+    bad_spec("health_window_ms", SPEC(",\"health_window_ms\":true"));
+
+    /* base_path below a regular file: cannot be created (works as root too) */
+    snprintf(file, sizeof(file), "%s/plainfile", top);
+    fd = open(file, O_WRONLY | O_CREAT, 0600);
+    close(fd);
+    bad_spec("base_path", "{\"type\":\"fs\",\"base_path\":\"%s/sub\"}", file);
+    bad_spec("base_path", "{\"type\":\"fs\",\"base_path\":\"%s\"}", file);
+    /* read-only filesystem (procfs; refuses root as well) */
+    bad_spec("base_path", "{\"type\":\"fs\",\"base_path\":\"/proc/kvcd-test\"}");
+
+    /* relative_tmp_dir a symlink leading out of base_path */
+    snprintf(link_to, sizeof(link_to), "%s/elsewhere", top);
+    REQUIRE(mkdir(link_to, 0700) == 0);
+    REQUIRE(mkdir(base, 0700) == 0 || errno == EEXIST);
+    snprintf(file, sizeof(file), "%s/.tmp", base);
+    REQUIRE(symlink(link_to, file) == 0);
+    bad_spec("relative_tmp_dir", SPEC(""));
+}
+END_TEST
+
+START_TEST(test_status_fields)
+{
+    void *fs = open_fs(", \"max_capacity_gb\": 2");
+    json_t *s = status(fs);
+    const char *keys[] = {"healthy",          "base_path", "options",           "used_bytes",
+                          "capacity_bytes",   "files",     "fs_free_bytes",     "fs_total_bytes",
+                          "free_floor_bytes", "errors",    "checksum_failures", "odirect_fallbacks",
+                          "counters",         "scan",      "last_error",        NULL};
+
+    for (int i = 0; keys[i]; i++)
+        if (!json_object_get(s, keys[i]))
+            ck_abort_msg("status lacks %s", keys[i]);
+    REQUIRE(!strcmp(json_string_value(json_object_get(s, "base_path")), base));
+    REQUIRE_EQ(json_integer_value(json_object_get(s, "capacity_bytes")), 2LL << 30);
+    REQUIRE(json_integer_value(json_object_get(s, "fs_free_bytes")) > 0);
+    REQUIRE(!strcmp(json_string_value(json_object_get(json_object_get(s, "options"), "checksum")),
+                    "xxh3"));
+    REQUIRE(!strcmp(json_string_value(json_object_get(json_object_get(s, "scan"), "state")),
+                    "pending"));
+    json_decref(s);
+    kvcd_adapter_fs.background(fs);
+    REQUIRE_EQ(st_int(fs, "files"), 0);
+    close_fs(fs);
+    REQUIRE(kvcd_adapter_fs.fields != NULL);
+    REQUIRE(kvcd_adapter_fs.flags == (KVCD_ADAPTER_BLOCKING | KVCD_ADAPTER_PERSISTENT));
+}
+END_TEST
+
+/* ---- tests: concurrency --------------------------------------------------- */
+
+typedef struct {
+    void *fs;
+    int id;
+    int bad;
+    char what[96]; /* the first bad result */
+} worker_t;
+
+static void worker_bad(worker_t *w, const char *op, int r, size_t sz)
+{
+    if (!w->bad++)
+        snprintf(w->what, sizeof(w->what), "%s: %s size %zu", op, kvcd_errname(r), sz);
+}
+
+static void *worker(void *arg)
+{
+    worker_t *w = arg;
+    uint8_t *b = abuf(OBJ), *want = abuf(OBJ);
+    uint64_t x = (uint64_t)w->id * 7919 + 1;
+
+    for (int i = 0; i < 300; i++) {
+        uint64_t n;
+        tkey_t k;
+        size_t sz;
+        int r;
+
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        n = (x >> 33) % 48;
+        k = key_n("org/conc", n);
+        switch ((x >> 20) % 3) {
+        case 0:
+            fill(b, OBJ, n);
+            r = op1(w->fs, KVCD_L2_STORE, &k, b, OBJ, NULL);
+            if (r != 0 && r != -ENOSPC)
+                worker_bad(w, "store", r, 0);
+            break;
+        case 1:
+            r = op1(w->fs, KVCD_L2_LOOKUP, &k, NULL, 0, &sz);
+            if (r != 0 && r != KVCD_ENOTFOUND)
+                worker_bad(w, "lookup", r, sz);
+            break;
+        default:
+            r = op1(w->fs, KVCD_L2_LOAD, &k, b, OBJ, &sz);
+            if (r == 0) {
+                fill(want, OBJ, n);
+                if (sz != OBJ || memcmp(b, want, OBJ) != 0)
+                    worker_bad(w, "load bytes", r, sz);
+            } else if (r != KVCD_ENOTFOUND) {
+                worker_bad(w, "load", r, sz);
+            }
+        }
+    }
+    free(b);
+    free(want);
+    return NULL;
+}
+
+START_TEST(test_concurrent)
+{
+    void *a = open_fs(CAP_SPEC), *b2 = open_fs(CAP_SPEC);
+    pthread_t t[8];
+    worker_t w[8];
+    int i;
+
+    for (i = 0; i < 8; i++) {
+        w[i] = (worker_t){.fs = i % 2 ? a : b2, .id = i};
+        REQUIRE(pthread_create(&t[i], NULL, worker, &w[i]) == 0);
+    }
+    kvcd_adapter_fs.background(a); /* the scan runs while they work */
+    for (i = 0; i < 8; i++) {
+        REQUIRE(pthread_join(t[i], NULL) == 0);
+        if (w[i].bad)
+            ck_abort_msg("worker %d: %d bad results, first %s", i, w[i].bad, w[i].what);
+    }
+    REQUIRE(st_int(b2, "used_bytes") <= (long long)MiB);
+    REQUIRE_EQ(st_int(a, "reserved_bytes"), 0);
+    REQUIRE_EQ(st_int(a, "checksum_failures") + st_int(b2, "checksum_failures"), 0);
+    REQUIRE_EQ(walk().tmp_files, 0);
+    close_fs(a);
+    close_fs(b2);
+}
+END_TEST
+
+static Suite *fs_suite(void)
+{
+    Suite *s = suite_create("fs");
+    TCase *tc = tcase_create("fs");
+
+    tcase_add_unchecked_fixture(tc, master_setup, master_teardown);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_roundtrip_buffered);
+    tcase_add_test(tc, test_roundtrip_odirect);
+    tcase_add_test(tc, test_odirect_unaligned_buffer);
+    tcase_add_test(tc, test_odirect_unsupported);
+    tcase_add_test(tc, test_short_io);
+    tcase_add_test(tc, test_miss_and_remove);
+    tcase_add_test(tc, test_load_buffer_too_small);
+    tcase_add_test(tc, test_duplicate_store);
+    tcase_add_test(tc, test_deadline);
+    tcase_add_test(tc, test_bad_keys);
+    tcase_add_test(tc, test_persistence);
+    tcase_add_test(tc, test_shared_directory);
+    tcase_add_test(tc, test_corrupt_flip);
+    tcase_add_test(tc, test_corrupt_flip_trailer);
+    tcase_add_test(tc, test_corrupt_truncate);
+    tcase_add_test(tc, test_corrupt_append);
+    tcase_add_test(tc, test_corrupt_key_digest);
+    tcase_add_test(tc, test_corrupt_foreign_file);
+    tcase_add_test(tc, test_corrupt_tiny);
+    tcase_add_test(tc, test_checksum_none);
+    tcase_add_test(tc, test_orphan_sweep);
+    tcase_add_test(tc, test_orphan_sweep_periodic);
+    tcase_add_test(tc, test_capacity_bound);
+    tcase_add_test(tc, test_capacity_lru_order);
+    tcase_add_test(tc, test_capacity_pins);
+    tcase_add_test(tc, test_capacity_after_restart);
+    tcase_add_test(tc, test_capacity_shared_discovery);
+    tcase_add_test(tc, test_free_floor);
+    tcase_add_test(tc, test_fault_enospc);
+    tcase_add_test(tc, test_fault_eio_write);
+    tcase_add_test(tc, test_fault_eio_fsync);
+    tcase_add_test(tc, test_fault_eio_rename);
+    tcase_add_test(tc, test_fault_erofs_create);
+    tcase_add_test(tc, test_fault_eacces_create);
+    tcase_add_test(tc, test_fault_eio_read);
+    tcase_add_test(tc, test_fault_undeletable_file);
+    tcase_add_test(tc, test_lmcache_names);
+    tcase_add_test(tc, test_hostile_names);
+    tcase_add_test(tc, test_hostile_names_levels);
+    tcase_add_test(tc, test_long_name_rule);
+    tcase_add_test(tc, test_symlink_not_followed);
+    tcase_add_test(tc, test_modes);
+    tcase_add_test(tc, test_bad_specs);
+    tcase_add_test(tc, test_status_fields);
+    tcase_add_test(tc, test_concurrent);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(fs_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
