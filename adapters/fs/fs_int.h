@@ -156,4 +156,8 @@ extern const kvcd_adapter_field_t kvcd_fs_fields[] KVCD_FS_HIDDEN;
 KVCD_FS_HIDDEN int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen);
 KVCD_FS_HIDDEN int kvcd_fs_open_dirs(fs_t *fs, char *err, size_t errlen);
 
+/* the shared part of name.c (also used by the redis adapter); checks the
+ * declarations above against it */
+#include "adapters/fs/name.h"
+
 #endif
