@@ -39,7 +39,7 @@ struct kvcd_segtab_s {
     const kvcd_options_t *opt;
     uv_timer_t lease_timer;
     int timer_live;
-    kvcd_segment_t *buckets[NBUCKETS];
+    kvcd_seg_t *buckets[NBUCKETS];
     kvcd_seg_owner_t *owners;
     uint64_t next_id;
     size_t nregistered;
@@ -83,14 +83,14 @@ static void owner_drop(kvcd_segtab_t *t, kvcd_seg_owner_t *o)
     free(o);
 }
 
-static kvcd_segment_t **bucket_of(kvcd_segtab_t *t, uint64_t id)
+static kvcd_seg_t **bucket_of(kvcd_segtab_t *t, uint64_t id)
 {
     return &t->buckets[id % NBUCKETS];
 }
 
-static kvcd_segment_t *seg_find(kvcd_segtab_t *t, uint64_t id)
+static kvcd_seg_t *seg_find(kvcd_segtab_t *t, uint64_t id)
 {
-    kvcd_segment_t *s;
+    kvcd_seg_t *s;
 
     for (s = *bucket_of(t, id); s; s = s->next)
         if (s->id == id)
@@ -98,7 +98,7 @@ static kvcd_segment_t *seg_find(kvcd_segtab_t *t, uint64_t id)
     return NULL;
 }
 
-static void seg_unmap(kvcd_segment_t *s)
+static void seg_unmap(kvcd_seg_t *s)
 {
     kvcd_segtab_t *t = s->tab;
 
@@ -108,16 +108,16 @@ static void seg_unmap(kvcd_segment_t *s)
     free(s);
 }
 
-void kvcd_segment_unref(kvcd_segment_t *s)
+void kvcd_seg_unref(kvcd_seg_t *s)
 {
     if (--s->refs == 0)
         seg_unmap(s);
 }
 
 /* Out of the table (new requests cannot name it), the table's reference gone. */
-static void seg_remove(kvcd_segtab_t *t, kvcd_segment_t *s)
+static void seg_remove(kvcd_segtab_t *t, kvcd_seg_t *s)
 {
-    kvcd_segment_t **pp;
+    kvcd_seg_t **pp;
 
     for (pp = bucket_of(t, s->id); *pp != s; pp = &(*pp)->next)
         ;
@@ -127,7 +127,7 @@ static void seg_remove(kvcd_segtab_t *t, kvcd_segment_t *s)
     t->nregistered--;
     owner_drop(t, s->owner);
     s->owner = NULL;
-    kvcd_segment_unref(s);
+    kvcd_seg_unref(s);
 }
 
 static void lease_cb(uv_timer_t *h)
@@ -135,7 +135,7 @@ static void lease_cb(uv_timer_t *h)
     kvcd_segtab_t *t = h->data;
     uint64_t now = uv_now(t->loop), lease = (uint64_t)t->opt->segment_lease_ms;
     kvcd_seg_owner_t *o, *next;
-    kvcd_segment_t *s, *snext;
+    kvcd_seg_t *s, *snext;
     size_t b, n;
 
     for (o = t->owners; o; o = next) {
@@ -188,7 +188,7 @@ void kvcd_segtab_stop(kvcd_segtab_t *t)
 
 void kvcd_segtab_destroy(kvcd_segtab_t *t)
 {
-    kvcd_segment_t *s;
+    kvcd_seg_t *s;
     size_t b;
 
     if (!t)
@@ -208,7 +208,7 @@ int kvcd_segtab_register(kvcd_segtab_t *t, const void *owner, size_t owner_len,
 {
     uint64_t max_bytes = (uint64_t)(t->opt->max_segment_gb * (double)(1ull << 30));
     kvcd_seg_owner_t *o = NULL;
-    kvcd_segment_t *s = NULL;
+    kvcd_seg_t *s = NULL;
     char path[64], target[128];
     struct stat st;
     ssize_t n;
@@ -315,9 +315,9 @@ fail:
 
 /* The registered segment id if this owner may use it. */
 static int owned(kvcd_segtab_t *t, const void *owner, size_t owner_len, uint64_t id,
-                 kvcd_segment_t **out, char *msg, size_t msglen)
+                 kvcd_seg_t **out, char *msg, size_t msglen)
 {
-    kvcd_segment_t *s = seg_find(t, id);
+    kvcd_seg_t *s = seg_find(t, id);
 
     if (!s)
         return segfail(msg, msglen, KVCD_ESEGMENT, "unknown segment %" PRIu64, id);
@@ -331,7 +331,7 @@ static int owned(kvcd_segtab_t *t, const void *owner, size_t owner_len, uint64_t
 int kvcd_segtab_unregister(kvcd_segtab_t *t, const void *owner, size_t owner_len,
                            uint64_t id, char *msg, size_t msglen)
 {
-    kvcd_segment_t *s;
+    kvcd_seg_t *s;
     int rc = owned(t, owner, owner_len, id, &s, msg, msglen);
 
     if (rc != 0)
@@ -343,7 +343,7 @@ int kvcd_segtab_unregister(kvcd_segtab_t *t, const void *owner, size_t owner_len
 }
 
 int kvcd_segtab_acquire(kvcd_segtab_t *t, const void *owner, size_t owner_len,
-                        uint64_t id, kvcd_segment_t **out, char *msg, size_t msglen)
+                        uint64_t id, kvcd_seg_t **out, char *msg, size_t msglen)
 {
     int rc = owned(t, owner, owner_len, id, out, msg, msglen);
 

@@ -39,11 +39,11 @@
 #include "conf/options.h"
 
 typedef struct kvcd_segtab_s kvcd_segtab_t;
-typedef struct kvcd_segment_s kvcd_segment_t;
+typedef struct kvcd_seg_s kvcd_seg_t;
 typedef struct kvcd_seg_owner_s kvcd_seg_owner_t;
 
 /* Fields above the line are read-only for users of the table. */
-struct kvcd_segment_s {
+struct kvcd_seg_s {
     uint64_t id;
     void *base;             /* the mapping, `size` bytes, read-write */
     size_t size;
@@ -52,7 +52,7 @@ struct kvcd_segment_s {
     uint32_t refs;
     kvcd_segtab_t *tab;
     kvcd_seg_owner_t *owner;
-    kvcd_segment_t *next;
+    kvcd_seg_t *next;
 };
 
 /* The table, with its lease timer on loop. opt must outlive it. 0 or -ENOMEM. */
@@ -76,12 +76,12 @@ int kvcd_segtab_unregister(kvcd_segtab_t *t, const void *owner, size_t owner_len
                            uint64_t id, char *msg, size_t msglen);
 
 /* The registered segment `id` of this owner, with a reference the caller drops
- * with kvcd_segment_unref. 0, or KVCD_ESEGMENT with the reason in msg. */
+ * with kvcd_seg_unref. 0, or KVCD_ESEGMENT with the reason in msg. */
 int kvcd_segtab_acquire(kvcd_segtab_t *t, const void *owner, size_t owner_len,
-                        uint64_t id, kvcd_segment_t **out, char *msg, size_t msglen);
+                        uint64_t id, kvcd_seg_t **out, char *msg, size_t msglen);
 
 /* Drop a reference; unmaps once the segment is out of the table and unused. */
-void kvcd_segment_unref(kvcd_segment_t *seg);
+void kvcd_seg_unref(kvcd_seg_t *seg);
 
 /* A request arrived from this identity: renew its lease. Cheap when it owns
  * nothing. */

@@ -26,6 +26,7 @@
 
 #include "daemon/l1.h"
 #include "daemon/log.h"
+#include "daemon/segment.h"
 #include "daemon/server.h"
 #include "daemon/storage.h"
 #include "protocol/kvcd_err.h"
@@ -42,6 +43,7 @@ typedef struct {
     uint64_t lookups, lookup_keys, lookup_hits;
     uint64_t loads, load_hits, load_misses, load_bytes;
     uint64_t removes, clears, dropped_replies;
+    uint64_t shm_stores, shm_loads;
 } counters_t;
 
 /* A reference held by a zero-copy frame, returned by ZeroMQ's I/O thread. */
@@ -78,6 +80,8 @@ struct call_s {
     int (*park_fn)(call_t *call, int force);
     uint64_t park_deadline;
     size_t store_next;          /* STORE: next key to reserve */
+    kvcd_seg_t *seg;        /* STORE_SHM, LOAD_SHM: referenced until freed */
+    uint64_t *shm_lens;         /* LOAD_SHM: object sizes for the reply */
 };
 
 struct kvcd_server_s {
@@ -85,6 +89,7 @@ struct kvcd_server_s {
     const kvcd_options_t *opt;
     kvcd_l1_t *l1;
     kvcd_storage_t *storage;
+    kvcd_segtab_t *segs;
     call_t *parked;
     uv_timer_t park_timer;
     void *zctx;
@@ -162,6 +167,9 @@ static void call_free(call_t *call)
     free(call->results);
     free(call->objs);
     free(call->tasks);
+    if (call->seg)
+        kvcd_seg_unref(call->seg);
+    free(call->shm_lens);
     free(call);
 }
 
@@ -263,6 +271,7 @@ static void store_finish(call_t *call)
             continue;
         kvcd_l1_publish(srv->l1, obj);
         srv->c.stores++;
+        srv->c.shm_stores += call->seg != NULL;
         srv->c.store_bytes += obj->size;
     }
     /* Write-behind takes its own references; then the writer's go. */
@@ -272,6 +281,35 @@ static void store_finish(call_t *call)
             kvcd_l1_unref(srv->l1, call->objs[i]);
     reply_results(call);
 }
+
+/* Where key i's bytes come from: its bulk frame (STORE) or its range of the
+ * segment (STORE_SHM). */
+static const char *store_src(call_t *call, size_t i)
+{
+    if (call->seg)
+        return (const char *)call->seg->base + call->req.offsets[i];
+    return zmq_msg_data(&call->frames[i]);
+}
+
+static size_t store_len(call_t *call, size_t i)
+{
+    return call->seg ? (size_t)call->req.lengths[i] : zmq_msg_size(&call->frames[i]);
+}
+
+/* Forget the objects reserved for a store that cannot complete. */
+static void store_drop(call_t *call)
+{
+    size_t i;
+
+    for (i = 0; i < call->req.nkeys; i++)
+        if (call->objs[i]) {
+            kvcd_l1_unlink(call->srv->l1, call->objs[i]);
+            kvcd_l1_unref(call->srv->l1, call->objs[i]);
+            call->objs[i] = NULL;
+        }
+}
+
+static void load_shm_finish(call_t *call);
 
 static void copy_work(uv_work_t *w)
 {
@@ -285,8 +323,12 @@ static void copy_after(uv_work_t *w, int status)
     copy_task_t *t = w->data;
     call_t *call = t->call;
 
-    if (--call->pending == 0)
-        store_finish(call);
+    if (--call->pending == 0) {
+        if (call->req.op == KVCD_OP_LOAD_SHM)
+            load_shm_finish(call);
+        else
+            store_finish(call);
+    }
 }
 
 /* Copy the frames into the reserved objects: small stores inline, big ones on
@@ -298,6 +340,11 @@ static void store_copy(call_t *call)
     size_t n = call->req.nkeys, i, total = 0, ntasks = 0, off;
     kvcd_obj_t *obj;
 
+    if (call->seg && !call->seg->registered) {
+        /* Unregistered (or expired) while this store waited for L1 space. */
+        store_drop(call);
+        return reply_error(call, KVCD_ESEGMENT, "segment was unregistered before the copy");
+    }
     for (i = 0; i < n; i++) {
         if (!call->objs[i])
             continue;
@@ -307,18 +354,12 @@ static void store_copy(call_t *call)
     if (total <= INLINE_COPY) {
         for (i = 0; i < n; i++)
             if (call->objs[i])
-                memcpy(call->objs[i]->data, zmq_msg_data(&call->frames[i]),
-                       call->objs[i]->size);
+                memcpy(call->objs[i]->data, store_src(call, i), call->objs[i]->size);
         return store_finish(call);
     }
     call->tasks = calloc(ntasks, sizeof(copy_task_t));
     if (!call->tasks) {
-        for (i = 0; i < n; i++)
-            if (call->objs[i]) {
-                kvcd_l1_unlink(srv->l1, call->objs[i]);
-                kvcd_l1_unref(srv->l1, call->objs[i]);
-                call->objs[i] = NULL;
-            }
+        store_drop(call);
         return reply_error(call, -ENOMEM, "out of memory");
     }
     call->pending = ntasks;
@@ -332,7 +373,7 @@ static void store_copy(call_t *call)
 
             t->call = call;
             t->dst = (char *)obj->data + off;
-            t->src = (const char *)zmq_msg_data(&call->frames[i]) + off;
+            t->src = store_src(call, i) + off;
             t->len = obj->size - off < COPY_SLICE ? obj->size - off : COPY_SLICE;
             t->work.data = t;
             uv_queue_work(srv->loop, &t->work, copy_work, copy_after);
@@ -354,7 +395,7 @@ static int store_reserve(call_t *call, int force)
     int rc;
 
     for (i = call->store_next; i < n; i++) {
-        size_t len = zmq_msg_size(&call->frames[i]);
+        size_t len = store_len(call, i);
 
         kvcd_req_key(&call->req, i, &k);
         h = kvcd_key_hash(&k);
@@ -644,12 +685,240 @@ static void op_status(call_t *call)
     if (!st)
         return reply_error(call, KVCD_EINTERNAL, "cannot build status");
     kvcd_storage_status(call->srv->storage, st);
+    kvcd_segtab_status(call->srv->segs, st);
+    json_object_set_new(json_object_get(st, "counters"), "shm_stores",
+                        json_integer((json_int_t)call->srv->c.shm_stores));
+    json_object_set_new(json_object_get(st, "counters"), "shm_loads",
+                        json_integer((json_int_t)call->srv->c.shm_loads));
     kvcd_wbuf_init(&w);
     kvcd_proto_reply_begin(&w, call->req.id, KVCD_OP_STATUS, 0, NULL, 1);
     kvcd_pack_cstr(&w.pk, "status");
     kvcd_pack_json(&w.pk, st);
     json_decref(st);
     send_reply(call, &w, NULL, 0);
+}
+
+/* ---- shared-memory data plane (docs/PROTOCOL.md) ---- */
+
+static const void *ident_of(call_t *call, size_t *len)
+{
+    *len = zmq_msg_size(&call->ident);
+    return zmq_msg_data(&call->ident);
+}
+
+static void op_register_segment(call_t *call)
+{
+    char msg[256];
+    uint64_t id;
+    size_t ilen;
+    const void *ident = ident_of(call, &ilen);
+    kvcd_wbuf_t w;
+    int rc = kvcd_segtab_register(call->srv->segs, ident, ilen, call->req.seg_pid,
+                                  call->req.seg_fd, call->req.seg_size, &id, msg,
+                                  sizeof(msg));
+
+    if (rc != 0)
+        return reply_error(call, rc, msg);
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_segment(&w, call->req.id, id);
+    send_reply(call, &w, NULL, 0);
+}
+
+static void op_unregister_segment(call_t *call)
+{
+    char msg[256];
+    size_t ilen;
+    const void *ident = ident_of(call, &ilen);
+    kvcd_wbuf_t w;
+    int rc = kvcd_segtab_unregister(call->srv->segs, ident, ilen, call->req.segment, msg,
+                                    sizeof(msg));
+
+    if (rc != 0)
+        return reply_error(call, rc, msg);
+    kvcd_wbuf_init(&w);
+    kvcd_proto_reply_begin(&w, call->req.id, KVCD_OP_UNREGISTER_SEGMENT, 0, NULL, 0);
+    send_reply(call, &w, NULL, 0);
+}
+
+/* Take a reference on the request's segment and check every (offset, length)
+ * against it. 0, or the request was answered with an error. */
+static int shm_acquire(call_t *call, const char *lname)
+{
+    kvcd_server_t *srv = call->srv;
+    char msg[256];
+    size_t ilen, i;
+    const void *ident = ident_of(call, &ilen);
+    int rc = kvcd_segtab_acquire(srv->segs, ident, ilen, call->req.segment, &call->seg, msg,
+                                 sizeof(msg));
+
+    if (rc != 0) {
+        reply_error(call, rc, msg);
+        return -1;
+    }
+    for (i = 0; i < call->req.nkeys; i++) {
+        uint64_t off = call->req.offsets[i], len = call->req.lengths[i];
+
+        /* Written so that off + len cannot overflow. */
+        if (off > call->seg->size || len > call->seg->size - off) {
+            snprintf(msg, sizeof(msg),
+                     "offsets[%zu], %s[%zu]: %" PRIu64 " bytes at %" PRIu64
+                     " do not fit in segment %" PRIu64 " of %zu bytes",
+                     i, lname, i, len, off, call->seg->id, call->seg->size);
+            reply_error(call, KVCD_EBADFIELD, msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void op_store_shm(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i;
+
+    if (shm_acquire(call, "lengths") != 0)
+        return;
+    for (i = 0; i < n; i++) {
+        if (call->req.lengths[i] > srv->opt->max_frame) {
+            char msg[128];
+
+            snprintf(msg, sizeof(msg), "lengths[%zu] is %" PRIu64 " bytes, max_frame is %" PRIu64,
+                     i, call->req.lengths[i], srv->opt->max_frame);
+            return reply_error(call, KVCD_ETOOLARGE, msg);
+        }
+    }
+    call->results = calloc(n, sizeof(int));
+    call->objs = calloc(n, sizeof(kvcd_obj_t *));
+    if (!call->results || !call->objs)
+        return reply_error(call, -ENOMEM, "out of memory");
+    /* From here on exactly a STORE whose bytes come from the segment. */
+    if (!store_reserve(call, 0))
+        park(call, store_reserve);
+}
+
+static void load_shm_finish(call_t *call)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t i;
+    kvcd_wbuf_t w;
+
+    for (i = 0; i < call->req.nkeys; i++)
+        if (call->objs[i])
+            kvcd_l1_unref(srv->l1, call->objs[i]);
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_load_shm(&w, call->req.id, call->results, call->shm_lens,
+                               call->req.nkeys);
+    send_reply(call, &w, NULL, 0);
+}
+
+/* Serve a LOAD_SHM: like load_serve (waits for WRITING objects unless `force`),
+ * but each hit is copied into the client's segment, on the threadpool when
+ * large, with the object referenced until its copy is done. Returns 1 when the
+ * call was answered or its copies started. */
+static int load_shm_serve(call_t *call, int force)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i, total = 0, ntasks = 0, off;
+    char *seg = call->seg->base;
+    kvcd_obj_t **objs;
+    kvcd_key_t k;
+
+    if (!call->seg->registered) {
+        reply_error(call, KVCD_ESEGMENT, "segment was unregistered before the copy");
+        return 1;
+    }
+    objs = calloc(n, sizeof(*objs));
+    if (!objs) {
+        reply_error(call, -ENOMEM, "out of memory");
+        return 1;
+    }
+    for (i = 0; i < n; i++) {
+        kvcd_req_key(&call->req, i, &k);
+        objs[i] = kvcd_l1_find(srv->l1, &k, kvcd_key_hash(&k));
+        if (objs[i] && objs[i]->state != KVCD_OBJ_READY) {
+            if (!force) {
+                free(objs);
+                return 0;
+            }
+            objs[i] = NULL;
+        }
+    }
+    call->objs = objs;
+    call->results = calloc(n, sizeof(int));
+    call->shm_lens = calloc(n, sizeof(uint64_t));
+    if (!call->results || !call->shm_lens) {
+        reply_error(call, -ENOMEM, "out of memory");
+        return 1;
+    }
+    for (i = 0; i < n; i++) {
+        kvcd_obj_t *obj = objs[i];
+
+        if (!obj) {
+            call->results[i] = KVCD_ENOTFOUND;
+            srv->c.load_misses++;
+            continue;
+        }
+        call->shm_lens[i] = obj->size;
+        if (obj->size > call->req.lengths[i]) {
+            call->results[i] = -EMSGSIZE;
+            objs[i] = NULL;
+            srv->c.load_misses++;
+            continue;
+        }
+        kvcd_l1_ref(obj);
+        kvcd_l1_touch(srv->l1, obj);
+        kvcd_storage_served(srv->storage, obj);
+        srv->c.load_hits++;
+        srv->c.shm_loads++;
+        srv->c.load_bytes += obj->size;
+        total += obj->size;
+        ntasks += (obj->size + COPY_SLICE - 1) / COPY_SLICE;
+    }
+    srv->c.loads++;
+    if (total <= INLINE_COPY) {
+        for (i = 0; i < n; i++)
+            if (objs[i])
+                memcpy(seg + call->req.offsets[i], objs[i]->data, objs[i]->size);
+        load_shm_finish(call);
+        return 1;
+    }
+    call->tasks = calloc(ntasks, sizeof(copy_task_t));
+    if (!call->tasks) {
+        for (i = 0; i < n; i++)
+            if (objs[i]) {
+                kvcd_l1_unref(srv->l1, objs[i]);
+                objs[i] = NULL;
+            }
+        reply_error(call, -ENOMEM, "out of memory");
+        return 1;
+    }
+    call->pending = ntasks;
+    ntasks = 0;
+    for (i = 0; i < n; i++) {
+        kvcd_obj_t *obj = objs[i];
+
+        if (!obj)
+            continue;
+        for (off = 0; off < obj->size; off += COPY_SLICE) {
+            copy_task_t *t = &call->tasks[ntasks++];
+
+            t->call = call;
+            t->dst = seg + call->req.offsets[i] + off;
+            t->src = (const char *)obj->data + off;
+            t->len = obj->size - off < COPY_SLICE ? obj->size - off : COPY_SLICE;
+            t->work.data = t;
+            uv_queue_work(srv->loop, &t->work, copy_work, copy_after);
+        }
+    }
+    return 1;
+}
+
+static void op_load_shm(call_t *call)
+{
+    if (shm_acquire(call, "capacities") != 0)
+        return;
+    if (!load_shm_serve(call, 0))
+        park(call, load_shm_serve);
 }
 
 static void dispatch(call_t *call)
@@ -661,6 +930,7 @@ static void dispatch(call_t *call)
 
     srv->inflight++;
     srv->c.requests++;
+    kvcd_segtab_touch(srv->segs, zmq_msg_data(&call->ident), zmq_msg_size(&call->ident));
     rc = kvcd_proto_decode_req(zmq_msg_data(&call->hdr), zmq_msg_size(&call->hdr),
                                srv->opt->max_keys, &call->req, msg, sizeof(msg));
     if (rc != 0)
@@ -692,6 +962,14 @@ static void dispatch(call_t *call)
         return op_clear(call);
     case KVCD_OP_STATUS:
         return op_status(call);
+    case KVCD_OP_REGISTER_SEGMENT:
+        return op_register_segment(call);
+    case KVCD_OP_UNREGISTER_SEGMENT:
+        return op_unregister_segment(call);
+    case KVCD_OP_STORE_SHM:
+        return op_store_shm(call);
+    case KVCD_OP_LOAD_SHM:
+        return op_load_shm(call);
     default:
         snprintf(msg, sizeof(msg), "operation %s is not supported by this server",
                  kvcd_op_name(call->req.op));
@@ -822,6 +1100,7 @@ static void finish_stop(kvcd_server_t *srv)
     drain_n(srv, -1);
     retry_parked(srv, 1);
     kvcd_storage_stop(srv->storage);
+    kvcd_segtab_stop(srv->segs);
     uv_close((uv_handle_t *)&srv->park_timer, NULL);
     zmq_setsockopt(srv->sock, ZMQ_LINGER, &linger, sizeof(linger));
     zmq_close(srv->sock);
@@ -927,6 +1206,11 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
     }
     sz = sizeof(fd);
     zmq_getsockopt(srv->sock, ZMQ_FD, &fd, &sz);
+    rc = kvcd_segtab_create(loop, opt, &srv->segs);
+    if (rc != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
 
     uv_poll_init(loop, &srv->poll, fd);
     uv_idle_init(loop, &srv->idle);
@@ -979,6 +1263,7 @@ void kvcd_server_destroy(kvcd_server_t *srv)
      * every zero-copy frame's free callback has run when it returns. */
     zmq_ctx_term(srv->zctx);
     release_queued(srv);
+    kvcd_segtab_destroy(srv->segs);
     kvcd_storage_destroy(srv->storage);
     kvcd_l1_destroy(srv->l1);
     pthread_mutex_destroy(&srv->rel_lock);

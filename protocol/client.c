@@ -6,10 +6,13 @@
  * timeout) are dropped when they arrive, so a slow server cannot grow the list.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <zmq.h>
 
@@ -103,20 +106,16 @@ void kvcd_keyset(kvcd_key_t *base, const char *model, uint32_t world_size,
     base->salt_len = salt ? (uint32_t)strlen(salt) : 0;
 }
 
-int kvcd_client_send(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
-                     const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
-                     const size_t *lens, uint64_t *id)
+/* Send a header made by the caller, then one bulk frame per bufs entry. */
+static int send_frames(kvcd_client_t *c, kvcd_wbuf_t *w, size_t n, const void *const *bufs,
+                       const size_t *lens)
 {
-    kvcd_wbuf_t w;
     zmq_msg_t m;
     size_t len, i;
     char *hdr;
     int nbulk = bufs ? (int)n : 0;
 
-    *id = c->next_id++;
-    kvcd_wbuf_init(&w);
-    kvcd_proto_encode_req(&w, *id, op, base, hashes, n);
-    hdr = kvcd_wbuf_release(&w, &len);
+    hdr = kvcd_wbuf_release(w, &len);
     if (!hdr)
         return -ENOMEM;
     if (zmq_send(c->sock, hdr, len, nbulk ? ZMQ_SNDMORE : 0) < 0) {
@@ -133,6 +132,30 @@ int kvcd_client_send(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
         }
     }
     return 0;
+}
+
+int kvcd_client_send(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                     const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
+                     const size_t *lens, uint64_t *id)
+{
+    kvcd_wbuf_t w;
+
+    *id = c->next_id++;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, *id, op, base, hashes, n);
+    return send_frames(c, &w, n, bufs, lens);
+}
+
+int kvcd_client_send_shm(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                         const kvcd_bytes_t *hashes, size_t n, const kvcd_shm_args_t *shm,
+                         uint64_t *id)
+{
+    kvcd_wbuf_t w;
+
+    *id = c->next_id++;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req_shm(&w, *id, op, base, hashes, n, shm);
+    return send_frames(c, &w, 0, NULL, NULL);
 }
 
 static void abandon(kvcd_client_t *c, uint64_t id)
@@ -287,16 +310,18 @@ const char *kvcd_client_errmsg(const kvcd_client_t *c)
     return c->errmsg;
 }
 
-/* Send, wait, and turn a request-level error into the return value. */
-static int call(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
-                const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
-                const size_t *lens, kvcd_reply_t **out)
+/* Send (frames, or the shm fields when shm is set), wait, and turn a
+ * request-level error into the return value. */
+static int call_any(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                    const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
+                    const size_t *lens, const kvcd_shm_args_t *shm, kvcd_reply_t **out)
 {
     uint64_t id;
     int rc;
 
     c->errmsg[0] = '\0';
-    rc = kvcd_client_send(c, op, base, hashes, n, bufs, lens, &id);
+    rc = shm ? kvcd_client_send_shm(c, op, base, hashes, n, shm, &id)
+             : kvcd_client_send(c, op, base, hashes, n, bufs, lens, &id);
     if (rc == 0)
         rc = kvcd_client_wait(c, id, 0, out);
     if (rc == KVCD_ETIMEDOUT)
@@ -316,6 +341,13 @@ static int call(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
         return KVCD_EMALFORMED;
     }
     return 0;
+}
+
+static int call(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
+                const size_t *lens, kvcd_reply_t **out)
+{
+    return call_any(c, op, base, hashes, n, bufs, lens, NULL, out);
 }
 
 int kvcd_client_ping(kvcd_client_t *c, kvcd_ping_t *info, char *info_buf,
@@ -447,4 +479,112 @@ int kvcd_client_status(kvcd_client_t *c, char **json)
                           : NULL;
     kvcd_reply_free(r);
     return *json ? 0 : KVCD_EMALFORMED;
+}
+
+/* ---- shared memory ---- */
+
+int kvcd_client_segment_create(kvcd_client_t *c, size_t size, kvcd_segment_t **out)
+{
+    kvcd_segment_t *seg = calloc(1, sizeof(*seg));
+    kvcd_shm_args_t shm;
+    kvcd_reply_t *r;
+    int rc;
+
+    if (!seg)
+        return -ENOMEM;
+    seg->fd = -1;
+    seg->base = MAP_FAILED;
+    if (size == 0) {
+        rc = -EINVAL;
+        goto fail;
+    }
+    /* The "kvcd-" prefix is what the server accepts; the seals guarantee the
+     * server's mapping can never lose its pages (no SIGBUS), whatever happens
+     * to this process. */
+    seg->fd = memfd_create("kvcd-client", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (seg->fd < 0 || ftruncate(seg->fd, (off_t)size) != 0 ||
+        fcntl(seg->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    seg->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, seg->fd, 0);
+    if (seg->base == MAP_FAILED) {
+        rc = -errno;
+        goto fail;
+    }
+    seg->size = size;
+    memset(&shm, 0, sizeof(shm));
+    shm.pid = (uint64_t)getpid();
+    shm.fd = (uint64_t)seg->fd;
+    shm.size = size;
+    rc = call_any(c, KVCD_OP_REGISTER_SEGMENT, NULL, NULL, 0, NULL, NULL, &shm, &r);
+    if (rc != 0)
+        goto fail;
+    seg->id = r->hdr.segment;
+    kvcd_reply_free(r);
+    *out = seg;
+    return 0;
+fail:
+    if (seg->base != MAP_FAILED)
+        munmap(seg->base, size);
+    if (seg->fd >= 0)
+        close(seg->fd);
+    free(seg);
+    return rc;
+}
+
+int kvcd_client_segment_destroy(kvcd_client_t *c, kvcd_segment_t *seg)
+{
+    kvcd_shm_args_t shm;
+    kvcd_reply_t *r;
+    int rc;
+
+    if (!seg)
+        return 0;
+    memset(&shm, 0, sizeof(shm));
+    shm.segment = seg->id;
+    rc = call_any(c, KVCD_OP_UNREGISTER_SEGMENT, NULL, NULL, 0, NULL, NULL, &shm, &r);
+    if (rc == 0)
+        kvcd_reply_free(r);
+    munmap(seg->base, seg->size);
+    close(seg->fd);
+    free(seg);
+    return rc;
+}
+
+int kvcd_client_store_shm(kvcd_client_t *c, const kvcd_key_t *base,
+                          const kvcd_bytes_t *hashes, size_t n, const kvcd_segment_t *seg,
+                          const uint64_t *offsets, const uint64_t *lengths, int *results)
+{
+    kvcd_shm_args_t shm = {.segment = seg->id, .offsets = offsets, .lengths = lengths};
+    kvcd_reply_t *r;
+    int rc = call_any(c, KVCD_OP_STORE_SHM, base, hashes, n, NULL, NULL, &shm, &r);
+
+    if (rc != 0)
+        return rc;
+    copy_results(r, results, n);
+    kvcd_reply_free(r);
+    return 0;
+}
+
+int kvcd_client_load_shm(kvcd_client_t *c, const kvcd_key_t *base,
+                         const kvcd_bytes_t *hashes, size_t n, const kvcd_segment_t *seg,
+                         const uint64_t *offsets, const uint64_t *caps, uint64_t *lens,
+                         int *results)
+{
+    kvcd_shm_args_t shm = {.segment = seg->id, .offsets = offsets, .lengths = caps};
+    kvcd_reply_t *r;
+    int rc = call_any(c, KVCD_OP_LOAD_SHM, base, hashes, n, NULL, NULL, &shm, &r);
+
+    if (rc != 0)
+        return rc;
+    if (!r->hdr.lengths) {
+        kvcd_reply_free(r);
+        return KVCD_EMALFORMED;
+    }
+    copy_results(r, results, n);
+    if (lens)
+        memcpy(lens, r->hdr.lengths, n * sizeof(uint64_t));
+    kvcd_reply_free(r);
+    return 0;
 }

@@ -95,4 +95,50 @@ int kvcd_client_status(kvcd_client_t *c, char **json);
 /* The message of the last request-level error this client received (or ""). */
 const char *kvcd_client_errmsg(const kvcd_client_t *c);
 
+/* ---- shared memory (client and server on the same host) ----
+ *
+ * A segment is a sealed memfd this process creates, maps and registers with
+ * the server (docs/PROTOCOL.md, "Shared-memory data plane"). STORE_SHM and
+ * LOAD_SHM then name an (offset, length) in it per key and the server copies
+ * between the segment and its memory: no bytes cross the socket. The segment
+ * belongs to this client's connection: the server drops it when the client
+ * sends nothing for --segment-lease-ms (ping to keep it while idle). Bytes a
+ * STORE_SHM reads must not change until its reply; bytes a LOAD_SHM writes are
+ * there when its reply arrives. */
+typedef struct {
+    void *base;     /* this process's read-write mapping, `size` bytes */
+    size_t size;
+    uint64_t id;    /* the server's segment id */
+    int fd;         /* the memfd */
+} kvcd_segment_t;
+
+/* memfd_create("kvcd-client"), size it, seal it (shrink, grow, seal), map it
+ * and REGISTER_SEGMENT it. *out is freed by kvcd_client_segment_destroy. */
+int kvcd_client_segment_create(kvcd_client_t *c, size_t size, kvcd_segment_t **out);
+
+/* UNREGISTER_SEGMENT, unmap, close and free (all of it even when the server
+ * does not answer; that error is returned). NULL is a no-op. */
+int kvcd_client_segment_destroy(kvcd_client_t *c, kvcd_segment_t *seg);
+
+/* STORE_SHM: key i's bytes are seg->base[offsets[i] .. + lengths[i]).
+ * results[i]: 0 stored (or already present), else a negative code. */
+int kvcd_client_store_shm(kvcd_client_t *c, const kvcd_key_t *base,
+                          const kvcd_bytes_t *hashes, size_t n, const kvcd_segment_t *seg,
+                          const uint64_t *offsets, const uint64_t *lengths, int *results);
+
+/* LOAD_SHM: each hit is copied to seg->base + offsets[i] if it fits in caps[i].
+ * lens[i] = object size (0 on a miss); results[i]: 0 hit, KVCD_ENOTFOUND miss,
+ * -EMSGSIZE if caps[i] was too small (nothing written). */
+int kvcd_client_load_shm(kvcd_client_t *c, const kvcd_key_t *base,
+                         const kvcd_bytes_t *hashes, size_t n, const kvcd_segment_t *seg,
+                         const uint64_t *offsets, const uint64_t *caps, uint64_t *lens,
+                         int *results);
+
+/* Pipelined form of the four shared-memory operations (ops 8-11): base/hashes/n
+ * for STORE_SHM and LOAD_SHM (NULL/NULL/0 otherwise), the op's fields in shm.
+ * The reply's header has `segment` (REGISTER_SEGMENT) and `lengths` (LOAD_SHM). */
+int kvcd_client_send_shm(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                         const kvcd_bytes_t *hashes, size_t n, const kvcd_shm_args_t *shm,
+                         uint64_t *id);
+
 #endif
