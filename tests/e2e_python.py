@@ -27,8 +27,8 @@ import zmq
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "protocol", "python"))
-from kvcd_client import (Client, KvcdError, KvcdTimeout, LoadResult,  # noqa: E402
-                         error_name, hash_bytes, kv_rank)
+from kvcd_client import (EMSGSIZE, ESEGMENT, Client, KvcdError,  # noqa: E402
+                         KvcdTimeout, LoadResult, error_name, hash_bytes, kv_rank)
 
 OP_TIMEOUT_MS = 10000   # any single request
 START_TIMEOUT_S = 10    # daemon answering PING after exec
@@ -519,6 +519,125 @@ class E2E(unittest.TestCase):
     def test_zz_daemon_still_alive(self):
         self.assertTrue(MAIN.alive(), MAIN.log_tail())
         self.assertPings()
+
+
+class SharedMemory(unittest.TestCase):
+    """The shared-memory data plane through the Python client, on MAIN."""
+
+    def setUp(self):
+        if not MAIN.alive():
+            self.fail("kvcd exited with %s:\n%s" % (MAIN.proc.returncode, MAIN.log_tail()))
+        self.c = Client(MAIN.endpoint, timeout_ms=OP_TIMEOUT_MS)
+        self.model = "test/shm/" + self._testMethodName
+
+    def tearDown(self):
+        self.c.close()
+
+    def test_segment_roundtrip(self):
+        sizes = [MiB, 4 * MiB, 1, 4097, 300001]
+        hashes = [b"shm-%d" % i for i in range(len(sizes))]
+        offsets, pos = [], 0
+        for n in sizes:
+            offsets.append(pos)
+            pos += (n + 4095) // 4096 * 4096
+        half = pos
+        datas = [chunk(40 + i, n) for i, n in enumerate(sizes)]
+        before = self.c.status()["segments"]
+        with self.c.create_segment(2 * half) as seg:
+            self.assertIsInstance(seg.buf, memoryview)
+            self.assertFalse(seg.buf.readonly)
+            self.assertEqual(seg.buf.nbytes, 2 * half)
+            self.assertEqual(self.c.status()["segments"], before + 1)
+            for o, d in zip(offsets, datas):
+                seg.buf[o:o + len(d)] = d
+            self.assertEqual(self.c.store_shm(self.model, hashes, seg, offsets, sizes),
+                             [0] * len(sizes))
+            self.assertEqual(self.c.lookup(self.model, hashes)[0], len(sizes))
+            # Back into the other half of the segment, byte-exact.
+            got = self.c.load_shm(self.model, hashes + [b"missing"], seg,
+                                  [half + o for o in offsets] + [0],
+                                  sizes + [MiB])
+            self.assertIsInstance(got, LoadResult)
+            self.assertEqual(got.codes, [0] * len(sizes) + [1010])
+            self.assertEqual(got.lengths, sizes + [0])
+            self.assertIsNone(got[-1])
+            for i, d in enumerate(datas):
+                self.assertEqual(got[i].nbytes, len(d))
+                self.assertTrue(got[i] == d, "key %d differs" % i)
+                self.assertTrue(seg.buf[half + offsets[i]:half + offsets[i] + len(d)] == d)
+            del got
+            # Stored through shared memory, loaded over frames.
+            frames = self.c.load(self.model, hashes)
+            for f, d in zip(frames, datas):
+                self.assertTrue(f == d)
+            # A capacity that is too small: EMSGSIZE, the needed size, nothing written.
+            seg.buf[half:half + 8] = b"\xee" * 8
+            small = self.c.load_shm(self.model, hashes[:1], seg, [half], [sizes[0] - 1])
+            self.assertEqual((small.codes, small.lengths, small[0]),
+                             ([EMSGSIZE], [sizes[0]], None))
+            self.assertEqual(bytes(seg.buf[half:half + 8]), b"\xee" * 8)
+            # Pipelined.
+            rid = self.c.submit_store_shm(self.model, [b"piped"], seg, [0], [1000])
+            self.assertEqual(self.c.wait(rid), [0])
+            self.assertEqual(self.c.load(self.model, [b"piped"])[0], datas[0][:1000])
+        self.assertTrue(seg.closed)
+        self.assertEqual(self.c.status()["segments"], before)
+        counters = self.c.status()["counters"]
+        self.assertGreaterEqual(counters["shm_stores"], len(sizes) + 1)
+        self.assertGreaterEqual(counters["shm_loads"], len(sizes))
+
+    def test_segment_errors(self):
+        with self.c.create_segment(MiB) as seg:
+            for off, n in ((MiB, 1), (MiB - 1, 2), ((1 << 64) - 1, 1)):
+                with self.assertRaises(KvcdError) as e:
+                    self.c.store_shm(self.model, [b"h"], seg, [off], [n])
+                self.assertEqual((e.exception.code, e.exception.name), (1005, "EBADFIELD"))
+                self.assertIn("offsets[0]", e.exception.message)
+            with self.assertRaises(KvcdError) as e:
+                self.c.load_shm(self.model, [b"h"], seg, [0], [MiB + 1])
+            self.assertEqual(e.exception.name, "EBADFIELD")
+            self.assertEqual(self.c.lookup(self.model, [b"h"]), (0, [False]))
+            # Another connection cannot use this one's segment.
+            with Client(MAIN.endpoint, timeout_ms=OP_TIMEOUT_MS) as other:
+                with self.assertRaises(KvcdError) as e:
+                    other.store_shm(self.model, [b"h"], seg, [0], [10])
+                self.assertEqual(e.exception.code, ESEGMENT)
+        with self.assertRaises(ValueError):
+            self.c.store_shm(self.model, [b"h"], seg, [0], [10])
+        # Unknown segment ids, and memfds the server must refuse, by hand.
+        raw = RawSocket(MAIN.endpoint)
+        try:
+            for op, extra in ((10, {"model": "m", "hashes": [b"h"], "offsets": [0],
+                                    "lengths": [1]}),
+                              (11, {"model": "m", "hashes": [b"h"], "offsets": [0],
+                                    "capacities": [1]}), (9, {})):
+                fields = {"v": 1, "id": 7, "op": op, "segment": 999999}
+                fields.update(extra)
+                hdr, _ = raw.request([msgpack.packb(fields)])
+                self.assertEqual((hdr["err"], hdr["ename"]), (ESEGMENT, "ESEGMENT"), hdr)
+                self.assertIn("unknown segment 999999", hdr["msg"])
+            fd = os.memfd_create("not-kvcd", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            try:
+                os.ftruncate(fd, MiB)
+                hdr, _ = raw.request([msgpack.packb({"v": 1, "id": 8, "op": 8,
+                                                     "pid": os.getpid(), "fd": fd,
+                                                     "size": MiB})])
+                self.assertEqual(hdr["err"], ESEGMENT)
+                self.assertIn("not a kvcd memfd segment", hdr["msg"])
+            finally:
+                os.close(fd)
+            fd = os.memfd_create("kvcd-unsealed", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, MiB)
+                hdr, _ = raw.request([msgpack.packb({"v": 1, "id": 9, "op": 8,
+                                                     "pid": os.getpid(), "fd": fd,
+                                                     "size": MiB})])
+                self.assertEqual(hdr["err"], ESEGMENT)
+                self.assertIn("sealed", hdr["msg"])
+            finally:
+                os.close(fd)
+        finally:
+            raw.close()
 
 
 class Limits(unittest.TestCase):

@@ -33,25 +33,46 @@ Errors: a request that fails as a whole raises ``KvcdError`` (``.code``, ``.name
 ``.message``); no reply within the timeout raises ``KvcdTimeout``, a subclass.
 Per-key outcomes (a miss, no space) are result codes, not exceptions.
 
+Shared memory (client and server on the same host): ``create_segment(size)``
+makes a sealed memfd, maps it and registers it; ``seg.buf`` is a writable
+memoryview over it (``numpy.frombuffer(seg.buf, dtype)`` or
+``torch.frombuffer(seg.buf, dtype=...)`` give arrays without a copy).
+``store_shm``/``load_shm`` then name (offset, length) ranges of it per key and
+the server copies between the segment and its memory: no bytes cross the
+socket. The segment belongs to this Client's connection; the server drops it
+after ``--segment-lease-ms`` without any request from it (call ``ping()`` while
+idle)::
+
+    with c.create_segment(64 << 20) as seg:
+        seg.buf[0:4 << 20] = kv0
+        c.store_shm("meta/llama", [h0], seg, [0], [4 << 20])
+        got = c.load_shm("meta/llama", [h0], seg, [8 << 20], [4 << 20])
+        # got[0] is a memoryview of seg.buf, got.lengths[0] == 4 << 20
+
 A Client is not thread-safe (neither is a ZeroMQ socket): use one per thread.
 """
 
 import errno
+import fcntl
 import itertools
+import mmap
+import os
 import time
 
 import msgpack
 import zmq
 
 __all__ = [
-    "Client", "KvcdError", "KvcdTimeout", "LoadResult", "kv_rank", "hash_bytes",
-    "error_name", "PROTO_VERSION", "OK", "ENOTFOUND", "ENOSPACE",
+    "Client", "KvcdError", "KvcdTimeout", "LoadResult", "Segment", "kv_rank",
+    "hash_bytes", "error_name", "PROTO_VERSION", "OK", "ENOTFOUND", "ENOSPACE",
+    "ESEGMENT", "EMSGSIZE",
 ]
 
 PROTO_VERSION = 1
 
 # Operation numbers (PROTOCOL.md section 4); never reused or renumbered.
 OP_PING, OP_STORE, OP_LOOKUP, OP_LOAD, OP_REMOVE, OP_CLEAR, OP_STATUS = range(1, 8)
+OP_REGISTER_SEGMENT, OP_UNREGISTER_SEGMENT, OP_STORE_SHM, OP_LOAD_SHM = range(8, 12)
 
 # Error codes (PROTOCOL.md section 5, protocol/kvcd_err.h). 1..999 are errno values.
 _ERRORS = {
@@ -64,6 +85,8 @@ _ERRORS = {
 OK = 0
 ENOSPACE = 1009
 ENOTFOUND = 1010
+ESEGMENT = 1018
+EMSGSIZE = errno.EMSGSIZE   # per key in load_shm: the capacity was too small
 
 _MASK64 = (1 << 64) - 1
 
@@ -103,6 +126,93 @@ class LoadResult(list):
     def __init__(self, datas, codes):
         super().__init__(datas)
         self.codes = codes
+
+
+class Segment:
+    """A shared-memory segment registered with a kvcd server; made by
+    ``Client.create_segment(size)``.
+
+    ``buf`` is a writable memoryview of ``size`` bytes over this process's
+    mapping, ``id`` the server's segment id. Bytes a ``store_shm`` reads must not
+    change until it returns; bytes a ``load_shm`` writes are there when it
+    returns. ``close()`` (or leaving a ``with`` block) unregisters and unmaps
+    it; release views taken from ``buf`` (numpy arrays included) first, or the
+    mapping stays until they are garbage.
+    """
+
+    _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+    def __init__(self, client, size):
+        size = int(size)
+        if size <= 0:
+            raise ValueError("segment size must be positive")
+        self.size = size
+        self.id = None
+        self.buf = None
+        self._client = client
+        self._mmap = None
+        # The "kvcd-" name prefix is what the server accepts; the seals make
+        # sure its mapping can never lose pages (no SIGBUS) whatever we do.
+        self.fd = os.memfd_create("kvcd-py", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, size)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, self._SEALS)
+            self._mmap = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
+                                   mmap.PROT_READ | mmap.PROT_WRITE)
+            self.buf = memoryview(self._mmap)
+            self.id = client._call(client._submit(
+                OP_REGISTER_SEGMENT, {"pid": os.getpid(), "fd": self.fd, "size": size}, ()))
+        except BaseException:
+            self._release()
+            raise
+
+    @property
+    def closed(self):
+        return self.fd < 0
+
+    def close(self):
+        """Unregister (when still registered and the client is open), unmap
+        and close. Raises the server's error, if any, after releasing
+        everything locally."""
+        if self.closed:
+            return
+        err = None
+        if self.id is not None and not self._client._sock.closed:
+            try:
+                self._client._call(self._client._submit(
+                    OP_UNREGISTER_SEGMENT, {"segment": self.id}, ()))
+            except KvcdError as e:
+                err = e
+        self._release()
+        if err is not None:
+            raise err
+
+    def _release(self):
+        if self.buf is not None:
+            try:
+                self.buf.release()
+            except BufferError:
+                pass   # exported (numpy...); released with its last view
+            self.buf = None
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:
+                pass   # views are still exported; unmapped when they are gone
+            self._mmap = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return "<kvcd Segment id=%s size=%d%s>" % (self.id, self.size,
+                                                    " closed" if self.closed else "")
 
 
 def kv_rank(world_size=1, worker_id=0):
@@ -220,6 +330,29 @@ class Client:
         """The server's status map (server, uptime_s, inflight, l1, counters)."""
         return self._call(self.submit_status())
 
+    def create_segment(self, size):
+        """Create, map and register a shared-memory segment of size bytes;
+        returns a Segment (use it in a ``with`` block or ``close()`` it)."""
+        return Segment(self, size)
+
+    def store_shm(self, model, hashes, segment, offsets, lengths, world_size=1,
+                  worker_id=0, kv_rank=None, group=0, salt=""):
+        """Store segment.buf[offsets[i]:offsets[i] + lengths[i]] under key i.
+        Returns per-key codes like store()."""
+        return self._call(self.submit_store_shm(model, hashes, segment, offsets, lengths,
+                                                world_size, worker_id, kv_rank, group,
+                                                salt))
+
+    def load_shm(self, model, hashes, segment, offsets, capacities, world_size=1,
+                 worker_id=0, kv_rank=None, group=0, salt=""):
+        """Copy each hit into segment.buf at offsets[i] (at most capacities[i]
+        bytes). Returns a LoadResult: per key a memoryview of the segment
+        holding the object, or None; ``.codes`` (0, 1010 ENOTFOUND, EMSGSIZE
+        when the capacity was too small) and ``.lengths`` (object sizes, 0 on a
+        miss)."""
+        return self._call(self.submit_load_shm(model, hashes, segment, offsets, capacities,
+                                               world_size, worker_id, kv_rank, group, salt))
+
     # -- pipelined calls: submit_* returns a request id for wait() -----------
 
     def submit_ping(self):
@@ -266,6 +399,21 @@ class Client:
     def submit_status(self):
         """Send a STATUS; returns the request id for wait()."""
         return self._submit(OP_STATUS, {}, ())
+
+    def submit_store_shm(self, model, hashes, segment, offsets, lengths, world_size=1,
+                         worker_id=0, kv_rank=None, group=0, salt=""):
+        """Send a STORE_SHM; returns the request id for wait(). Keep the bytes
+        unchanged until then."""
+        fields = self._shm_fields(model, hashes, segment, offsets, lengths, "lengths",
+                                  world_size, worker_id, kv_rank, group, salt)
+        return self._submit(OP_STORE_SHM, fields, ())
+
+    def submit_load_shm(self, model, hashes, segment, offsets, capacities, world_size=1,
+                        worker_id=0, kv_rank=None, group=0, salt=""):
+        """Send a LOAD_SHM; returns the request id for wait()."""
+        fields = self._shm_fields(model, hashes, segment, offsets, capacities, "capacities",
+                                  world_size, worker_id, kv_rank, group, salt)
+        return self._submit(OP_LOAD_SHM, fields, (), ctx=(segment, fields["offsets"]))
 
     def wait(self, req_id, timeout_ms=None):
         """Wait for the reply to a submitted request and return it decoded exactly
@@ -316,6 +464,18 @@ class Client:
             self.discard(req_id)
             raise
 
+    def _shm_fields(self, model, hashes, segment, offsets, sizes, sizes_name, world_size,
+                    worker_id, kv_rank, group, salt):
+        if not isinstance(segment, Segment) or segment.closed:
+            raise ValueError("segment must be an open Segment from create_segment()")
+        offsets = [int(o) for o in offsets]
+        sizes = [int(n) for n in sizes]
+        if len(offsets) != len(hashes) or len(sizes) != len(hashes):
+            raise ValueError("need one offset and one %s entry per hash" % sizes_name)
+        fields = self._keyset(model, hashes, world_size, worker_id, kv_rank, group, salt)
+        fields.update({"segment": segment.id, "offsets": offsets, sizes_name: sizes})
+        return fields
+
     @staticmethod
     def _keyset(model, hashes, world_size, worker_id, kv_rank, group, salt):
         fields = {"model": model, "hashes": [hash_bytes(h) for h in hashes],
@@ -327,7 +487,7 @@ class Client:
             fields["kv_rank"] = kv_rank
         return fields
 
-    def _submit(self, op, fields, frames):
+    def _submit(self, op, fields, frames, ctx=None):
         req_id = next(self._ids)
         header = {"v": PROTO_VERSION, "id": req_id, "op": op}
         header.update(fields)
@@ -340,7 +500,7 @@ class Client:
         except zmq.Again:
             raise KvcdTimeout("could not send to %s within %d ms"
                               % (self.endpoint, self.timeout_ms)) from None
-        self._pending[req_id] = (op, len(fields.get("hashes", ())))
+        self._pending[req_id] = (op, len(fields.get("hashes", ())), ctx)
         return req_id
 
     @staticmethod
@@ -354,7 +514,7 @@ class Client:
         return header
 
     def _decode(self, req_id, header, bulk):
-        op, nkeys = self._pending.pop(req_id)
+        op, nkeys, ctx = self._pending.pop(req_id)
         if header.get("err", 0) != 0:
             raise _reply_error(header)
         try:
@@ -376,6 +536,25 @@ class Client:
                 return int(header["removed"])
             if op == OP_STATUS:
                 return header["status"]
+            if op == OP_REGISTER_SEGMENT:
+                return int(header["segment"])
+            if op == OP_UNREGISTER_SEGMENT:
+                return None
+            if op == OP_STORE_SHM:
+                return _per_key(header["results"], nkeys)
+            if op == OP_LOAD_SHM:
+                codes = _per_key(header["results"], nkeys)
+                lengths = [int(n) for n in _per_key(header["lengths"], nkeys)]
+                segment, offsets = ctx
+                buf = segment.buf
+                if buf is None:
+                    views = [None] * nkeys
+                else:
+                    views = [buf[o:o + n] if c == 0 else None
+                             for c, o, n in zip(codes, offsets, lengths)]
+                result = LoadResult(views, codes)
+                result.lengths = lengths
+                return result
         except (KeyError, TypeError, ValueError) as e:
             raise KvcdError(1001, "EMALFORMED", "bad reply to op %d: %r" % (op, e)) \
                 from None
