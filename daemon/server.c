@@ -35,7 +35,7 @@
 #define DRAIN_BUDGET 128            /* messages per loop turn */
 #define INLINE_COPY (256u << 10)    /* smaller stores are copied on the loop */
 #define COPY_SLICE (4u << 20)       /* a worker copies at most this per task */
-#define SHUTDOWN_QUIET_MS 100       /* stop once nothing arrived for this long */
+#define SHUTDOWN_QUIET_MS 300       /* stop once nothing arrived for this long */
 
 typedef struct {
     uint64_t requests, errors;

@@ -591,19 +591,20 @@ START_TEST(sigterm_with_requests_in_flight)
     static uint8_t hb[N][8];
     kvcd_bytes_t h[N];
     uint64_t ids[N / 4];
-    size_t lens[4] = {MiB, MiB, MiB, MiB}, i, ok = 0, shut = 0;
-    void *buf = malloc(MiB);
+    size_t lens[4] = {MiB / 4, MiB / 4, MiB / 4, MiB / 4}, i, ok = 0, shut = 0;
+    void *buf = malloc(MiB / 4);
     const void *bufs[4] = {buf, buf, buf, buf};
     kvcd_reply_t *r;
     kvcd_key_t base;
 
     start(NULL);
-    kvcd_fill_random(buf, MiB, 5);
+    kvcd_fill_random(buf, MiB / 4, 5);
     kvcd_keyset(&base, "m", 1, 0, 0, "");
     for (i = 0; i < N; i++)
         h[i] = hash_of(hb[i], i);
-    /* 16 stores of 4 x 1 MiB, pipelined; SIGTERM as soon as the first one is
-     * answered, so the rest are queued, being copied or on the wire. */
+    /* 16 stores of 4 x 256 KiB (copied on the threadpool), pipelined; SIGTERM
+     * as soon as the first one is answered, so the rest are queued, being
+     * copied or on the wire. */
     for (i = 0; i < N / 4; i++)
         ck_assert_int_eq(kvcd_client_send(cli, KVCD_OP_STORE, &base, h + 4 * i, 4, bufs, lens,
                                           &ids[i]), 0);
