@@ -22,6 +22,10 @@
 #include "daemon/segment.h"
 #include "protocol/kvcd_err.h"
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
 #define NBUCKETS 256
 #define NAME_PREFIX "/memfd:kvcd-"
 #define OWNER_MAX 255 /* ZeroMQ routing ids are at most 255 bytes */
@@ -128,6 +132,22 @@ static void seg_remove(kvcd_segtab_t *t, kvcd_seg_t *s)
     owner_drop(t, s->owner);
     s->owner = NULL;
     kvcd_seg_unref(s);
+}
+
+/* Threadpool: map every page of the segment writable in our page tables now,
+ * rather than one fault at a time inside the copies. Only the page tables
+ * change, never the bytes, so it may run while the client writes. Kernels
+ * before 5.14 refuse it; the copies then fault the pages in as they go. */
+static void populate_work(uv_work_t *w)
+{
+    kvcd_seg_t *s = w->data;
+
+    (void)madvise(s->base, s->size, MADV_POPULATE_WRITE);
+}
+
+static void populate_after(uv_work_t *w, int status)
+{
+    kvcd_seg_unref(w->data);
 }
 
 static void lease_cb(uv_timer_t *h)
@@ -294,6 +314,10 @@ int kvcd_segtab_register(kvcd_segtab_t *t, const void *owner, size_t owner_len,
     t->nregistered++;
     t->mapped_bytes += s->size;
     t->live++;
+    s->refs++; /* the populate work's */
+    s->populate.data = s;
+    if (uv_queue_work(t->loop, &s->populate, populate_work, populate_after) != 0)
+        s->refs--;
     if (t->timer_live && !uv_is_active((uv_handle_t *)&t->lease_timer)) {
         uint64_t every = (uint64_t)t->opt->segment_lease_ms / 4;
 

@@ -6,7 +6,9 @@
  * daemon reaches it through /proc/<pid>/fd/<fd>, checks it (a kvcd memfd, this
  * user's, sealed against shrinking, large enough), maps it and closes the fd.
  * Because the memfd cannot shrink, the mapping can never raise SIGBUS, whatever
- * the client does afterwards, including dying.
+ * the client does afterwards, including dying. Right after registration a
+ * worker pre-faults the whole mapping (MADV_POPULATE_WRITE), so the copies of
+ * later requests do not pay a page fault per 4 KiB on first use.
  *
  * Life of a segment:
  *   kvcd_segtab_register   -> in the table, refs = 1 (the table's), id never
@@ -49,6 +51,7 @@ struct kvcd_seg_s {
     size_t size;
     uint8_t registered;     /* 0 once unregistered or expired */
     /* ---- private to segment.c ---- */
+    uv_work_t populate;     /* pre-faults the mapping on the threadpool */
     uint32_t refs;
     kvcd_segtab_t *tab;
     kvcd_seg_owner_t *owner;
