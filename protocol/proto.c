@@ -65,6 +65,71 @@ static int get_uint(const msgpack_object *v, uint64_t max, uint64_t *out)
     return 0;
 }
 
+/*
+ * msgpack-c reserves room for all of a container's elements as soon as it reads
+ * the container's header, before it knows the bytes are there: the 5-byte frame
+ * df ff ff ff ff makes it ask for 192 GiB. So walk the headers of the first
+ * object first and refuse it when the frame ends before every element its
+ * containers announce. Every element takes at least one byte, so a frame that
+ * passes makes msgpack-c allocate a few dozen bytes per byte of frame at most.
+ */
+static int counts_fit(const uint8_t *p, size_t len)
+{
+    size_t off = 0, i;
+    uint64_t pending = 1; /* objects announced and not read yet */
+
+    while (pending > 0) {
+        uint64_t skip = 0, elems = 0, n = 0;
+        size_t nlen = 0; /* bytes of the big-endian length or count that follows */
+        uint8_t t;
+
+        if (off >= len)
+            return 0;
+        t = p[off++];
+        pending--;
+        if (t >= 0x80 && t <= 0x8f)
+            elems = 2 * (uint64_t)(t & 0x0f); /* fixmap */
+        else if (t >= 0x90 && t <= 0x9f)
+            elems = t & 0x0f; /* fixarray */
+        else if (t >= 0xa0 && t <= 0xbf)
+            skip = t & 0x1f; /* fixstr */
+        switch (t) {
+        case 0xc4: case 0xd9: nlen = 1; break;           /* bin8, str8 */
+        case 0xc5: case 0xda: nlen = 2; break;           /* bin16, str16 */
+        case 0xc6: case 0xdb: nlen = 4; break;           /* bin32, str32 */
+        case 0xc7: nlen = 1; skip = 1; break;            /* ext8: + type byte */
+        case 0xc8: nlen = 2; skip = 1; break;
+        case 0xc9: nlen = 4; skip = 1; break;
+        case 0xcc: case 0xd0: skip = 1; break;           /* 8-bit ints */
+        case 0xcd: case 0xd1: skip = 2; break;
+        case 0xca: case 0xce: case 0xd2: skip = 4; break;
+        case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
+        case 0xd4: skip = 2; break;                      /* fixext 1..16 + type */
+        case 0xd5: skip = 3; break;
+        case 0xd6: skip = 5; break;
+        case 0xd7: skip = 9; break;
+        case 0xd8: skip = 17; break;
+        case 0xdc: case 0xde: nlen = 2; break;           /* array16, map16 */
+        case 0xdd: case 0xdf: nlen = 4; break;           /* array32, map32 */
+        }
+        if (nlen > len - off)
+            return 0;
+        for (i = 0; i < nlen; i++)
+            n = n << 8 | p[off++];
+        if (t == 0xdc || t == 0xdd)
+            elems = n;
+        else if (t == 0xde || t == 0xdf)
+            elems = 2 * n;
+        else
+            skip += n;
+        if (skip > len - off)
+            return 0;
+        off += skip;
+        pending += elems; /* < 2^33 per byte of frame: no overflow */
+    }
+    return 1;
+}
+
 /* One array of unsigned integers per key (offsets, lengths, capacities). */
 static int get_u64_array(const msgpack_object *arr, const char *name, size_t n,
                          uint64_t min, uint64_t **out, char *msg, size_t msglen)
@@ -112,7 +177,8 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
                     "header frame of %zu bytes exceeds %u", len, KVCD_HEADER_MAX);
 
     msgpack_unpacked_init(&up);
-    if (msgpack_unpack_next(&up, buf, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+    if (!counts_fit(buf, len) ||
+        msgpack_unpack_next(&up, buf, len, &off) != MSGPACK_UNPACK_SUCCESS) {
         rc = fail(msg, msglen, KVCD_EMALFORMED, "header is not valid msgpack");
         goto out;
     }
@@ -683,7 +749,8 @@ int kvcd_proto_decode_reply(const void *buf, size_t len, kvcd_reply_hdr_t *rep)
 
     memset(rep, 0, sizeof(*rep));
     msgpack_unpacked_init(&up);
-    if (msgpack_unpack_next(&up, buf, len, &off) != MSGPACK_UNPACK_SUCCESS ||
+    if (!counts_fit(buf, len) ||
+        msgpack_unpack_next(&up, buf, len, &off) != MSGPACK_UNPACK_SUCCESS ||
         off != len || up.data.type != MSGPACK_OBJECT_MAP)
         goto out;
     map = &up.data;
