@@ -12,10 +12,14 @@
 uint64_t kvcd_key_hash(const kvcd_key_t *k)
 {
     XXH3_state_t st;
-    uint32_t fixed[5] = {k->kv_rank, k->group, k->model_len, k->salt_len,
-                         k->hash_len};
+    uint32_t v[5] = {k->kv_rank, k->group, k->model_len, k->salt_len, k->hash_len};
+    uint8_t fixed[20];
+    int i;
 
-    /* Lengths are hashed too, so ("ab","c") and ("a","bc") differ. */
+    /* Lengths are hashed too, so ("ab","c") and ("a","bc") differ; and in
+     * little-endian order, so every machine places a key on the same node. */
+    for (i = 0; i < 20; i++)
+        fixed[i] = (uint8_t)(v[i / 4] >> (8 * (i % 4)));
     XXH3_64bits_reset(&st);
     XXH3_64bits_update(&st, fixed, sizeof(fixed));
     XXH3_64bits_update(&st, k->model, k->model_len);
