@@ -1,0 +1,178 @@
+#!/bin/sh
+# bench.sh - kvcd's performance suite in one run, printed as one table.
+#
+#   scripts/bench.sh [--quick] [--workers LIST] [--build DIR] [--no-build] [--csv FILE]
+#
+# Builds the benchmark programs, then runs, each against its own private kvcd
+# on an ipc:// socket in a temp dir:
+#   tests/bench/bench_frames.c  memcpy, raw ZeroMQ ipc:// (store and load),
+#                               kvcd STORE/LOAD over frames, and the latency of
+#                               PING, LOOKUP of 1 and 1000 keys, a raw round trip;
+#   tests/bench/bench_shm.c     kvcd STORE_SHM/LOAD_SHM through a shared-memory
+#                               segment, per threadpool size (--workers);
+# for 1, 4 and 16 MiB chunks in batches of 16, and prints absolute figures and
+# the ratios the targets in docs/PERFORMANCE.md are stated in.
+#
+#   --quick          smoke run (one short repetition each): checks the suite
+#                    works, the figures are not meaningful
+#   --workers LIST   threadpool sizes for the shared-memory rows (default 1,2)
+#   --build DIR      build directory (default build)
+#   --no-build       use the programs already built in DIR
+#   --csv FILE       also keep the raw CSV of every program in FILE
+#
+# Exit status: 0, or the first failing program's status. Needs python3 for the
+# table. Run it on an otherwise idle machine: the figures are only as steady as
+# the machine is quiet.
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+build=build
+quick=
+workers=1,2
+do_build=1
+csv_keep=
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) quick=--quick ;;
+    --workers) workers=$2; shift ;;
+    --build) build=$2; shift ;;
+    --no-build) do_build= ;;
+    --csv) csv_keep=$2; shift ;;
+    -h|--help) sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+cd "$here"
+case "$build" in /*) ;; *) build=$here/$build ;; esac
+if [ -n "$do_build" ]; then
+    make -s BUILD="$build" "$build/kvcd" "$build/bench/bench_frames" "$build/bench/bench_shm" >&2
+fi
+for p in kvcd bench/bench_frames bench/bench_shm; do
+    if [ ! -x "$build/$p" ]; then
+        echo "bench.sh: $build/$p is missing (build it, or drop --no-build)" >&2
+        exit 1
+    fi
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvcd-benchsh-XXXXXX")
+trap 'rm -rf "$tmp"' EXIT INT TERM
+
+machine() {
+    cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+    echo "machine: ${cpu:-unknown CPU}, $(nproc) CPUs online," \
+        "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM," \
+        "Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+start=$(date -u '+%Y-%m-%d %H:%M UTC')
+machine > "$tmp/machine"
+echo "bench.sh: bench_frames (memcpy, raw ZeroMQ, kvcd frames, latency)..." >&2
+KVCD_BIN="$build/kvcd" "$build/bench/bench_frames" --csv --no-single $quick \
+    "$build/kvcd" > "$tmp/frames.csv"
+echo "bench.sh: bench_shm (kvcd shared memory, workers $workers)..." >&2
+"$build/bench/bench_shm" --csv --workers "$workers" $quick "$build/kvcd" > "$tmp/shm.csv"
+if [ -n "$csv_keep" ]; then
+    cat "$tmp/frames.csv" "$tmp/shm.csv" > "$csv_keep"
+fi
+
+python3 - "$tmp" "$start" "$*" "$quick" <<'EOF'
+import csv, os, sys
+
+tmp, start, args, quick = sys.argv[1:5]
+
+
+def rows(path):
+    out, header = [], None
+    with open(path) as f:
+        for rec in csv.reader(f):
+            if not rec:
+                continue
+            if rec[0] == "section":
+                header = rec
+                continue
+            out.append(dict(zip(header, rec)))
+    return out
+
+
+frames = rows(os.path.join(tmp, "frames.csv"))
+shm = rows(os.path.join(tmp, "shm.csv"))
+thr = [r for r in frames if r["section"] == "throughput" and r["batch"] == "16"]
+lat = {r["name"]: r for r in frames if r["section"] == "latency"}
+sizes = sorted({int(r["chunk_mib"]) for r in thr} | {int(r["chunk_mib"]) for r in shm})
+workers = sorted({int(r["workers"]) for r in shm})
+
+
+def get(rs, op, size, key, **kw):
+    for r in rs:
+        if r["op"] == op and int(r["chunk_mib"]) == size and \
+                all(r.get(k) == str(v) for k, v in kw.items()):
+            return float(r[key])
+    return None
+
+
+def line(label, vals, fmt="%8.2f"):
+    cells = [(fmt % v) if v is not None else "%8s" % "-" for v in vals]
+    print("%-44s %s" % (label, " ".join(cells)))
+
+
+print("kvcd performance suite, %s" % start)
+print(open(os.path.join(tmp, "machine")).read().strip())
+print("command: scripts/bench.sh %s" % args)
+if quick:
+    print("QUICK RUN: one short repetition per figure; not for comparison")
+print()
+print("%-44s %s" % ("throughput, batches of 16 chunks, GB/s",
+                    " ".join("%6d MiB" % s for s in sizes)))
+print("-" * (45 + 9 * len(sizes)))
+line("memcpy, one thread", [get(thr, "store", s, "memcpy_gbps") for s in sizes])
+for op in ("store", "load"):
+    line("raw ZeroMQ ipc:// %s" % op, [get(thr, op, s, "raw_gbps") for s in sizes])
+for op in ("store", "load"):
+    line("kvcd frames %s" % op, [get(thr, op, s, "kvcd_gbps") for s in sizes])
+    line("  x raw ZeroMQ (target >= 0.80)", [get(thr, op, s, "kvcd_over_raw") for s in sizes],
+         "%7.2fx")
+for w in workers:
+    for op in ("store", "load"):
+        line("kvcd shared memory %s, %d worker%s" % (op, w, "s" if w > 1 else ""),
+             [get(shm, op, s, "shm_gbps", workers=w) for s in sizes])
+        line("  x memcpy (target >= 0.70 at 4 MiB)",
+             [get(shm, op, s, "shm_over_memcpy", workers=w) for s in sizes], "%7.2fx")
+print("Redis / memcached on a unix socket: TODO, not measured by this suite yet")
+print()
+if lat:
+    ping = float(lat["PING"]["median_us"])
+    print("%-44s %8s %8s %8s" % ("latency", "median us", "p99 us", "x PING"))
+    print("-" * 72)
+    for name in ("raw zmq round trip", "PING", "LOOKUP 1 key", "LOOKUP 1000 keys"):
+        if name in lat:
+            r = lat[name]
+            print("%-44s %8.1f %8.1f %7.2fx" % (name, float(r["median_us"]),
+                                                float(r["p99_us"]),
+                                                float(r["median_us"]) / ping))
+    print()
+
+print("targets (4 MiB unless said):")
+
+
+def verdict(ok):
+    return "met" if ok else "MISSED"
+
+
+for op in ("store", "load"):
+    v = get(thr, op, 4, "kvcd_over_raw")
+    if v is not None:
+        print("  %-40s %.2fx %s" % ("frame %s >= 0.80x raw ZeroMQ:" % op, v,
+                                      verdict(v >= 0.8)))
+for w in workers:
+    for op in ("store", "load"):
+        v = get(shm, op, 4, "shm_over_memcpy", workers=w)
+        if v is not None:
+            label = "shm %s >= 0.70x memcpy, %d worker%s:" % (op, w, "s" if w > 1 else "")
+            print("  %-40s %.2fx %s" % (label, v, verdict(v >= 0.7)))
+if "LOOKUP 1000 keys" in lat:
+    v = float(lat["LOOKUP 1000 keys"]["median_us"]) / float(lat["PING"]["median_us"])
+    print("  %-40s %.2fx %s" % ("LOOKUP 1000 keys <= 2x PING:", v, verdict(v <= 2.0)))
+print("  %-40s TODO (not measured yet)" % "kvcd >= 2x Redis and memcached:")
+EOF
