@@ -48,6 +48,7 @@ struct kvcd_segtab_s {
     uint64_t next_id;
     size_t nregistered;
     size_t mapped_bytes;    /* every mapping, registered or still referenced */
+    size_t registered_bytes; /* registered segments only: what the limit bounds */
     size_t live;            /* mappings not yet unmapped */
     uint64_t expired;
 };
@@ -129,6 +130,7 @@ static void seg_remove(kvcd_segtab_t *t, kvcd_seg_t *s)
     s->next = NULL;
     s->registered = 0;
     t->nregistered--;
+    t->registered_bytes -= s->size;
     owner_drop(t, s->owner);
     s->owner = NULL;
     kvcd_seg_unref(s);
@@ -241,11 +243,14 @@ int kvcd_segtab_register(kvcd_segtab_t *t, const void *owner, size_t owner_len,
         return segfail(msg, msglen, KVCD_ESEGMENT,
                        "%zu segments are registered, the most allowed (--max-segments)",
                        t->nregistered);
-    if (size > SIZE_MAX || size > max_bytes || t->mapped_bytes > max_bytes - size)
+    /* Registered bytes, not mapped ones: a segment unregistered a moment ago
+     * may stay mapped until its copies finish, and that must not make the
+     * client's next registration fail. */
+    if (size > SIZE_MAX || size > max_bytes || t->registered_bytes > max_bytes - size)
         return segfail(msg, msglen, KVCD_ESEGMENT,
-                       "size: %" PRIu64 " more bytes would map more than --max-segment-gb "
-                       "%g GiB (%zu bytes mapped)",
-                       size, t->opt->max_segment_gb, t->mapped_bytes);
+                       "size: %" PRIu64 " more bytes would take the registered segments "
+                       "over --max-segment-gb %g GiB (%zu bytes registered)",
+                       size, t->opt->max_segment_gb, t->registered_bytes);
 
     snprintf(path, sizeof(path), "/proc/%" PRIu64 "/fd/%" PRIu64, pid, fd);
     mfd = open(path, O_RDWR | O_CLOEXEC);
@@ -312,6 +317,7 @@ int kvcd_segtab_register(kvcd_segtab_t *t, const void *owner, size_t owner_len,
     s->next = *bucket_of(t, s->id);
     *bucket_of(t, s->id) = s;
     t->nregistered++;
+    t->registered_bytes += s->size;
     t->mapped_bytes += s->size;
     t->live++;
     s->refs++; /* the populate work's */

@@ -82,6 +82,23 @@ static json_int_t stat_of(const char *group, const char *name)
     return x;
 }
 
+/* Wait up to 5 s for a status figure to reach `want` (a segment stays mapped,
+ * and counted in segment_bytes, until the copies and the background pre-fault
+ * that use it are done). Returns the last value seen. */
+static json_int_t wait_stat(const char *group, const char *name, json_int_t want)
+{
+    json_int_t v = -1;
+    int i;
+
+    for (i = 0; i < 100; i++) {
+        v = stat_of(group, name);
+        if (v == want)
+            break;
+        usleep(50000);
+    }
+    return v;
+}
+
 /* Send a shm request and return its request-level error; msg gets the text. */
 static int shm_call(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
                     const kvcd_bytes_t *h, size_t n, const kvcd_shm_args_t *shm,
@@ -233,7 +250,7 @@ START_TEST(roundtrip_byte_exact)
     ck_assert_int_ge(stat_of("counters", "shm_loads"), N + 3);
     ck_assert_int_eq(kvcd_client_segment_destroy(cli, seg), 0);
     ck_assert_int_eq(stat_of(NULL, "segments"), 0);
-    ck_assert_int_eq(stat_of(NULL, "segment_bytes"), 0);
+    ck_assert_int_eq(wait_stat(NULL, "segment_bytes", 0), 0);
     stop();
 }
 END_TEST
@@ -503,6 +520,47 @@ START_TEST(limits_on_segments)
 }
 END_TEST
 
+START_TEST(flags_help_and_config)
+{
+    const char *help[] = {kvcd_test_bin(), "--help", NULL};
+    const char *lease[] = {kvcd_test_bin(), "--segment-lease-ms", "5", NULL};
+    const char *nseg[] = {kvcd_test_bin(), "--max-segments", "0", NULL};
+    const char *gb[] = {kvcd_test_bin(), "--max-segment-gb", "lots", NULL};
+    char out[8192], cfg[400], arg[420];
+    kvcd_segment_t *a, *b;
+    FILE *f;
+
+    ck_assert_int_eq(kvcd_run(help, out, sizeof(out), 5000), 0);
+    ck_assert_ptr_nonnull(strstr(out, "--max-segments N"));
+    ck_assert_ptr_nonnull(strstr(out, "--max-segment-gb G"));
+    ck_assert_ptr_nonnull(strstr(out, "--segment-lease-ms N"));
+    ck_assert_int_eq(kvcd_run(lease, out, sizeof(out), 5000), 2);
+    ck_assert_ptr_nonnull(strstr(out, "--segment-lease-ms"));
+    ck_assert_int_eq(kvcd_run(nseg, out, sizeof(out), 5000), 2);
+    ck_assert_ptr_nonnull(strstr(out, "--max-segments"));
+    ck_assert_int_eq(kvcd_run(gb, out, sizeof(out), 5000), 2);
+    ck_assert_ptr_nonnull(strstr(out, "--max-segment-gb"));
+
+    /* The same settings from --config. */
+    snprintf(cfg, sizeof(cfg), "/tmp/kvcd-shm-cfg-%d.json", (int)getpid());
+    f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "{\"max_segments\": 1, \"segment_lease_ms\": 60000}\n");
+    fclose(f);
+    snprintf(arg, sizeof(arg), "%s", cfg);
+    {
+        const char *args[] = {"--config", arg, NULL};
+
+        start(args);
+    }
+    unlink(cfg);
+    ck_assert_int_eq(kvcd_client_segment_create(cli, MiB, &a), 0);
+    ck_assert_int_eq(kvcd_client_segment_create(cli, MiB, &b), KVCD_ESEGMENT);
+    ck_assert_int_eq(kvcd_client_segment_destroy(cli, a), 0);
+    stop();
+}
+END_TEST
+
 /* ---- lifetime ---- */
 
 static uint64_t now_ms(void)
@@ -671,7 +729,7 @@ START_TEST(unregister_during_store)
             failed);
     ck_assert_int_eq(kvcd_client_ping(cli, NULL, NULL, 0), 0);
     ck_assert_int_eq(stat_of(NULL, "segments"), 0);
-    ck_assert_int_eq(stat_of(NULL, "segment_bytes"), 0);
+    ck_assert_int_eq(wait_stat(NULL, "segment_bytes", 0), 0);
     free(check);
     stop();
 }
@@ -723,7 +781,7 @@ START_TEST(unregister_while_store_waits_for_space)
     kvcd_reply_free(r);
     ck_assert_int_eq(kvcd_client_lookup(cli, &base, &h[N], 1, &prefix, NULL), 0);
     ck_assert_uint_eq(prefix, 0);
-    ck_assert_int_eq(stat_of(NULL, "segment_bytes"), 0);
+    ck_assert_int_eq(wait_stat(NULL, "segment_bytes", 0), 0);
     munmap(seg->base, seg->size);
     close(seg->fd);
     free(seg);
@@ -745,6 +803,7 @@ static Suite *suite(void)
     tcase_add_test(tc, wrong_name_unsealed_small_rejected);
     tcase_add_test(tc, other_users_segment_rejected);
     tcase_add_test(tc, limits_on_segments);
+    tcase_add_test(tc, flags_help_and_config);
     tcase_add_test(tc, client_death_releases_segments);
     tcase_add_test(tc, unregister_during_store);
     tcase_add_test(tc, unregister_while_store_waits_for_space);
