@@ -588,9 +588,9 @@ static int dev_shm_has_kvcd(void)
 
 START_TEST(client_death_releases_segments)
 {
-    /* A child registers a segment over its own connection and is SIGKILLed;
-     * with a 300 ms lease its segment goes within a couple of seconds. Our own
-     * segment, kept alive by PINGs, stays. */
+    /* A child registers a segment over its own connection, heartbeats with
+     * PING, and is SIGKILLed; with a 300 ms lease its segment goes within a
+     * couple of seconds. Our own segment, kept alive by PINGs, stays. */
     const char *args[] = {"--segment-lease-ms", "300", NULL};
     int to_parent[2], status;
     uint64_t child_id = 0, deadline;
@@ -614,8 +614,10 @@ START_TEST(client_death_releases_segments)
             _exit(2);
         if (write(to_parent[1], &seg->id, sizeof(seg->id)) != sizeof(seg->id))
             _exit(3);
-        for (;;)
-            pause();
+        for (;;) { /* a live client's heartbeat, until the SIGKILL */
+            kvcd_client_ping(c, NULL, NULL, 0);
+            usleep(50000);
+        }
     }
     close(to_parent[1]);
     ck_assert_int_eq(read(to_parent[0], &child_id, sizeof(child_id)), sizeof(child_id));
