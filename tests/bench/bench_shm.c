@@ -188,6 +188,7 @@ typedef struct {
     double gbps;
     uint64_t requests;
     double faults_mb;   /* the daemon's minor page faults per MB moved */
+    double cpu_ms_gb;   /* the daemon's CPU time (all threads) per GB moved */
 } run_t;
 
 /* The load set: nsets batches of keys from load_first on; batch s was stored
@@ -200,7 +201,8 @@ static size_t nsets;
 static run_t run(uint32_t op, size_t size, size_t n, double min_s, uint64_t count)
 {
     uint64_t issued = 0, done = 0;
-    double f0 = bench_proc_faults(D.pid), t0 = bench_now(), t = t0;
+    double f0 = bench_proc_faults(D.pid), c0 = bench_proc_cpu(D.pid);
+    double t0 = bench_now(), t = t0;
     run_t r;
 
     for (;;) {
@@ -226,6 +228,8 @@ static run_t run(uint32_t op, size_t size, size_t n, double min_s, uint64_t coun
     r.requests = done;
     r.gbps = (double)done * (double)n * (double)size / BENCH_GB / (t - t0);
     r.faults_mb = (bench_proc_faults(D.pid) - f0) / ((double)done * (double)n * (double)size / 1e6);
+    r.cpu_ms_gb = (bench_proc_cpu(D.pid) - c0) * 1e3 /
+                  ((double)done * (double)n * (double)size / BENCH_GB);
     return r;
 }
 
@@ -280,8 +284,18 @@ static void verify_stores(size_t size, size_t n, uint64_t stores)
 typedef struct {
     size_t size;
     int workers;
-    double store_gbps, load_gbps;
+    double store_gbps, load_gbps;     /* medians */
+    double memcpy_gbps;               /* median of the interleaved memcpy runs */
+    double store_ratio, load_ratio;   /* medians of the per-repetition ratios */
+    double store_cpu, load_cpu;       /* daemon CPU ms per GB, medians */
 } row_t;
+
+/* The memcpy reference pools, kept for the whole run so that memcpy can be
+ * measured next to every repetition: on a shared machine the memory bandwidth
+ * available moves by 2x within seconds, and a ratio of figures taken a minute
+ * apart would measure that instead of kvcd. */
+static uint8_t *mc_src, *mc_dst;
+static size_t mc_pool;
 
 static void usage(FILE *f)
 {
@@ -463,7 +477,7 @@ static void stop_daemon(void)
 static void measure(row_t *row)
 {
     size_t size = row->size, n = (size_t)O.batch;
-    double st[64], ld[64];
+    double st[64], ld[64], mc[64], sr[64], lr[64], sc[64], lc[64];
     int r;
 
     /* Fresh source bytes for this size; the load set comes from them. */
@@ -479,24 +493,38 @@ static void measure(row_t *row)
     store_load_set(size, n);
     run(KVCD_OP_LOAD_SHM, size, n, O.rep_s / 4, 0);
     for (r = 0; r < O.reps; r++) {
+        double m1 = bench_memcpy(mc_src, mc_dst, mc_pool, size, O.quick ? 0.03 : 0.1);
         run_t s = run(KVCD_OP_STORE_SHM, size, n, O.rep_s, 0);
         run_t l;
+        double m2;
 
         verify_stores(size, n, s.requests);
         store_load_set(size, n);
         l = run(KVCD_OP_LOAD_SHM, size, n, O.rep_s, 0);
         verify_loads(size, n);
+        m2 = bench_memcpy(mc_src, mc_dst, mc_pool, size, O.quick ? 0.03 : 0.1);
         st[r] = s.gbps;
         ld[r] = l.gbps;
+        mc[r] = (m1 + m2) / 2;
+        sr[r] = s.gbps / m1;
+        lr[r] = l.gbps / m2;
+        sc[r] = s.cpu_ms_gb;
+        lc[r] = l.cpu_ms_gb;
         if (O.verbose)
             fprintf(stderr, "  %2d workers %5zu MiB x%-3zu store %6.2f GB/s (%" PRIu64
                             " req, %.1f faults/MB)  load %6.2f GB/s (%" PRIu64
-                            " req, %.1f faults/MB)\n",
+                            " req, %.1f faults/MB)  memcpy %.2f / %.2f GB/s  daemon cpu "
+                            "%.0f / %.0f ms/GB\n",
                     row->workers, size >> 20, n, s.gbps, s.requests, s.faults_mb, l.gbps,
-                    l.requests, l.faults_mb);
+                    l.requests, l.faults_mb, m1, m2, s.cpu_ms_gb, l.cpu_ms_gb);
     }
     row->store_gbps = bench_median(st, (size_t)O.reps);
     row->load_gbps = bench_median(ld, (size_t)O.reps);
+    row->memcpy_gbps = bench_median(mc, (size_t)O.reps);
+    row->store_ratio = bench_median(sr, (size_t)O.reps);
+    row->load_ratio = bench_median(lr, (size_t)O.reps);
+    row->store_cpu = bench_median(sc, (size_t)O.reps);
+    row->load_cpu = bench_median(lc, (size_t)O.reps);
 }
 
 int main(int argc, char **argv)
@@ -536,8 +564,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "  memcpy     %5zu MiB      %6.2f GB/s\n", O.sizes[i] >> 20,
                     memcpy_gbps[i]);
     }
-    munmap(src, pool);
-    munmap(dst, pool);
+    mc_src = src;
+    mc_dst = dst;
+    mc_pool = pool;
 
     kvcd_keyset(&KBASE, MODEL, 1, 0, 0, NULL);
     for (w = 0; w < O.nworkers; w++) {
@@ -580,38 +609,32 @@ int main(int argc, char **argv)
     if (O.csv) {
         printf("section,op,chunk_mib,batch,workers,shm_gbps,memcpy_gbps,shm_over_memcpy\n");
         for (i = 0; i < nrows; i++) {
-            size_t s;
-
-            for (s = 0; s < O.nsizes && O.sizes[s] != rows[i].size; s++)
-                ;
             printf("shm,store,%zu,%d,%d,%.3f,%.3f,%.3f\n", rows[i].size >> 20, O.batch,
-                   rows[i].workers, rows[i].store_gbps, memcpy_gbps[s],
-                   rows[i].store_gbps / memcpy_gbps[s]);
+                   rows[i].workers, rows[i].store_gbps, rows[i].memcpy_gbps,
+                   rows[i].store_ratio);
             printf("shm,load,%zu,%d,%d,%.3f,%.3f,%.3f\n", rows[i].size >> 20, O.batch,
-                   rows[i].workers, rows[i].load_gbps, memcpy_gbps[s],
-                   rows[i].load_gbps / memcpy_gbps[s]);
+                   rows[i].workers, rows[i].load_gbps, rows[i].memcpy_gbps, rows[i].load_ratio);
         }
         return 0;
     }
     printf("\nkvcd shared memory (STORE_SHM / LOAD_SHM): %.3g GiB L1%s, %d requests in "
-           "flight, batches of %d\n",
-           O.l1_gb, O.mlock ? " (mlock)" : "", O.depth, O.batch);
-    printf("GB/s = 1e9 bytes/s; memcpy = one thread, same chunk size, beyond the caches\n\n");
-    printf("%-5s %5s %7s | %8s %8s %8s\n", "op", "chunk", "workers", "shm GB/s", "memcpy",
-           "shm/mcp");
-    printf("------------------------------------------------\n");
+           "flight, batches of %d, median of %d reps\n",
+           O.l1_gb, O.mlock ? " (mlock)" : "", O.depth, O.batch, O.reps);
+    printf("GB/s = 1e9 bytes/s; memcpy = one thread, same chunk size, beyond the caches,\n"
+           "measured next to every repetition; shm/mcp = median of the per-repetition ratios;\n"
+           "cpu = the daemon's CPU ms per GB moved (memcpy alone: 1000 / its GB/s)\n\n");
+    printf("%-5s %5s %7s | %8s %8s %8s | %8s %8s\n", "op", "chunk", "workers", "shm GB/s",
+           "memcpy", "shm/mcp", "cpu", "mcp cpu");
+    printf("------------------------------------------------------------------\n");
     for (i = 0; i < nrows; i++) {
-        size_t s;
         int op;
 
-        for (s = 0; s < O.nsizes && O.sizes[s] != rows[i].size; s++)
-            ;
-        for (op = 0; op < 2; op++) {
-            double g = op ? rows[i].load_gbps : rows[i].store_gbps;
-
-            printf("%-5s %4zuM %7d | %8.2f %8.2f %7.2fx\n", op ? "load" : "store",
-                   rows[i].size >> 20, rows[i].workers, g, memcpy_gbps[s], g / memcpy_gbps[s]);
-        }
+        for (op = 0; op < 2; op++)
+            printf("%-5s %4zuM %7d | %8.2f %8.2f %7.2fx | %8.0f %8.0f\n",
+                   op ? "load" : "store", rows[i].size >> 20, rows[i].workers,
+                   op ? rows[i].load_gbps : rows[i].store_gbps, rows[i].memcpy_gbps,
+                   op ? rows[i].load_ratio : rows[i].store_ratio,
+                   op ? rows[i].load_cpu : rows[i].store_cpu, 1000.0 / rows[i].memcpy_gbps);
     }
     printf("\ntarget: 4 MiB shared-memory store and load >= 0.70x single-thread memcpy\n");
     printf("whole run %.1f s; every reply checked, a sample of chunks checksummed\n",
