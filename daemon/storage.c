@@ -42,6 +42,7 @@ struct kvcd_storage_s {
     size_t nl2;
     uv_timer_t pin_timer;
     int stopped;
+    int l2_closed;              /* the adapters were closed at stop */
     kvcd_obj_t *pin_head, *pin_tail;
     size_t npinned;
     size_t inflight;            /* ops not yet released */
@@ -67,6 +68,8 @@ static void op_cb(kvcd_l2_req_t *req)
     op->done(op);
 }
 
+static void close_adapters(kvcd_storage_t *st);
+
 static void op_release_cb(kvcd_l2_req_t *req)
 {
     op_t *op = (op_t *)req;
@@ -77,6 +80,8 @@ static void op_release_cb(kvcd_l2_req_t *req)
         op->release(op);
     free(op->map);
     free(op);
+    if (st->stopped && st->inflight == 0)
+        close_adapters(st); /* the last call after a shutdown timeout */
 }
 
 static op_t *op_new(kvcd_storage_t *st, size_t l2idx, kvcd_l2_op_t kind, size_t n,
@@ -824,6 +829,21 @@ void kvcd_storage_status(kvcd_storage_t *st, json_t *status)
     json_object_set_new(status, "storage", c);
 }
 
+/* Close the adapters while the loop still runs: an asynchronous adapter's
+ * connections and timers keep the loop alive until they are closed, and their
+ * close callbacks need the loop. Only once nothing is in flight, so no
+ * completion can submit to a closed instance. */
+static void close_adapters(kvcd_storage_t *st)
+{
+    size_t i;
+
+    if (st->l2_closed)
+        return;
+    st->l2_closed = 1;
+    for (i = 0; i < st->nl2; i++)
+        kvcd_l2_destroy(st->l2[i]);
+}
+
 void kvcd_storage_stop(kvcd_storage_t *st)
 {
     if (st->stopped)
@@ -831,6 +851,8 @@ void kvcd_storage_stop(kvcd_storage_t *st)
     st->stopped = 1;
     pin_timer_cb(&st->pin_timer); /* releases every pin */
     uv_close((uv_handle_t *)&st->pin_timer, NULL);
+    if (st->inflight == 0)
+        close_adapters(st);
 }
 
 void kvcd_storage_destroy(kvcd_storage_t *st)
@@ -839,7 +861,7 @@ void kvcd_storage_destroy(kvcd_storage_t *st)
 
     if (!st->stopped)
         KVCD_LOG(KVCD_LOG_ERROR, "storage", "destroyed without stop");
-    for (i = 0; i < st->nl2; i++) {
+    for (i = 0; i < st->nl2 && !st->l2_closed; i++) {
         if (kvcd_l2_inflight(st->l2[i]) == 0)
             kvcd_l2_destroy(st->l2[i]);
         else

@@ -58,10 +58,12 @@ size_t kvcd_storage_inflight(const kvcd_storage_t *st);
 /* Add "l2" (array of per-adapter status) and storage counters to status. */
 void kvcd_storage_status(kvcd_storage_t *st, json_t *status);
 
-/* Stop timers and release pins (loop thread, before the loop's last run). */
+/* Stop timers and release pins (loop thread, before the loop's last run). Closes
+ * the adapters now when nothing is in flight, else when the last call is
+ * released, so their handles close while the loop runs. */
 void kvcd_storage_stop(kvcd_storage_t *st);
 
-/* Close the adapters and free. Only when nothing is in flight (after uv_run). */
+/* Close the adapters not closed yet, and free (after uv_run). */
 void kvcd_storage_destroy(kvcd_storage_t *st);
 
 #endif
