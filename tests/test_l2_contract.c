@@ -9,7 +9,11 @@
  *
  * The deadline and close cases (and corruption, for adapters without a hook
  * that damages the bytes at rest) wrap the config in the fault adapter, so
- * they apply to every blocking adapter without adapter-specific code.
+ * they apply to every blocking adapter without adapter-specific code. The
+ * fault adapter wraps blocking adapters only: a config of an asynchronous
+ * adapter gives a `stall` hook (make its server unresponsive for a while)
+ * that those cases use instead. A config whose adapter talks to a server
+ * starts a private one per case (`start`/`stop`).
  */
 #include <check.h>
 #include <fcntl.h>
@@ -21,8 +25,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "adapters/fs/name.h"
 #include "daemon/l2.h"
 #include "tests/l2_support.h"
+#include "tests/redis_support.h"
 #include "tests/support.h"
 
 #define TIMEOUT_DEFAULT_MS 3000
@@ -35,15 +41,28 @@ typedef struct {
      * damaged). NULL: the corruption case wraps the config in fault's
      * "corrupt" instead. */
     int (*corrupt)(const char *dir, const kvcd_key_t *k);
+    /* Start a private server in dir and put its address into spec (0 or -1);
+     * stop it after the case. NULL: no server. */
+    int (*start)(const char *dir, json_t *spec);
+    void (*stop)(const char *dir);
+    /* Make the server leave every command unanswered for ms (0 or -1). NULL:
+     * the deadline and close cases use fault's delay_ms instead. */
+    int (*stall)(const char *dir, int ms);
 } config_t;
 
 static int fs_corrupt(const char *dir, const kvcd_key_t *k);
+static int redis_corrupt(const char *dir, const kvcd_key_t *k);
+static int redis_start(const char *dir, json_t *spec);
+static void redis_stop(const char *dir);
+static int redis_stall(const char *dir, int ms);
 
 /* The one table: every adapter config the contract runs against. */
 static const config_t configs[] = {
-    {"mock", "{\"type\":\"mock\"}", NULL, NULL},
-    {"fault(mock)", "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"}}", NULL, NULL},
-    {"fs", "{\"type\":\"fs\"}", "base_path", fs_corrupt},
+    {"mock", "{\"type\":\"mock\"}", NULL, NULL, NULL, NULL, NULL},
+    {"fault(mock)", "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"}}", NULL, NULL, NULL,
+     NULL, NULL},
+    {"fs", "{\"type\":\"fs\"}", "base_path", fs_corrupt, NULL, NULL, NULL},
+    {"redis", "{\"type\":\"redis\"}", NULL, redis_corrupt, redis_start, redis_stop, redis_stall},
 };
 
 #define NCONFIGS (sizeof(configs) / sizeof(configs[0]))
@@ -111,6 +130,8 @@ static void teardown(void)
     close_instance();
     ck_assert_int_eq(kvcd_test_drain(&loop, KVCD_TEST_WALL_MS), 0);
     ck_assert_int_eq(uv_loop_close(&loop), 0);
+    if (cfg && cfg->stop)
+        cfg->stop(dir);
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -122,6 +143,8 @@ static json_t *config_spec(const config_t *c)
     ck_assert_msg(spec, "bad spec in configs[]: %s", jerr.text);
     if (c->dir_field)
         json_object_set_new(spec, c->dir_field, json_string(dir));
+    if (c->start)
+        REQ(c->start(dir, spec) == 0, "could not start the server (see stderr)");
     return spec;
 }
 
@@ -466,8 +489,13 @@ START_TEST(deadline)
     json_t *st;
     size_t i;
 
-    open_wrapped(_i, json_pack("{s:{s:i}}", "delay_ms", "load", 400));
+    if (active[_i]->stall)
+        open_config(_i);
+    else
+        open_wrapped(_i, json_pack("{s:{s:i}}", "delay_ms", "load", 400));
     store_all(o, 2);
+    if (cfg->stall)
+        REQ(cfg->stall(dir, 400) == 0, "could not stall the server");
     for (i = 0; i < 2; i++)
         item_load(&it[i], &o[i], 4096);
     kvcd_test_submit(&c, l2, KVCD_L2_LOAD, it, 2, 50);
@@ -510,7 +538,12 @@ START_TEST(close_with_work_in_flight)
     kvcd_test_call_t slow, fast;
     size_t i;
 
-    open_wrapped(_i, json_pack("{s:{s:i}}", "delay_ms", "store", 300));
+    if (active[_i]->stall) {
+        open_config(_i);
+        REQ(cfg->stall(dir, 300) == 0, "could not stall the server");
+    } else {
+        open_wrapped(_i, json_pack("{s:{s:i}}", "delay_ms", "store", 300));
+    }
     for (i = 0; i < 4; i++) {
         item_store(&st_it[i], &o[i]);
         item_key(&lk_it[i], &o[i]);
@@ -570,6 +603,58 @@ static int fs_corrupt(const char *base, const kvcd_key_t *k)
     damaged = 0;
     nftw(base, damage_one, 16, FTW_PHYS);
     return damaged == 1 ? 0 : -1;
+}
+
+/* ---- redis: a private server per case, on a unix socket in dir ---- */
+
+static kvcd_redis_t redis;
+
+static int redis_start(const char *d, json_t *spec)
+{
+    if (kvcd_redis_start(&redis, d, "redis", 0) != 0)
+        return -1;
+    json_object_set_new(spec, "unix", json_string(redis.sock));
+    return 0;
+}
+
+static void redis_stop(const char *d)
+{
+    kvcd_redis_cleanup(&redis);
+}
+
+/* CLIENT PAUSE holds every client's commands (ours included) for ms. */
+static int redis_stall(const char *d, int ms)
+{
+    return kvcd_redis_int(&redis, "CLIENT PAUSE %d ALL", ms) == 0 ? 0 : -1;
+}
+
+/* Flip one payload byte of the value in place (SETRANGE). */
+static int redis_corrupt(const char *d, const kvcd_key_t *k)
+{
+    char name[KVCD_OBJ_NAME_MAX], byte;
+    uint8_t dig[16];
+    redisContext *c;
+    redisReply *rep;
+    size_t kl;
+    long long len;
+    int ok = 0;
+
+    if (kvcd_fs_name(0, k, name, dig) != 0)
+        return -1;
+    kl = strlen(name) - strlen(KVCD_OBJ_NAME_SUFFIX);
+    len = kvcd_redis_int(&redis, "STRLEN %b", name, kl);
+    if (len <= KVCD_OBJ_TRL_SIZE || !(c = kvcd_redis_connect(&redis)))
+        return -1;
+    rep = redisCommand(c, "GETRANGE %b %lld %lld", name, kl, len / 2, len / 2);
+    if (rep && rep->type == REDIS_REPLY_STRING && rep->len == 1) {
+        byte = (char)(rep->str[0] ^ 0xff);
+        freeReplyObject(rep);
+        rep = redisCommand(c, "SETRANGE %b %lld %b", name, kl, len / 2, &byte, (size_t)1);
+        ok = rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == len;
+    }
+    freeReplyObject(rep);
+    redisFree(c);
+    return ok ? 0 : -1;
 }
 
 static Suite *contract_suite(void)
