@@ -121,7 +121,7 @@ $(BUILD)/tests/plugins/%.so: tests/plugins/%.c
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIBCORE) $(LIBCLIENT)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS) -ldl -lm
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $(filter %.c %.a,$^) $(PKG_LIBS) -ldl -lm
 
 bench: all $(BENCH_BIN)
 

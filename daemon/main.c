@@ -4,6 +4,7 @@
  * Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when start-up fails
  * (cannot reserve L1, cannot bind), 2 for a bad command line.
  */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,12 @@ int main(int argc, char **argv)
     /* Files we create (ipc sockets, L2 files) are ours alone unless a flag says
      * otherwise (DESIGN.md §2.7). */
     umask(077);
+    /* ZeroMQ receives every bulk frame into a fresh malloc block. Left to its
+     * defaults glibc maps each large one anew and hands it back on free, so
+     * every stored byte is first a page fault; keeping freed memory lets the
+     * next request reuse it (docs/PERFORMANCE.md). */
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     signal(SIGPIPE, SIG_IGN);
     /* libuv reads this once, when the threadpool first starts. */
     snprintf(workers, sizeof(workers), "%d", opt.max_workers);

@@ -46,11 +46,15 @@ typedef struct {
     uint64_t shm_stores, shm_loads;
 } counters_t;
 
-/* A reference held by a zero-copy frame, returned by ZeroMQ's I/O thread. */
+/* The references held by one reply's zero-copy frames. ZeroMQ's I/O thread
+ * frees the frames one by one; the last one queues the whole set for the loop,
+ * so a reply costs one wake-up however many frames it has. */
 typedef struct rel_s {
     struct rel_s *next;
     kvcd_server_t *srv;
-    kvcd_obj_t *obj;
+    size_t frames_left;         /* atomic */
+    size_t nobjs;
+    kvcd_obj_t *objs[];
 } rel_t;
 
 typedef struct call_s call_t;
@@ -123,6 +127,8 @@ static void frame_free_cb(void *data, void *hint)
     rel_t *r = hint;
     kvcd_server_t *srv = r->srv;
 
+    if (__atomic_sub_fetch(&r->frames_left, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
     pthread_mutex_lock(&srv->rel_lock);
     r->next = srv->rel_head;
     srv->rel_head = r;
@@ -140,8 +146,11 @@ static void release_queued(kvcd_server_t *srv)
     srv->rel_head = NULL;
     pthread_mutex_unlock(&srv->rel_lock);
     for (; r; r = next) {
+        size_t i;
+
         next = r->next;
-        kvcd_l1_unref(srv->l1, r->obj);
+        for (i = 0; i < r->nobjs; i++)
+            kvcd_l1_unref(srv->l1, r->objs[i]);
         free(r);
     }
 }
@@ -486,7 +495,7 @@ static void op_lookup(call_t *call)
 static int load_serve(call_t *call, int force)
 {
     kvcd_server_t *srv = call->srv;
-    size_t n = call->req.nkeys, i;
+    size_t n = call->req.nkeys, i, hits;
     kvcd_obj_t **objs;
     zmq_msg_t *bulk;
     kvcd_key_t k;
@@ -509,21 +518,28 @@ static int load_serve(call_t *call, int force)
             objs[i] = NULL;
         }
     }
+    for (i = 0, hits = 0; i < n; i++)
+        hits += objs[i] != NULL;
     call->results = calloc(n, sizeof(int));
     bulk = calloc(n, sizeof(zmq_msg_t));
-    if (!call->results || !bulk) {
+    r = hits ? malloc(sizeof(*r) + hits * sizeof(kvcd_obj_t *)) : NULL;
+    if (!call->results || !bulk || (hits && !r)) {
+        free(r);
         free(bulk);
         free(objs);
         reply_error(call, -ENOMEM, "out of memory");
         return 1;
     }
+    if (r) {
+        r->srv = srv;
+        r->nobjs = 0;
+        r->frames_left = hits;
+    }
     for (i = 0; i < n; i++) {
         kvcd_obj_t *obj = objs[i];
 
-        r = obj ? malloc(sizeof(*r)) : NULL;
-        if (!obj || !r) {
-            free(r);
-            call->results[i] = obj ? -ENOMEM : KVCD_ENOTFOUND;
+        if (!obj) {
+            call->results[i] = KVCD_ENOTFOUND;
             srv->c.load_misses++;
             zmq_msg_init(&bulk[i]);
             continue;
@@ -533,8 +549,7 @@ static int load_serve(call_t *call, int force)
         kvcd_l1_ref(obj);
         kvcd_l1_touch(srv->l1, obj);
         kvcd_storage_served(srv->storage, obj);
-        r->srv = srv;
-        r->obj = obj;
+        r->objs[r->nobjs++] = obj;
         zmq_msg_init_data(&bulk[i], obj->data, obj->size, frame_free_cb, r);
         srv->c.load_hits++;
         srv->c.load_bytes += obj->size;

@@ -325,6 +325,7 @@ struct lookup_s {
     size_t n;
     kvcd_key_t *keys;           /* deep copies in keybuf */
     char *keybuf;
+    uint64_t *kh;               /* kvcd_key_hash of each key, computed once */
     uint8_t *state;             /* K_* */
     int *src;                   /* adapter index that has the key, -1 none */
     size_t *size;
@@ -340,6 +341,7 @@ static void lookup_unref(lookup_t *lk)
         return;
     free(lk->keys);
     free(lk->keybuf);
+    free(lk->kh);
     free(lk->state);
     free(lk->src);
     free(lk->size);
@@ -363,7 +365,7 @@ static void lookup_finish(lookup_t *lk)
     /* Between the scan and now, L1 may have evicted or removed things: the
      * prefix ends at the first key that is not linked in L1 any more. */
     for (i = 0; i < lk->n && lk->present[i]; i++) {
-        obj = kvcd_l1_find(st->l1, &lk->keys[i], kvcd_key_hash(&lk->keys[i]));
+        obj = kvcd_l1_find(st->l1, &lk->keys[i], lk->kh[i]);
         if (!obj) {
             lk->present[i] = lk->state[i] == K_L2; /* still in L2, not brought up */
             break;
@@ -442,8 +444,7 @@ static void start_prefetch(lookup_t *lk)
     for (i = 0; i < prefix; i++) {
         if (lk->state[i] != K_L2)
             continue;
-        rc = kvcd_l1_reserve(st->l1, &lk->keys[i], kvcd_key_hash(&lk->keys[i]), lk->size[i],
-                             &lk->objs[i]);
+        rc = kvcd_l1_reserve(st->l1, &lk->keys[i], lk->kh[i], lk->size[i], &lk->objs[i]);
         if (rc == KVCD_EBUSY) {
             lk->state[i] = K_BUSY; /* another request is bringing it in */
             continue;
@@ -579,13 +580,50 @@ static int copy_keys(const kvcd_req_t *req, kvcd_key_t **keys, char **buf)
     return 0;
 }
 
+/* No L2: answer from L1 at once, without copying keys into a job. */
+static void lookup_l1_only(kvcd_storage_t *st, const kvcd_req_t *req,
+                           kvcd_storage_lookup_cb cb, void *data)
+{
+    uint8_t *present = calloc(req->nkeys, 1);
+    size_t i, prefix = 0;
+    kvcd_obj_t *obj;
+    kvcd_key_t k;
+
+    if (!present) {
+        cb(data, 0, NULL);
+        return;
+    }
+    for (i = 0; i < req->nkeys; i++) {
+        kvcd_req_key(req, i, &k);
+        obj = kvcd_l1_find(st->l1, &k, kvcd_key_hash(&k));
+        if (!obj)
+            continue;
+        present[i] = 1;
+        if (obj->state == KVCD_OBJ_READY) {
+            kvcd_l1_touch(st->l1, obj);
+            st->c.l1_hits++;
+        }
+        if (prefix == i) {
+            pin(st, obj);
+            prefix++;
+        }
+    }
+    cb(data, prefix, present);
+    free(present);
+}
+
 void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
                          kvcd_storage_lookup_cb cb, void *data)
 {
     size_t n = req->nkeys, i, missing = 0, a, j;
-    lookup_t *lk = calloc(1, sizeof(*lk));
+    lookup_t *lk;
     kvcd_obj_t *obj;
 
+    if (st->nl2 == 0) {
+        lookup_l1_only(st, req, cb, data);
+        return;
+    }
+    lk = calloc(1, sizeof(*lk));
     if (!lk || copy_keys(req, &lk->keys, &lk->keybuf) != 0) {
         free(lk);
         cb(data, 0, NULL);
@@ -596,19 +634,21 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
     lk->data = data;
     lk->n = n;
     lk->refs = 1;
+    lk->kh = malloc(n * sizeof(uint64_t));
     lk->state = calloc(n, 1);
     lk->src = malloc(n * sizeof(int));
     lk->size = calloc(n, sizeof(size_t));
     lk->objs = calloc(n, sizeof(kvcd_obj_t *));
     lk->present = calloc(n, 1);
-    if (!lk->state || !lk->src || !lk->size || !lk->objs || !lk->present) {
+    if (!lk->kh || !lk->state || !lk->src || !lk->size || !lk->objs || !lk->present) {
         lookup_unref(lk);
         cb(data, 0, NULL);
         return;
     }
     for (i = 0; i < n; i++) {
         lk->src[i] = -1;
-        obj = kvcd_l1_find(st->l1, &lk->keys[i], kvcd_key_hash(&lk->keys[i]));
+        lk->kh[i] = kvcd_key_hash(&lk->keys[i]);
+        obj = kvcd_l1_find(st->l1, &lk->keys[i], lk->kh[i]);
         if (obj && obj->state == KVCD_OBJ_READY) {
             lk->state[i] = K_L1;
             kvcd_l1_touch(st->l1, obj);
