@@ -26,6 +26,7 @@
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
+command="scripts/bench.sh${*:+ $*}"
 build=build
 quick=
 workers=1,2
@@ -77,7 +78,7 @@ if [ -n "$csv_keep" ]; then
     cat "$tmp/frames.csv" "$tmp/shm.csv" > "$csv_keep"
 fi
 
-python3 - "$tmp" "$start" "$*" "$quick" <<'EOF'
+python3 - "$tmp" "$start" "$command" "$quick" <<'EOF'
 import csv, os, sys
 
 tmp, start, args, quick = sys.argv[1:5]
@@ -119,7 +120,7 @@ def line(label, vals, fmt="%8.2f"):
 
 print("kvcd performance suite, %s" % start)
 print(open(os.path.join(tmp, "machine")).read().strip())
-print("command: scripts/bench.sh %s" % args)
+print("command: %s" % args)
 if quick:
     print("QUICK RUN: one short repetition per figure; not for comparison")
 print()
