@@ -489,6 +489,34 @@ static void op_lookup(call_t *call)
     kvcd_storage_lookup(call->srv->storage, &call->req, lookup_done, call);
 }
 
+/* The READY objects for the call's keys, NULL for a miss, in a new array.
+ * NULL with *wait set when a key is still being written (a prefetch or a store
+ * in progress) and !force; NULL with *wait clear when out of memory. */
+static kvcd_obj_t **find_for_load(call_t *call, int force, int *wait)
+{
+    kvcd_server_t *srv = call->srv;
+    size_t n = call->req.nkeys, i;
+    kvcd_obj_t **objs = calloc(n, sizeof(*objs));
+    kvcd_key_t k;
+
+    *wait = 0;
+    if (!objs)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        kvcd_req_key(&call->req, i, &k);
+        objs[i] = kvcd_l1_find(srv->l1, &k, kvcd_key_hash(&k));
+        if (objs[i] && objs[i]->state != KVCD_OBJ_READY) {
+            if (!force) {
+                free(objs);
+                *wait = 1;
+                return NULL;
+            }
+            objs[i] = NULL;
+        }
+    }
+    return objs;
+}
+
 /* Serve a LOAD from L1. Objects still WRITING (a prefetch or a store in
  * progress) make the call wait, up to --l2-timeout-ms, unless `force`. Returns 1
  * when the call was answered. */
@@ -498,25 +526,16 @@ static int load_serve(call_t *call, int force)
     size_t n = call->req.nkeys, i, hits;
     kvcd_obj_t **objs;
     zmq_msg_t *bulk;
-    kvcd_key_t k;
     kvcd_wbuf_t w;
     rel_t *r;
+    int wait;
 
-    objs = calloc(n, sizeof(*objs));
+    objs = find_for_load(call, force, &wait);
     if (!objs) {
+        if (wait)
+            return 0;
         reply_error(call, -ENOMEM, "out of memory");
         return 1;
-    }
-    for (i = 0; i < n; i++) {
-        kvcd_req_key(&call->req, i, &k);
-        objs[i] = kvcd_l1_find(srv->l1, &k, kvcd_key_hash(&k));
-        if (objs[i] && objs[i]->state != KVCD_OBJ_READY) {
-            if (!force) {
-                free(objs);
-                return 0;
-            }
-            objs[i] = NULL;
-        }
     }
     for (i = 0, hits = 0; i < n; i++)
         hits += objs[i] != NULL;
@@ -836,27 +855,18 @@ static int load_shm_serve(call_t *call, int force)
     size_t n = call->req.nkeys, i, total = 0, ntasks = 0, off;
     char *seg = call->seg->base;
     kvcd_obj_t **objs;
-    kvcd_key_t k;
+    int wait;
 
     if (!call->seg->registered) {
         reply_error(call, KVCD_ESEGMENT, "segment was unregistered before the copy");
         return 1;
     }
-    objs = calloc(n, sizeof(*objs));
+    objs = find_for_load(call, force, &wait);
     if (!objs) {
+        if (wait)
+            return 0;
         reply_error(call, -ENOMEM, "out of memory");
         return 1;
-    }
-    for (i = 0; i < n; i++) {
-        kvcd_req_key(&call->req, i, &k);
-        objs[i] = kvcd_l1_find(srv->l1, &k, kvcd_key_hash(&k));
-        if (objs[i] && objs[i]->state != KVCD_OBJ_READY) {
-            if (!force) {
-                free(objs);
-                return 0;
-            }
-            objs[i] = NULL;
-        }
     }
     call->objs = objs;
     call->results = calloc(n, sizeof(int));
