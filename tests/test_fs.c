@@ -372,6 +372,15 @@ static int fail_odirect;
 static size_t io_limit; /* max bytes per preadv/pwritev, 0 = no limit */
 static long long clock_skew_ms;
 static long long fake_avail = -1; /* bytes free reported by fstatvfs, -1 = real */
+/* Calls counted since the test last zeroed them; the nth one (1-based) of each
+ * kind fails once with *_fail_err when *_fail_at is n. */
+static int n_pwritev, n_preadv, w_fail_at, w_fail_err, r_fail_at, r_fail_err;
+typedef struct {
+    off_t off;
+    size_t len;
+    int direct; /* O_DIRECT was on for the descriptor */
+} wcall_t;
+static wcall_t wlog[16]; /* the first pwritev calls */
 
 static int trim(const struct iovec *in, int cnt, struct iovec *out)
 {
@@ -390,7 +399,17 @@ static int trim(const struct iovec *in, int cnt, struct iovec *out)
 static ssize_t f_pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
 {
     struct iovec t[8];
+    int n = ++n_pwritev;
 
+    if (n <= 16) {
+        wlog[n - 1] = (wcall_t){.off = off, .direct = (fcntl(fd, F_GETFL) & O_DIRECT) != 0};
+        for (int i = 0; i < cnt; i++)
+            wlog[n - 1].len += iov[i].iov_len;
+    }
+    if (n == w_fail_at) {
+        errno = w_fail_err;
+        return -1;
+    }
     if (fail_write) {
         errno = fail_write;
         return -1;
@@ -404,6 +423,10 @@ static ssize_t f_preadv(int fd, const struct iovec *iov, int cnt, off_t off)
 {
     struct iovec t[8];
 
+    if (++n_preadv == r_fail_at) {
+        errno = r_fail_err;
+        return -1;
+    }
     if (fail_read) {
         errno = fail_read;
         return -1;
@@ -488,6 +511,7 @@ static void faults_off(void)
     kvcd_fs_set_syscalls(NULL);
     fail_write = fail_read = fail_sync = fail_rename = fail_create = fail_unlink = 0;
     fail_odirect = 0;
+    n_pwritev = n_preadv = w_fail_at = w_fail_err = r_fail_at = r_fail_err = 0;
     io_limit = 0;
     clock_skew_ms = 0;
     fake_avail = -1;
@@ -639,6 +663,170 @@ START_TEST(test_odirect_unsupported)
     store_ok(fs, &k, 70000, 3);
     load_ok(fs, &k, 70000, 3);
     REQUIRE(st_int(fs, "odirect_fallbacks.unsupported.count") >= 3);
+    close_fs(fs);
+}
+END_TEST
+
+/* On disk: exactly payload + trailer bytes, the payload as stored, and a trailer
+ * that states the payload length. */
+static void check_on_disk(size_t n, uint64_t seed, size_t tlen)
+{
+    char p[1200];
+    struct stat st;
+    uint8_t *want = abuf(n), *got = malloc(n + TRL + 1);
+    int fd;
+    ssize_t r;
+
+    REQUIRE(got);
+    the_file(p, sizeof(p));
+    REQUIRE(stat(p, &st) == 0);
+    REQUIRE_EQ(st.st_size, n + tlen);
+    fd = open(p, O_RDONLY);
+    REQUIRE(fd >= 0);
+    r = pread(fd, got, n + TRL + 1, 0);
+    close(fd);
+    REQUIRE_EQ(r, n + tlen);
+    fill(want, n, seed);
+    REQUIRE(memcmp(want, got, n) == 0);
+    if (tlen) {
+        uint64_t plen;
+
+        REQUIRE(memcmp(got + n, "KVCDTRLR", 8) == 0);
+        memcpy(&plen, got + n + 16, 8);
+        REQUIRE_EQ(plen, n);
+    }
+    free(want);
+    free(got);
+}
+
+/* The O_DIRECT tail: the aligned body goes out as one direct write, the tail and
+ * trailer as one buffered write right after it (no padding, no ftruncate), and a
+ * load reads everything in one preadv. Whatever the size, the file holds exactly
+ * payload + trailer and a verified load returns the payload. */
+START_TEST(test_odirect_tail)
+{
+    static const size_t tsz[] = {0,    1,    100,  4095,          4096,      4097,
+                                 8191, 8192, 8193, 3 * 65536 - 1, 3 * 65536, 3 * 65536 + 1};
+    static const char *const cfg[] = {", \"use_odirect\": true, \"skip_existing\": false",
+                                      ", \"use_odirect\": true, \"skip_existing\": false, "
+                                      "\"checksum\": \"none\", \"fsync\": true",
+                                      ", \"use_odirect\": true, \"skip_existing\": false, "
+                                      "\"fsync\": true"};
+    tkey_t k = key_n("org/tail", 1);
+
+    faults_on();
+    for (size_t c = 0; c < sizeof(cfg) / sizeof(cfg[0]); c++) {
+        void *fs = open_fs(cfg[c]);
+        size_t tlen = strstr(cfg[c], "none") ? 0 : TRL;
+        int direct = st_int(fs, "odirect_fallbacks.unsupported.count") == 0;
+
+        for (size_t i = 0; i < sizeof(tsz) / sizeof(tsz[0]); i++) {
+            size_t n = tsz[i], a = n / 4096 * 4096, rest = n - a + tlen;
+
+            if (n + tlen == 0)
+                continue; /* an empty file: no transfer at all */
+            n_pwritev = n_preadv = 0;
+            store_ok(fs, &k, n, i + c);
+            check_on_disk(n, i + c, tlen);
+            if (direct) {
+                int w = 0;
+
+                if (a) {
+                    REQUIRE_EQ(wlog[w].off, 0);
+                    REQUIRE_EQ(wlog[w].len, a);
+                    REQUIRE_EQ(wlog[w].direct, 1);
+                    w++;
+                }
+                if (rest) {
+                    REQUIRE_EQ(wlog[w].off, a);
+                    REQUIRE_EQ(wlog[w].len, rest);
+                    REQUIRE_EQ(wlog[w].direct, 0);
+                    w++;
+                }
+                REQUIRE_EQ(n_pwritev, w);
+            }
+            n_preadv = 0;
+            load_ok(fs, &k, n, i + c);
+            if (direct)
+                REQUIRE_EQ(n_preadv, 1);
+        }
+        REQUIRE_EQ(st_int(fs, "checksum_failures"), 0);
+        REQUIRE_EQ(st_int(fs, "odirect_fallbacks.io_einval.count"), 0);
+        REQUIRE_EQ(st_int(fs, "odirect_fallbacks.unaligned_buffer.count"), 0);
+        REQUIRE_EQ(walk().tmp_files, 0);
+        close_fs(fs);
+    }
+}
+END_TEST
+
+/* Faults around the O_DIRECT tail: a failed tail write publishes nothing and
+ * leaves no temp file; EINVAL there falls back to a buffered rewrite; a failed
+ * or short combined read falls back to reading body and tail one by one. */
+START_TEST(test_odirect_tail_faults)
+{
+    const size_t n = 3 * 4096 + 5, a = 3 * 4096;
+    tkey_t k = key_n("org/tail", 1);
+    uint8_t *b = abuf(n);
+    void *fs;
+    walk_t w;
+
+    faults_on();
+    fs = open_fs(", \"use_odirect\": true, \"skip_existing\": false");
+    if (st_int(fs, "odirect_fallbacks.unsupported.count") != 0) {
+        close_fs(fs);
+        free(b);
+        return; /* no O_DIRECT here: covered by test_odirect_unsupported */
+    }
+    fill(b, n, 1);
+    for (int e = 0; e < 2; e++) {
+        int err = e ? ENOSPC : EIO;
+
+        n_pwritev = 0;
+        w_fail_at = 2; /* the second write: the tail */
+        w_fail_err = err;
+        REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, n, NULL), -err);
+        REQUIRE_EQ(n_pwritev, 2);
+        REQUIRE_EQ(wlog[1].off, a);
+        REQUIRE_EQ(wlog[1].len, n - a + TRL);
+        REQUIRE_EQ(wlog[1].direct, 0);
+        w = walk();
+        REQUIRE_EQ(w.data_files, 0);
+        REQUIRE_EQ(w.tmp_files, 0);
+        REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+        REQUIRE_EQ(st_int(fs, "reserved_bytes"), 0);
+        REQUIRE_EQ(st_int(fs, "used_bytes"), 0);
+    }
+    REQUIRE_EQ(st_int(fs, "errors.EIO"), 1);
+    REQUIRE_EQ(st_int(fs, "errors.ENOSPC"), 1);
+    w_fail_at = 0;
+
+    /* EINVAL from the tail write: the whole object again through the page cache */
+    n_pwritev = 0;
+    w_fail_at = 2;
+    w_fail_err = EINVAL;
+    store_ok(fs, &k, n, 2);
+    w_fail_at = 0;
+    check_on_disk(n, 2, TRL);
+    load_ok(fs, &k, n, 2);
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.io_einval.count"), 1);
+
+    /* the combined read fails once, or comes back short: the loads still work */
+    store_ok(fs, &k, n, 3);
+    n_preadv = 0;
+    r_fail_at = 1;
+    r_fail_err = EINTR;
+    load_ok(fs, &k, n, 3);
+    REQUIRE(n_preadv >= 3);
+    r_fail_at = 0;
+    io_limit = 4096;
+    n_preadv = 0;
+    load_ok(fs, &k, n, 3);
+    REQUIRE(n_preadv >= 3);
+    io_limit = 0;
+    REQUIRE_EQ(st_int(fs, "checksum_failures"), 0);
+    REQUIRE_EQ(walk().tmp_files, 0);
+    REQUIRE_EQ(walk().data_files, 1);
+    free(b);
     close_fs(fs);
 }
 END_TEST
@@ -1871,6 +2059,8 @@ static Suite *fs_suite(void)
     tcase_add_test(tc, test_roundtrip_odirect);
     tcase_add_test(tc, test_odirect_unaligned_buffer);
     tcase_add_test(tc, test_odirect_unsupported);
+    tcase_add_test(tc, test_odirect_tail);
+    tcase_add_test(tc, test_odirect_tail_faults);
     tcase_add_test(tc, test_short_io);
     tcase_add_test(tc, test_miss_and_remove);
     tcase_add_test(tc, test_load_buffer_too_small);

@@ -3,8 +3,10 @@
  *
  * Every transfer loops over short counts and EINTR. With use_odirect the
  * 4 KiB-aligned body of an object moves straight between the caller's buffer
- * and the disk; the unaligned tail and the trailer go through a small aligned
- * bounce buffer, and a write is cut back to its exact length with ftruncate.
+ * and the disk. A write then turns O_DIRECT off and writes the unaligned tail
+ * and the trailer through the page cache in one call (no padding, no
+ * ftruncate); a read takes body and tail in one direct preadv, the tail (and
+ * trailer) into a small aligned bounce buffer.
  * Whenever O_DIRECT cannot be used (the filesystem refuses it, the buffer is
  * not aligned, a transfer fails with EINVAL) the object goes through the page
  * cache instead, and the fallback is counted per cause.
@@ -81,8 +83,8 @@ static ssize_t io_upto(int fd, void *buf, size_t n, off_t off)
 }
 
 /* Whether O_DIRECT can be used for an object of `len` payload bytes at buf:
- * -1 yes, else the fallback cause. The aligned body goes straight from buf; the
- * unaligned tail (and trailer) goes through a small bounce buffer. */
+ * -1 yes, else the fallback cause. Only the aligned body moves straight from or
+ * to buf, so a buffer shorter than one block may sit anywhere. */
 static int direct_cause(fs_t *fs, const void *buf, size_t len)
 {
     if (!LD(fs->odirect_ok))
@@ -103,37 +105,28 @@ int kvcd_fs_direct_on(fs_t *fs, int fd)
     return errno;
 }
 
+/* The aligned body straight from buf; then, with O_DIRECT off, the unaligned
+ * tail and the trailer through the page cache in one call. A separate direct
+ * write of a padded block (and an ftruncate back to the exact length) costs an
+ * extra device round trip per object; the buffered tail is written back with
+ * the file (or by fdatasync when fsync is on). 0 or -errno. */
 static int write_direct(int fd, const void *buf, size_t len, const uint8_t *trl, size_t tlen)
 {
-    size_t a = len & ~(size_t)(DIO_ALIGN - 1), rest = len - a + tlen, rb;
-    uint8_t *b;
+    size_t a = len & ~(size_t)(DIO_ALIGN - 1);
+    struct iovec v[2] = {{(char *)buf + a, len - a}, {(void *)trl, tlen}};
     int r;
 
     if (a) {
-        struct iovec v = {(void *)buf, a};
+        struct iovec d = {(void *)buf, a};
 
-        if ((r = kvcd_fs_io_full(fd, &v, 1, 0, true)))
+        if ((r = kvcd_fs_io_full(fd, &d, 1, 0, true)))
             return r;
     }
-    if (!rest)
+    if (len - a + tlen == 0)
         return 0;
-    rb = rup(rest);
-    if (!(b = aligned_alloc(DIO_ALIGN, rb)))
-        return -ENOMEM;
-    if (len > a)
-        memcpy(b, (const char *)buf + a, len - a);
-    if (tlen)
-        memcpy(b + len - a, trl, tlen);
-    memset(b + rest, 0, rb - rest);
-    {
-        struct iovec v = {b, rb};
-
-        r = kvcd_fs_io_full(fd, &v, 1, (off_t)a, true);
-    }
-    free(b);
-    if (!r && rb != rest && kvcd_fs_sys->ftruncate(fd, (off_t)(len + tlen)))
-        r = -errno;
-    return r;
+    if (kvcd_fs_sys->fcntl(fd, F_SETFL, 0))
+        return -errno;
+    return kvcd_fs_io_full(fd, v, 2, (off_t)a, true);
 }
 
 /* Write payload and trailer to the fresh temp file fd. 0 or -errno. */
@@ -165,6 +158,10 @@ int kvcd_fs_write_obj(fs_t *fs, int fd, const void *buf, size_t len, const uint8
     return kvcd_fs_io_full(fd, v, 2, 0, true);
 }
 
+/* The aligned body into buf and the rest (tail and trailer) into an aligned
+ * bounce buffer, in one preadv when it returns everything; otherwise (short,
+ * interrupted, failed) body and rest again one after the other.
+ * 0, -errno, or 1 if the file is shorter or longer than it should be. */
 static int read_direct(int fd, void *buf, size_t plen, uint8_t *trl, size_t tlen)
 {
     size_t a = plen & ~(size_t)(DIO_ALIGN - 1), rest = plen - a + tlen, rb;
@@ -172,29 +169,41 @@ static int read_direct(int fd, void *buf, size_t plen, uint8_t *trl, size_t tlen
     ssize_t got;
     int r;
 
-    if (a) {
+    if (!rest) {
         struct iovec v = {buf, a};
 
-        if ((r = kvcd_fs_io_full(fd, &v, 1, 0, false)))
-            return r;
+        return kvcd_fs_io_full(fd, &v, 1, 0, false);
     }
-    if (!rest)
-        return 0;
     rb = rup(rest);
     if (!(b = aligned_alloc(DIO_ALIGN, rb)))
         return -ENOMEM;
-    got = io_upto(fd, b, rb, (off_t)a);
-    if (got >= 0 && (size_t)got == rest) {
-        if (plen > a)
-            memcpy((char *)buf + a, b, plen - a);
-        if (tlen)
-            memcpy(trl, b + plen - a, tlen);
-        r = 0;
-    } else {
-        r = got < 0 ? (int)got : 1; /* 1: the file changed size under us */
+    {
+        struct iovec v[2] = {{buf, a}, {b, rb}};
+
+        /* no empty first segment: its base need not be aligned */
+        got = a ? kvcd_fs_sys->preadv(fd, v, 2, 0) : kvcd_fs_sys->preadv(fd, v + 1, 1, 0);
     }
+    if (got < 0 || (size_t)got != a + rest) {
+        if (a) {
+            struct iovec v = {buf, a};
+
+            if ((r = kvcd_fs_io_full(fd, &v, 1, 0, false))) {
+                free(b);
+                return r;
+            }
+        }
+        got = io_upto(fd, b, rb, (off_t)a);
+        if (got < 0 || (size_t)got != rest) {
+            free(b);
+            return got < 0 ? (int)got : 1; /* 1: the file changed size under us */
+        }
+    }
+    if (plen > a)
+        memcpy((char *)buf + a, b, plen - a);
+    if (tlen)
+        memcpy(trl, b + plen - a, tlen);
     free(b);
-    return r;
+    return 0;
 }
 
 /* Read plen payload bytes into buf and tlen trailer bytes into trl.
