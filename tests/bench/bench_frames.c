@@ -18,8 +18,8 @@
  *    free callback, as kvcd sends from L1);
  *  - kvcd STORE and LOAD through the C client's pipelined calls, with the same
  *    batch, requests in flight and source buffers as the raw runs;
- *  - latency: PING, LOOKUP of 1 and of 1000 present keys, and a raw ZeroMQ round
- *    trip, interleaved so that all four see the same noise.
+ *  - latency: PING, LOOKUP of 1, 100 and 1000 present keys, and a raw ZeroMQ
+ *    round trip, interleaved so that all five see the same noise.
  *
  * Raw and kvcd repetitions alternate (raw, kvcd, raw, kvcd, ...) and the median
  * repetition is reported, with the CPU time and minor page faults per byte of
@@ -822,8 +822,8 @@ static void print_table(const row_t *rows, size_t nrows, const lat_t *lat, size_
                        rows[i].batch, kv / raw, kv / raw >= 0.8 ? "met" : "MISSED");
         }
     if (lat_measured(lat))
-        printf("  LOOKUP 1000 keys %.2fx PING %s\n", lat[3].med_us / ping,
-               lat[3].med_us / ping <= 2.0 ? "met" : "MISSED");
+        printf("  LOOKUP 1000 keys %.2fx PING %s\n", lat[4].med_us / ping,
+               lat[4].med_us / ping <= 2.0 ? "met" : "MISSED");
 }
 
 /* ---- latency ---- */
@@ -831,28 +831,29 @@ static void print_table(const row_t *rows, size_t nrows, const lat_t *lat, size_
 static void measure_latency(lat_t *lat)
 {
     int iters = O.lat_iters, warm = iters / 10 + 10, it, k;
-    double *s[4], t;
+    double *s[5], t;
     hash8_t *hb = calloc(LOOKUP_KEYS, sizeof(hash8_t));
     kvcd_bytes_t *h = calloc(LOOKUP_KEYS, sizeof(kvcd_bytes_t));
     uint8_t *present = calloc(LOOKUP_KEYS, 1);
     size_t prefix;
     int rc;
 
-    for (k = 0; k < 4; k++)
+    for (k = 0; k < 5; k++)
         s[k] = calloc((size_t)iters, sizeof(double));
-    if (!hb || !h || !present || !s[0] || !s[1] || !s[2] || !s[3])
+    if (!hb || !h || !present || !s[0] || !s[1] || !s[2] || !s[3] || !s[4])
         bench_fail("out of memory");
     lat[0].name = "raw zmq round trip";
     lat[1].name = "PING";
     lat[2].name = "LOOKUP 1 key";
-    lat[3].name = "LOOKUP 1000 keys";
+    lat[3].name = "LOOKUP 100 keys";
+    lat[4].name = "LOOKUP 1000 keys";
 
     /* 1000 present keys of 4 KiB each (one STORE) */
     kvcd_check_store(kvcd_send_store(LOOKUP_KEY, LOOKUP_KEYS, LOOKUP_VALUE), LOOKUP_KEYS);
     make_hashes(LOOKUP_KEY, 1, LOOKUP_KEYS, hb, h);
 
     for (it = -warm; it < iters; it++) {
-        double d[4];
+        double d[5];
 
         t = bench_now();
         raw_send(RAW_PING, (uint64_t)(it + warm), 0, 0, 0, 0);
@@ -872,16 +873,22 @@ static void measure_latency(lat_t *lat)
             bench_fail("LOOKUP 1: %s, prefix %zu", kvcd_strerror(rc), prefix);
 
         t = bench_now();
-        rc = kvcd_client_lookup(KC, &kbase, h, LOOKUP_KEYS, &prefix, present);
+        rc = kvcd_client_lookup(KC, &kbase, h, 100, &prefix, present);
         d[3] = bench_now() - t;
+        if (rc != 0 || prefix != 100)
+            bench_fail("LOOKUP 100: %s, prefix %zu", kvcd_strerror(rc), prefix);
+
+        t = bench_now();
+        rc = kvcd_client_lookup(KC, &kbase, h, LOOKUP_KEYS, &prefix, present);
+        d[4] = bench_now() - t;
         if (rc != 0 || prefix != LOOKUP_KEYS)
             bench_fail("LOOKUP %d: %s, prefix %zu", LOOKUP_KEYS, kvcd_strerror(rc), prefix);
 
         if (it >= 0)
-            for (k = 0; k < 4; k++)
+            for (k = 0; k < 5; k++)
                 s[k][it] = d[k] * 1e6;
     }
-    for (k = 0; k < 4; k++) {
+    for (k = 0; k < 5; k++) {
         lat[k].med_us = bench_median(s[k], (size_t)iters);
         lat[k].p99_us = bench_percentile(s[k], (size_t)iters, 99.0);
         free(s[k]);
@@ -1126,7 +1133,7 @@ static void malloc_keep_reexec(char **argv)
 int main(int argc, char **argv)
 {
     row_t rows[2 * MAX_SIZES];
-    lat_t lat[4];
+    lat_t lat[5];
     char l1arg[32], wkarg[16], reqarg[32], framearg[32];
     size_t i, nrows = 0, maxsize = 0;
     int rc;
@@ -1283,7 +1290,7 @@ int main(int argc, char **argv)
         bench_fail("kvcd did not exit cleanly on SIGTERM (status %d)", rc);
     bench_cleanup_now();
 
-    print_table(rows, nrows, lat, 4);
+    print_table(rows, nrows, lat, 5);
     if (!O.csv)
         printf("\nwhole run %.1f s; every LOAD reply checked, a sample of chunks "
                "checksummed, daemon exited 0\n",
