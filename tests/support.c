@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "protocol/client.h"
 #include "tests/support.h"
 
@@ -256,4 +258,45 @@ int kvcd_test_run(Suite *s)
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? 1 : 0;
+}
+
+void kvcd_test_start(kvcd_proc_t *p, kvcd_client_t **cli, const char *const *args)
+{
+    ck_assert_msg(kvcd_proc_start(p, args) == 0, "kvcd did not start (log in %s)", p->log);
+    ck_assert_int_eq(kvcd_client_connect(p->endpoint, 20000, cli), 0);
+}
+
+void kvcd_test_stop(kvcd_proc_t *p, kvcd_client_t **cli)
+{
+    kvcd_client_close(*cli);
+    *cli = NULL;
+    if (p->pid > 0)
+        ck_assert_int_eq(kvcd_proc_stop(p, SIGTERM, 20000), 0);
+    ck_assert_msg(!kvcd_proc_log_has_sanitizer_report(p), "see %s", p->log);
+    kvcd_proc_cleanup(p);
+}
+
+json_t *kvcd_test_status(kvcd_client_t *cli)
+{
+    json_error_t e;
+    char *text;
+    json_t *j;
+
+    ck_assert_int_eq(kvcd_client_status(cli, &text), 0);
+    j = json_loads(text, 0, &e);
+    free(text);
+    ck_assert_ptr_nonnull(j);
+    return j;
+}
+
+long long kvcd_test_stat(kvcd_client_t *cli, const char *group, const char *name)
+{
+    json_t *st = kvcd_test_status(cli);
+    json_t *v = json_object_get(group ? json_object_get(st, group) : st, name);
+    long long r;
+
+    ck_assert_msg(json_is_integer(v), "status %s.%s missing", group ? group : "", name);
+    r = (long long)json_integer_value(v);
+    json_decref(st);
+    return r;
 }

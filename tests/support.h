@@ -48,6 +48,24 @@ int kvcd_run(const char *const *argv, char *out, size_t outlen, int timeout_ms);
 struct Suite;
 int kvcd_test_run(struct Suite *s);
 
+/* ---- for tests that drive a daemon through the C client (Check asserts) ---- */
+
+struct kvcd_client_s;
+struct json_t;
+
+/* Start kvcd with args and connect *cli to it; fails the test otherwise. */
+void kvcd_test_start(kvcd_proc_t *p, struct kvcd_client_s **cli, const char *const *args);
+
+/* Close *cli and stop kvcd with SIGTERM: it must exit 0 and its log must hold no
+ * sanitizer report. Then remove its temp dir. */
+void kvcd_test_stop(kvcd_proc_t *p, struct kvcd_client_s **cli);
+
+/* STATUS as JSON (new reference). */
+struct json_t *kvcd_test_status(struct kvcd_client_s *cli);
+
+/* status[group][name] (status[name] when group is NULL); must be an integer. */
+long long kvcd_test_stat(struct kvcd_client_s *cli, const char *group, const char *name);
+
 /* Deterministic pseudo-random bytes. */
 void kvcd_fill_random(void *buf, size_t len, uint64_t seed);
 

@@ -25,20 +25,13 @@ static kvcd_client_t *cli;
 
 static void start(const char *const *args)
 {
-    ck_assert_msg(kvcd_proc_start(&proc, args) == 0, "kvcd did not start (log in %s)",
-                  proc.log);
-    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 10000, &cli), 0);
+    kvcd_test_start(&proc, &cli, args);
 }
 
 /* Every test ends with a clean shutdown: exit 0 and no sanitizer report. */
 static void stop(void)
 {
-    kvcd_client_close(cli);
-    cli = NULL;
-    if (proc.pid > 0)
-        ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 10000), 0);
-    ck_assert_msg(!kvcd_proc_log_has_sanitizer_report(&proc), "see %s", proc.log);
-    kvcd_proc_cleanup(&proc);
+    kvcd_test_stop(&proc, &cli);
 }
 
 /* hash i as 8 big-endian bytes, stored in hb. */
@@ -56,15 +49,7 @@ static kvcd_bytes_t hash_of(uint8_t hb[8], uint64_t i)
 
 static json_t *status(void)
 {
-    json_error_t e;
-    char *text;
-    json_t *j;
-
-    ck_assert_int_eq(kvcd_client_status(cli, &text), 0);
-    j = json_loads(text, 0, &e);
-    free(text);
-    ck_assert_ptr_nonnull(j);
-    return j;
+    return kvcd_test_status(cli);
 }
 
 static json_int_t counter(json_t *st, const char *group, const char *name)

@@ -95,19 +95,7 @@ static void store_all(kvcd_client_t *c)
 
 static json_int_t stat_of(kvcd_client_t *c, const char *group, const char *name)
 {
-    json_error_t e;
-    char *text;
-    json_t *st, *v;
-    json_int_t r;
-
-    ck_assert_int_eq(kvcd_client_status(c, &text), 0);
-    st = json_loads(text, 0, &e);
-    free(text);
-    v = json_object_get(json_object_get(st, group), name);
-    ck_assert_msg(json_is_integer(v), "%s.%s missing", group, name);
-    r = json_integer_value(v);
-    json_decref(st);
-    return r;
+    return kvcd_test_stat(c, group, name);
 }
 
 static void settle(kvcd_client_t *c)

@@ -34,8 +34,7 @@ static void start(const char *const *args)
 {
     size_t i;
 
-    ck_assert_msg(kvcd_proc_start(&proc, args) == 0, "kvcd did not start, log: %s", proc.log);
-    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 20000, &cli), 0);
+    kvcd_test_start(&proc, &cli, args);
     kvcd_keyset(&base, "org/model", 2, 1, 0, "");
     for (i = 0; i < NKEYS; i++) {
         int k;
@@ -49,12 +48,7 @@ static void start(const char *const *args)
 
 static void stop(void)
 {
-    kvcd_client_close(cli);
-    cli = NULL;
-    if (proc.pid > 0)
-        ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 20000), 0);
-    ck_assert_msg(!kvcd_proc_log_has_sanitizer_report(&proc), "see %s", proc.log);
-    kvcd_proc_cleanup(&proc);
+    kvcd_test_stop(&proc, &cli);
 }
 
 /* Chunk i: 1 MiB (+ i bytes, so sizes differ) of bytes derived from i. */
@@ -108,27 +102,12 @@ static void store_range(size_t from, size_t to)
 
 static json_t *status(void)
 {
-    json_error_t e;
-    char *text;
-    json_t *j;
-
-    ck_assert_int_eq(kvcd_client_status(cli, &text), 0);
-    j = json_loads(text, 0, &e);
-    free(text);
-    ck_assert_ptr_nonnull(j);
-    return j;
+    return kvcd_test_status(cli);
 }
 
 static json_int_t stat_of(const char *group, const char *name)
 {
-    json_t *st = status();
-    json_t *v = json_object_get(json_object_get(st, group), name);
-    json_int_t r;
-
-    ck_assert_msg(json_is_integer(v), "status %s.%s missing", group, name);
-    r = json_integer_value(v);
-    json_decref(st);
-    return r;
+    return kvcd_test_stat(cli, group, name);
 }
 
 /* Wait (bounded) until no L2 work is in flight. */

@@ -28,20 +28,13 @@ static kvcd_client_t *cli;
 
 static void start(const char *const *args)
 {
-    ck_assert_msg(kvcd_proc_start(&proc, args) == 0, "kvcd did not start (log in %s)",
-                  proc.log);
-    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 10000, &cli), 0);
+    kvcd_test_start(&proc, &cli, args);
 }
 
 /* Every test ends with a clean shutdown: exit 0 and no sanitizer report. */
 static void stop(void)
 {
-    kvcd_client_close(cli);
-    cli = NULL;
-    if (proc.pid > 0)
-        ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 10000), 0);
-    ck_assert_msg(!kvcd_proc_log_has_sanitizer_report(&proc), "see %s", proc.log);
-    kvcd_proc_cleanup(&proc);
+    kvcd_test_stop(&proc, &cli);
 }
 
 static kvcd_bytes_t hash_of(uint8_t hb[8], uint64_t i)
@@ -56,30 +49,10 @@ static kvcd_bytes_t hash_of(uint8_t hb[8], uint64_t i)
     return b;
 }
 
-static json_t *status(void)
-{
-    json_error_t e;
-    char *text;
-    json_t *j;
-
-    ck_assert_int_eq(kvcd_client_status(cli, &text), 0);
-    j = json_loads(text, 0, &e);
-    free(text);
-    ck_assert_ptr_nonnull(j);
-    return j;
-}
-
 /* status[name] or status.counters[name]. */
 static json_int_t stat_of(const char *group, const char *name)
 {
-    json_t *st = status();
-    json_t *v = json_object_get(group ? json_object_get(st, group) : st, name);
-    json_int_t x;
-
-    ck_assert_msg(json_is_integer(v), "status %s.%s missing", group ? group : "", name);
-    x = json_integer_value(v);
-    json_decref(st);
-    return x;
+    return kvcd_test_stat(cli, group, name);
 }
 
 /* Wait up to 5 s for a status figure to reach `want` (a segment stays mapped,
