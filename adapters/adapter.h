@@ -33,8 +33,10 @@
 #ifndef KVCD_ADAPTER_H
 #define KVCD_ADAPTER_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <jansson.h>
 
@@ -130,6 +132,20 @@ struct kvcd_adapter_s {
 #define KVCD_ADAPTER_HEADER(nm, type_, flags_)                                  \
     .abi_version = KVCD_ADAPTER_ABI_VERSION, .struct_size = sizeof(kvcd_adapter_t), \
     .name = (nm), .instance_size = sizeof(type_), .flags = (flags_)
+
+/* For init: write "field: what is wrong" into err and return KVCD_ECONFIG. */
+static inline int kvcd_adapter_config_error(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static inline int kvcd_adapter_config_error(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return KVCD_ECONFIG;
+}
 
 /* Out-of-tree adapters export this symbol. */
 typedef const kvcd_adapter_t *(*kvcd_adapter_entry_fn)(void);

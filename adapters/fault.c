@@ -69,19 +69,6 @@ static const kvcd_adapter_field_t fields[] = {
     {NULL, NULL, NULL, NULL},
 };
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return KVCD_ECONFIG;
-}
-
 static int op_index(const char *name)
 {
     int i;
@@ -130,12 +117,12 @@ static int parse_ops(fault_t *f, const char *field, const json_t *obj,
     int op, rc;
 
     if (!json_is_object(obj))
-        return fail(err, errlen, "%s: expected an object keyed by operation "
+        return kvcd_adapter_config_error(err, errlen, "%s: expected an object keyed by operation "
                     "(store, lookup, load, remove)", field);
     json_object_foreach((json_t *)obj, k, v) {
         op = op_index(k);
         if (op < 0)
-            return fail(err, errlen, "%s.%s: unknown operation (store, lookup, load, remove)",
+            return kvcd_adapter_config_error(err, errlen, "%s.%s: unknown operation (store, lookup, load, remove)",
                         field, k);
         rc = one(f, op, field, v, err, errlen);
         if (rc)
@@ -150,14 +137,14 @@ static int one_prob(fault_t *f, int op, const char *field, const json_t *v, char
     double p;
 
     if (!json_is_number(v))
-        return fail(err, errlen, "%s.%s: expected a number", field, op_names[op]);
+        return kvcd_adapter_config_error(err, errlen, "%s.%s: expected a number", field, op_names[op]);
     p = json_number_value(v);
     if (!(p >= 0 && p <= 1))
-        return fail(err, errlen, "%s.%s: must be a probability between 0 and 1 (got %g)", field,
+        return kvcd_adapter_config_error(err, errlen, "%s.%s: must be a probability between 0 and 1 (got %g)", field,
                     op_names[op], p);
     if (strcmp(field, "corrupt") == 0) {
         if (op != KVCD_L2_LOAD)
-            return fail(err, errlen, "corrupt.%s: only load can be corrupted", op_names[op]);
+            return kvcd_adapter_config_error(err, errlen, "corrupt.%s: only load can be corrupted", op_names[op]);
         f->corrupt_p = p;
     } else {
         f->fail_p[op] = p;
@@ -171,11 +158,11 @@ static int one_calls(fault_t *f, int op, const char *field, const json_t *v, cha
     size_t i, n;
 
     if (!json_is_array(v))
-        return fail(err, errlen, "fail_calls.%s: expected an array of call indices",
+        return kvcd_adapter_config_error(err, errlen, "fail_calls.%s: expected an array of call indices",
                     op_names[op]);
     n = json_array_size(v);
     if (n > MAX_FAIL_CALLS)
-        return fail(err, errlen, "fail_calls.%s: at most %d indices", op_names[op],
+        return kvcd_adapter_config_error(err, errlen, "fail_calls.%s: at most %d indices", op_names[op],
                     MAX_FAIL_CALLS);
     free(f->fail_calls[op]);
     f->fail_calls[op] = calloc(n ? n : 1, sizeof(uint64_t));
@@ -186,7 +173,7 @@ static int one_calls(fault_t *f, int op, const char *field, const json_t *v, cha
         json_t *x = json_array_get(v, i);
 
         if (!json_is_integer(x) || json_integer_value(x) < 0)
-            return fail(err, errlen, "fail_calls.%s[%zu]: expected a non-negative integer",
+            return kvcd_adapter_config_error(err, errlen, "fail_calls.%s[%zu]: expected a non-negative integer",
                         op_names[op], i);
         f->fail_calls[op][f->nfail_calls[op]++] = (uint64_t)json_integer_value(x);
     }
@@ -197,7 +184,7 @@ static int one_delay(fault_t *f, int op, const char *field, const json_t *v, cha
                      size_t errlen)
 {
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600000)
-        return fail(err, errlen, "delay_ms.%s: expected an integer between 0 and 3600000",
+        return kvcd_adapter_config_error(err, errlen, "delay_ms.%s: expected an integer between 0 and 3600000",
                     op_names[op]);
     f->delay_ms[op] = (uint64_t)json_integer_value(v);
     return 0;
@@ -236,16 +223,16 @@ static int parse(fault_t *f, const json_t *spec, char *err, size_t errlen)
             const char *s = json_string_value(v);
 
             if (!s)
-                return fail(err, errlen, "error: expected an error name such as \"EIO\"");
+                return kvcd_adapter_config_error(err, errlen, "error: expected an error name such as \"EIO\"");
             f->error = kvcd_errcode(s);
             if (f->error == 0)
-                return fail(err, errlen, "error: unknown error name '%s'", s);
+                return kvcd_adapter_config_error(err, errlen, "error: unknown error name '%s'", s);
         } else if (strcmp(k, "seed") == 0) {
             if (!json_is_integer(v))
-                return fail(err, errlen, "seed: expected an integer");
+                return kvcd_adapter_config_error(err, errlen, "seed: expected an integer");
             f->seed = (uint64_t)json_integer_value(v);
         } else {
-            return fail(err, errlen,
+            return kvcd_adapter_config_error(err, errlen,
                         "%s: unknown field (known: inner, fail, fail_calls, delay_ms, corrupt, "
                         "error, seed)", k);
         }
@@ -265,19 +252,19 @@ static int make_inner(fault_t *f, const json_t *spec, const kvcd_adapter_env_t *
     int rc;
 
     if (!is)
-        return fail(err, errlen, "inner: required (the spec of the adapter to wrap)");
+        return kvcd_adapter_config_error(err, errlen, "inner: required (the spec of the adapter to wrap)");
     if (!json_is_object(is))
-        return fail(err, errlen, "inner: expected an adapter spec object");
+        return kvcd_adapter_config_error(err, errlen, "inner: expected an adapter spec object");
     type = json_string_value(json_object_get(is, "type"));
     if (!type)
-        return fail(err, errlen, "inner: type: expected a string");
+        return kvcd_adapter_config_error(err, errlen, "inner: type: expected a string");
     f->ia = kvcd_l2_find_type(type);
     if (!f->ia) {
         kvcd_l2_type_list(known, sizeof(known));
-        return fail(err, errlen, "inner: unknown type '%s' (known: %s)", type, known);
+        return kvcd_adapter_config_error(err, errlen, "inner: unknown type '%s' (known: %s)", type, known);
     }
     if (!(f->ia->flags & KVCD_ADAPTER_BLOCKING))
-        return fail(err, errlen,
+        return kvcd_adapter_config_error(err, errlen,
                     "inner: adapter '%s' is not blocking (fault wraps blocking adapters only)",
                     type);
     f->inner = calloc(1, f->ia->instance_size ? f->ia->instance_size : 1);
@@ -290,7 +277,7 @@ static int make_inner(fault_t *f, const json_t *spec, const kvcd_adapter_env_t *
     if (rc != 0) {
         free(f->inner);
         f->inner = NULL;
-        fail(err, errlen, "inner (%s): %s", type, ierr[0] ? ierr : kvcd_strerror(rc));
+        kvcd_adapter_config_error(err, errlen, "inner (%s): %s", type, ierr[0] ? ierr : kvcd_strerror(rc));
         return rc < 0 ? rc : KVCD_ECONFIG;
     }
     return 0;

@@ -58,19 +58,6 @@ static const kvcd_adapter_field_t fields[] = {
     {NULL, NULL, NULL, NULL},
 };
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return KVCD_ECONFIG;
-}
-
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -192,27 +179,27 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
             continue;
         if (strcmp(k, "max_size_gb") == 0) {
             if (!json_is_number(v))
-                return fail(err, errlen, "max_size_gb: expected a number");
+                return kvcd_adapter_config_error(err, errlen, "max_size_gb: expected a number");
             size_gb = json_number_value(v);
             if (!(size_gb > 0) || size_gb > 1 << 20)
-                return fail(err, errlen, "max_size_gb: must be > 0 and <= 1048576 (got %g)",
+                return kvcd_adapter_config_error(err, errlen, "max_size_gb: must be > 0 and <= 1048576 (got %g)",
                             size_gb);
         } else if (strcmp(k, "mock_bandwidth_gb") == 0) {
             if (!json_is_number(v))
-                return fail(err, errlen, "mock_bandwidth_gb: expected a number");
+                return kvcd_adapter_config_error(err, errlen, "mock_bandwidth_gb: expected a number");
             bw_gb = json_number_value(v);
             if (!(bw_gb >= 0) || bw_gb > 1e6)
-                return fail(err, errlen,
+                return kvcd_adapter_config_error(err, errlen,
                             "mock_bandwidth_gb: must be >= 0 (0 = unlimited) (got %g)", bw_gb);
         } else if (strcmp(k, "latency_ms") == 0) {
             if (!json_is_integer(v))
-                return fail(err, errlen, "latency_ms: expected an integer");
+                return kvcd_adapter_config_error(err, errlen, "latency_ms: expected an integer");
             lat = json_integer_value(v);
             if (lat < 0 || lat > 3600000)
-                return fail(err, errlen, "latency_ms: must be between 0 and 3600000 (got %lld)",
+                return kvcd_adapter_config_error(err, errlen, "latency_ms: must be between 0 and 3600000 (got %lld)",
                             (long long)lat);
         } else {
-            return fail(err, errlen,
+            return kvcd_adapter_config_error(err, errlen,
                         "%s: unknown field (known: max_size_gb, mock_bandwidth_gb, latency_ms)",
                         k);
         }

@@ -207,19 +207,6 @@ static void node_connect(node_t *n);
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return KVCD_ECONFIG;
-}
-
 static void note(node_t *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void note(node_t *n, const char *fmt, ...)
@@ -1090,10 +1077,10 @@ static int get_int(const json_t *v, const char *field, long long lo, long long h
                    long long *out, char *err, size_t errlen)
 {
     if (!json_is_integer(v))
-        return fail(err, errlen, "%s: expected an integer", field);
+        return kvcd_adapter_config_error(err, errlen, "%s: expected an integer", field);
     *out = json_integer_value(v);
     if (*out < lo || *out > hi)
-        return fail(err, errlen, "%s: must be in %lld..%lld (got %lld)", field, lo, hi, *out);
+        return kvcd_adapter_config_error(err, errlen, "%s: must be in %lld..%lld (got %lld)", field, lo, hi, *out);
     return 0;
 }
 
@@ -1101,13 +1088,13 @@ static int get_str(const json_t *v, const char *field, size_t maxlen, int empty_
                    const char **out, char *err, size_t errlen)
 {
     if (!json_is_string(v))
-        return fail(err, errlen, "%s: expected a string", field);
+        return kvcd_adapter_config_error(err, errlen, "%s: expected a string", field);
     if (!empty_ok && json_string_length(v) == 0)
-        return fail(err, errlen, "%s: must not be empty", field);
+        return kvcd_adapter_config_error(err, errlen, "%s: must not be empty", field);
     if (json_string_length(v) > maxlen)
-        return fail(err, errlen, "%s: longer than %zu bytes", field, maxlen);
+        return kvcd_adapter_config_error(err, errlen, "%s: longer than %zu bytes", field, maxlen);
     if (strlen(json_string_value(v)) != json_string_length(v))
-        return fail(err, errlen, "%s: contains a NUL byte", field);
+        return kvcd_adapter_config_error(err, errlen, "%s: contains a NUL byte", field);
     *out = json_string_value(v);
     return 0;
 }
@@ -1139,15 +1126,15 @@ static int parse_addr(const json_t *o, const char *where, int top, nspec_t *ns, 
             if (get_str(v, f, 255, 0, &ns->name, err, errlen))
                 return KVCD_ECONFIG;
         } else if (!top) {
-            return fail(err, errlen, "%s: unknown field (expected host, port, unix or name)", f);
+            return kvcd_adapter_config_error(err, errlen, "%s: unknown field (expected host, port, unix or name)", f);
         }
     }
     if (ns->path && (ns->host || have_port))
-        return fail(err, errlen, "%s%s: give either unix or host/port, not both", where,
+        return kvcd_adapter_config_error(err, errlen, "%s%s: give either unix or host/port, not both", where,
                     ns->host ? "host" : "port");
     if (!ns->path && !ns->host) {
         if (!top)
-            return fail(err, errlen, "%.*s: needs host or unix", (int)strlen(where) - 1, where);
+            return kvcd_adapter_config_error(err, errlen, "%.*s: needs host or unix", (int)strlen(where) - 1, where);
         ns->host = "127.0.0.1";
     }
     ns->port = (int)port;
@@ -1161,7 +1148,7 @@ static int env_or_value(const json_t *spec, const char *field, const char *envfi
     const char *s = NULL;
 
     if (v && e)
-        return fail(err, errlen, "%s: give either %s or %s, not both", envfield, field, envfield);
+        return kvcd_adapter_config_error(err, errlen, "%s: give either %s or %s, not both", envfield, field, envfield);
     if (v && get_str(v, field, 4096, 0, &s, err, errlen))
         return KVCD_ECONFIG;
     if (e) {
@@ -1171,10 +1158,10 @@ static int env_or_value(const json_t *spec, const char *field, const char *envfi
             return KVCD_ECONFIG;
         s = getenv(name);
         if (!s)
-            return fail(err, errlen, "%s: environment variable '%s' is not set", envfield, name);
+            return kvcd_adapter_config_error(err, errlen, "%s: environment variable '%s' is not set", envfield, name);
     }
     if (s && !(*out = strdup(s)))
-        return fail(err, errlen, "%s: out of memory", field);
+        return kvcd_adapter_config_error(err, errlen, "%s: out of memory", field);
     return 0;
 }
 
@@ -1272,9 +1259,9 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
             top_addr = 1;
         } else if (!strcmp(k, "nodes")) {
             if (!json_is_array(v) || json_array_size(v) == 0)
-                return fail(err, errlen, "nodes: expected a non-empty array of objects");
+                return kvcd_adapter_config_error(err, errlen, "nodes: expected a non-empty array of objects");
             if (json_array_size(v) > NODES_MAX)
-                return fail(err, errlen, "nodes: at most %d servers", NODES_MAX);
+                return kvcd_adapter_config_error(err, errlen, "nodes: at most %d servers", NODES_MAX);
             nodes = v;
         } else if (!strcmp(k, "db")) {
             if (get_int(v, k, 0, 1 << 20, &x, err, errlen))
@@ -1318,7 +1305,7 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
                 return KVCD_ECONFIG;
             rd->reconnect_max_ms = (uint64_t)x;
         } else {
-            return fail(err, errlen,
+            return kvcd_adapter_config_error(err, errlen,
                         "%s: unknown field (known: host, port, unix, nodes, password, "
                         "password_env, username, username_env, db, key_prefix, "
                         "connect_timeout_ms, command_timeout_ms, pipeline_depth, pipeline_bytes, "
@@ -1328,9 +1315,9 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
         }
     }
     if (nodes && top_addr)
-        return fail(err, errlen, "nodes: cannot be combined with host, port or unix");
+        return kvcd_adapter_config_error(err, errlen, "nodes: cannot be combined with host, port or unix");
     if (rd->reconnect_max_ms < rd->reconnect_min_ms)
-        return fail(err, errlen, "reconnect_max_ms: must be >= reconnect_min_ms (%llu)",
+        return kvcd_adapter_config_error(err, errlen, "reconnect_max_ms: must be >= reconnect_min_ms (%llu)",
                     (unsigned long long)rd->reconnect_min_ms);
 
     nn = nodes ? json_array_size(nodes) : 1;
@@ -1338,7 +1325,7 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
     ids = calloc(nn, sizeof(*ids));
     rd->nodes = calloc(nn, sizeof(*rd->nodes));
     if (!ns || !ids || !rd->nodes) {
-        rc = fail(err, errlen, "out of memory");
+        rc = kvcd_adapter_config_error(err, errlen, "out of memory");
         goto out;
     }
     if (!nodes) {
@@ -1351,7 +1338,7 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
 
             snprintf(where, sizeof(where), "nodes[%zu].", i);
             if (!json_is_object(o)) {
-                rc = fail(err, errlen, "nodes[%zu]: expected an object", i);
+                rc = kvcd_adapter_config_error(err, errlen, "nodes[%zu]: expected an object", i);
                 goto out;
             }
             if (parse_addr(o, where, 0, &ns[i], err, errlen))
@@ -1362,7 +1349,7 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
         env_or_value(spec, "username", "username_env", &rd->username, err, errlen))
         goto out;
     if (rd->username && !rd->password) {
-        rc = fail(err, errlen, "username: needs password or password_env");
+        rc = kvcd_adapter_config_error(err, errlen, "username: needs password or password_env");
         goto out;
     }
 
@@ -1375,13 +1362,13 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
                 free(n->host);
                 free(n);
             }
-            rc = fail(err, errlen, "out of memory");
+            rc = kvcd_adapter_config_error(err, errlen, "out of memory");
             goto out;
         }
         node_id(&ns[i], n->id, sizeof(n->id), n->addr, sizeof(n->addr));
         for (j = 0; j < i; j++)
             if (!strcmp(rd->nodes[j]->id, n->id)) {
-                rc = fail(err, errlen, "nodes[%zu]: the same server as nodes[%zu] (%s)", i, j,
+                rc = kvcd_adapter_config_error(err, errlen, "nodes[%zu]: the same server as nodes[%zu] (%s)", i, j,
                           n->id);
                 free(n->host);
                 free(n->path);
@@ -1401,12 +1388,12 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
         ids[i] = n->id;
     }
     if (kvcd_ring_build(&rd->ring, ids, nn, rd->vnodes) != 0) {
-        rc = fail(err, errlen, "out of memory");
+        rc = kvcd_adapter_config_error(err, errlen, "out of memory");
         goto out;
     }
     rd->ticker = malloc(sizeof(*rd->ticker));
     if (!rd->ticker) {
-        rc = fail(err, errlen, "out of memory");
+        rc = kvcd_adapter_config_error(err, errlen, "out of memory");
         goto out;
     }
     uv_timer_init(rd->loop, rd->ticker);
