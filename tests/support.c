@@ -300,3 +300,15 @@ long long kvcd_test_stat(kvcd_client_t *cli, const char *group, const char *name
     json_decref(st);
     return r;
 }
+
+kvcd_bytes_t kvcd_test_hash(uint8_t hb[8], uint64_t i)
+{
+    kvcd_bytes_t b;
+    int k;
+
+    for (k = 0; k < 8; k++)
+        hb[k] = (uint8_t)(i >> (56 - 8 * k));
+    b.ptr = hb;
+    b.len = 8;
+    return b;
+}

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "protocol/proto.h"
+
 typedef struct {
     pid_t pid;
     char dir[256];        /* private temp dir, removed by kvcd_proc_cleanup */
@@ -65,6 +67,10 @@ struct json_t *kvcd_test_status(struct kvcd_client_s *cli);
 
 /* status[group][name] (status[name] when group is NULL); must be an integer. */
 long long kvcd_test_stat(struct kvcd_client_s *cli, const char *group, const char *name);
+
+/* Chunk hash number i: 8 big-endian bytes written to hb, which the result
+ * borrows. */
+kvcd_bytes_t kvcd_test_hash(uint8_t hb[8], uint64_t i);
 
 /* Deterministic pseudo-random bytes. */
 void kvcd_fill_random(void *buf, size_t len, uint64_t seed);

@@ -34,19 +34,6 @@ static void stop(void)
     kvcd_test_stop(&proc, &cli);
 }
 
-/* hash i as 8 big-endian bytes, stored in hb. */
-static kvcd_bytes_t hash_of(uint8_t hb[8], uint64_t i)
-{
-    kvcd_bytes_t b;
-    int k;
-
-    for (k = 0; k < 8; k++)
-        hb[k] = (uint8_t)(i >> (56 - 8 * k));
-    b.ptr = hb;
-    b.len = 8;
-    return b;
-}
-
 static json_t *status(void)
 {
     return kvcd_test_status(cli);
@@ -76,7 +63,7 @@ START_TEST(roundtrip_64_chunks)
     start(NULL);
     kvcd_keyset(&base, "meta-llama/Llama-3-8B", 2, 1, 0, "");
     for (i = 0; i < N; i++) {
-        hashes[i] = hash_of(hb[i], 1000 + i);
+        hashes[i] = kvcd_test_hash(hb[i], 1000 + i);
         bufs[i] = malloc(MiB);
         out[i] = malloc(MiB);
         kvcd_fill_random(bufs[i], MiB, i + 1);
@@ -109,7 +96,7 @@ END_TEST
 START_TEST(keys_are_distinct_per_field)
 {
     uint8_t hb[8];
-    kvcd_bytes_t h = hash_of(hb, 7);
+    kvcd_bytes_t h = kvcd_test_hash(hb, 7);
     kvcd_key_t a, b;
     const void *bufs[1];
     size_t len = 4096, prefix, cap = 4096, got;
@@ -162,7 +149,7 @@ START_TEST(lookup_prefix_and_remove)
     kvcd_keyset(&base, "m", 1, 0, 0, "");
     memset(data, 'y', sizeof(data));
     for (i = 0; i < 5; i++) {
-        h[i] = hash_of(hb[i], i);
+        h[i] = kvcd_test_hash(hb[i], i);
         bufs[i] = data;
         lens[i] = sizeof(data);
     }
@@ -198,7 +185,7 @@ END_TEST
 START_TEST(load_miss_gives_empty_frame)
 {
     uint8_t hb[2][8];
-    kvcd_bytes_t h[2] = {hash_of(hb[0], 1), hash_of(hb[1], 2)};
+    kvcd_bytes_t h[2] = {kvcd_test_hash(hb[0], 1), kvcd_test_hash(hb[1], 2)};
     const void *bufs[1];
     size_t len = 10;
     kvcd_reply_t *r;
@@ -246,7 +233,7 @@ START_TEST(store_beyond_l1_evicts_lru)
     start(args);
     kvcd_keyset(&base, "m", 1, 0, 0, "");
     for (i = 0; i < 100; i++) {
-        h[i] = hash_of(hb[i], i);
+        h[i] = kvcd_test_hash(hb[i], i);
         kvcd_fill_random(buf, MiB, i);
         ck_assert_int_eq(kvcd_client_store(cli, &base, &h[i], 1, bufs, &len, &res), 0);
         ck_assert_int_eq(res, 0);
@@ -293,7 +280,7 @@ START_TEST(noop_policy_refuses_when_full)
     start(args);
     kvcd_keyset(&base, "m", 1, 0, 0, "");
     for (i = 0; i < 40; i++) {
-        h[i] = hash_of(hb[i], i);
+        h[i] = kvcd_test_hash(hb[i], i);
         ck_assert_int_eq(kvcd_client_store(cli, &base, &h[i], 1, bufs, &len, &res), 0);
         if (res == 0)
             stored++;
@@ -342,7 +329,7 @@ static void *pipeline_worker(void *arg)
     for (i = 0; i < REQS; i++) {
         size_t k = i % (REQS / 2);
 
-        h[i] = hash_of(hb[i], k);
+        h[i] = kvcd_test_hash(hb[i], k);
         if (i < REQS / 2) {
             memset(data[k], 'a' + (int)((k + (size_t)w->idx) % 26), 512);
             snprintf(data[k], 32, "w%d k%zu", w->idx, k);
@@ -493,7 +480,7 @@ START_TEST(bad_input_gets_error_replies)
     start(args);
     raw_open(&r);
     for (i = 0; i < 5; i++)
-        h[i] = hash_of(hb[i], (uint64_t)i);
+        h[i] = kvcd_test_hash(hb[i], (uint64_t)i);
     kvcd_keyset(&base, "m", 1, 0, 0, "");
 
     /* Garbage bytes as the header. */
@@ -586,7 +573,7 @@ START_TEST(sigterm_with_requests_in_flight)
     kvcd_fill_random(buf, MiB / 4, 5);
     kvcd_keyset(&base, "m", 1, 0, 0, "");
     for (i = 0; i < N; i++)
-        h[i] = hash_of(hb[i], i);
+        h[i] = kvcd_test_hash(hb[i], i);
     /* 16 stores of 4 x 256 KiB (copied on the threadpool), pipelined; SIGTERM
      * as soon as the first one is answered, so the rest are queued, being
      * copied or on the wire. */
@@ -641,7 +628,7 @@ START_TEST(clear_during_zero_copy_loads)
     start(NULL);
     kvcd_keyset(&base, "m", 1, 0, 0, "");
     for (i = 0; i < N; i++) {
-        h[i] = hash_of(hb[i], i);
+        h[i] = kvcd_test_hash(hb[i], i);
         bufs[i] = malloc(4 * MiB);
         lens[i] = 4 * MiB;
         kvcd_fill_random(bufs[i], 4 * MiB, 100 + i);

@@ -37,18 +37,6 @@ static void stop(void)
     kvcd_test_stop(&proc, &cli);
 }
 
-static kvcd_bytes_t hash_of(uint8_t hb[8], uint64_t i)
-{
-    kvcd_bytes_t b;
-    int k;
-
-    for (k = 0; k < 8; k++)
-        hb[k] = (uint8_t)(i >> (56 - 8 * k));
-    b.ptr = hb;
-    b.len = 8;
-    return b;
-}
-
 /* status[name] or status.counters[name]. */
 static json_int_t stat_of(const char *group, const char *name)
 {
@@ -133,12 +121,12 @@ START_TEST(roundtrip_byte_exact)
     start(NULL);
     kvcd_keyset(&base, "shm/model", 2, 1, 0, "");
     for (i = 0; i < N; i++) {
-        h[i] = hash_of(hb[i], 500 + i);
+        h[i] = kvcd_test_hash(hb[i], 500 + i);
         len[i] = i < 16 ? MiB : odd[i - 16];
         off[i] = pos;
         pos += (len[i] + 4095) & ~(uint64_t)4095;
     }
-    h[N] = hash_of(hb[N], 9999);
+    h[N] = kvcd_test_hash(hb[N], 9999);
     total = pos;
     ck_assert_int_eq(kvcd_client_segment_create(cli, 2 * total, &seg), 0);
     ck_assert_uint_ge(seg->id, 1);
@@ -231,7 +219,7 @@ END_TEST
 START_TEST(load_capacity_too_small)
 {
     uint8_t hb[2][8];
-    kvcd_bytes_t h[2] = {hash_of(hb[0], 1), hash_of(hb[1], 2)};
+    kvcd_bytes_t h[2] = {kvcd_test_hash(hb[0], 1), kvcd_test_hash(hb[1], 2)};
     uint64_t off[2] = {0, 8192}, len[2] = {5000, 100}, cap[2] = {4999, 100}, got[2];
     uint64_t loff[2] = {65536, 65536 + 8192};
     int res[2];
@@ -265,7 +253,7 @@ START_TEST(out_of_bounds_is_ebadfield)
 {
     const char *args[] = {"--max-frame-mb", "1", NULL};
     uint8_t hb[3][8];
-    kvcd_bytes_t h[3] = {hash_of(hb[0], 1), hash_of(hb[1], 2), hash_of(hb[2], 3)};
+    kvcd_bytes_t h[3] = {kvcd_test_hash(hb[0], 1), kvcd_test_hash(hb[1], 2), kvcd_test_hash(hb[2], 3)};
     const size_t size = 2 * MiB;
     struct {
         uint64_t off, len;
@@ -328,7 +316,7 @@ END_TEST
 START_TEST(unknown_segment_is_esegment)
 {
     uint8_t hb[8];
-    kvcd_bytes_t h = hash_of(hb, 1);
+    kvcd_bytes_t h = kvcd_test_hash(hb, 1);
     uint64_t off = 0, len = 10, got;
     kvcd_segment_t *seg, fake;
     kvcd_shm_args_t shm = {.segment = 424242};
@@ -653,7 +641,7 @@ START_TEST(unregister_during_store)
 
         ck_assert_int_eq(kvcd_client_segment_create(cli, N * 4 * MiB, &seg), 0);
         for (i = 0; i < N; i++) {
-            h[i] = hash_of(hb[r][i], r * 100 + i);
+            h[i] = kvcd_test_hash(hb[r][i], r * 100 + i);
             off[i] = i * 4 * MiB;
             len[i] = 4 * MiB;
             kvcd_fill_random((char *)seg->base + off[i], len[i], r * 100 + i);
@@ -734,7 +722,7 @@ START_TEST(unregister_while_store_waits_for_space)
     start(args);
     kvcd_keyset(&base, "m", 1, 0, 0, "");
     for (i = 0; i <= N; i++)
-        h[i] = hash_of(hb[i], 300 + i);
+        h[i] = kvcd_test_hash(hb[i], 300 + i);
     for (i = 0; i < N; i++) {
         bufs[i] = buf;
         lens[i] = MiB;
