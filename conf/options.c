@@ -23,6 +23,7 @@ enum {
     OPT_EVICTION, OPT_MAX_WORKERS, OPT_L2_ADAPTER, OPT_LOG_LEVEL, OPT_VERSION,
     OPT_HELP, OPT_HIGH_WM, OPT_LOW_WM, OPT_HUGEPAGES, OPT_MLOCK, OPT_MAX_KEYS,
     OPT_MAX_FRAME_MB, OPT_MAX_REQUEST_MB, OPT_SHUTDOWN_TIMEOUT, OPT_PLUGIN,
+    OPT_MAX_PENDING_MB, OPT_MAX_UNSENT_MB,
     OPT_STORE_POLICY, OPT_PREFETCH_POLICY, OPT_PREFETCH_MAX, OPT_L2_TIMEOUT,
     OPT_PIN_TIMEOUT, OPT_CONFIG, OPT_HELP_ADAPTER,
     OPT_MAX_SEGMENTS, OPT_MAX_SEGMENT_GB, OPT_SEGMENT_LEASE,
@@ -46,6 +47,8 @@ static const struct option longopts[] = {
     {"max-frame-mb", required_argument, NULL, OPT_MAX_FRAME_MB},
     {"max-request-mb", required_argument, NULL, OPT_MAX_REQUEST_MB},
     {"shutdown-timeout-ms", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
+    {"max-pending-mb", required_argument, NULL, OPT_MAX_PENDING_MB},
+    {"max-unsent-mb", required_argument, NULL, OPT_MAX_UNSENT_MB},
     {"l2-store-policy", required_argument, NULL, OPT_STORE_POLICY},
     {"l2-prefetch-policy", required_argument, NULL, OPT_PREFETCH_POLICY},
     {"l2-prefetch-max-in-flight", required_argument, NULL, OPT_PREFETCH_MAX},
@@ -99,13 +102,22 @@ void kvcd_options_usage(const char *adapter_types)
 "  --l2-timeout-ms N        deadline of every L2 call (default 5000)\n"
 "\n"
 "Limits:\n"
-"  --max-workers N          threadpool size for copies and L2 I/O (default 4)\n"
+"  --max-workers N          threads that copy bytes between clients and L1, and\n"
+"                           the default \"workers\" of each blocking L2 adapter\n"
+"                           (default 4)\n"
 "  --max-keys N             most keys in one request (default 4096)\n"
 "  --max-frame-mb N         largest bulk frame in MiB (default 128)\n"
 "  --max-request-mb N       largest sum of bulk frames in one request, MiB\n"
 "                           (default 1024)\n"
+"  --max-pending-mb N       admission budget: MiB held by unfinished requests and\n"
+"                           unsent replies before the socket is no longer read\n"
+"                           (default 2 x --max-request-mb)\n"
+"  --max-unsent-mb N        per connection: MiB of unsent replies before that\n"
+"                           peer's requests are no longer read (default 256)\n"
 "  --shutdown-timeout-ms N  how long SIGTERM waits for in-flight work and\n"
-"                           write-behind (default 10000)\n"
+"                           write-behind; then every request still in flight is\n"
+"                           answered ESHUTDOWN and the process exits (default\n"
+"                           10000)\n"
 "\n"
 "Shared memory (clients on the same host, docs/PROTOCOL.md):\n"
 "  --max-segments N         segments registered at once (default 64)\n"
@@ -182,6 +194,8 @@ static void set_defaults(kvcd_options_t *o)
     o->max_keys = 4096;
     o->max_frame = 128ull << 20;
     o->max_request = 1024ull << 20;
+    o->max_pending = 0;  /* 2 x max_request unless given */
+    o->max_unsent = 256ull << 20;
     o->shutdown_timeout_ms = 10000;
     o->l2_prefetch_max_inflight = 8;
     o->l2_timeout_ms = 5000;
@@ -289,6 +303,16 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             if (parse_u64(optarg, 1, 1u << 20, &u))
                 return bad(err, errlen, "--max-request-mb: expected an integer in 1..1048576, got '%s'", optarg);
             o->max_request = u << 20;
+            break;
+        case OPT_MAX_PENDING_MB:
+            if (parse_u64(optarg, 1, 1u << 22, &u))
+                return bad(err, errlen, "--max-pending-mb: expected an integer in 1..4194304, got '%s'", optarg);
+            o->max_pending = u << 20;
+            break;
+        case OPT_MAX_UNSENT_MB:
+            if (parse_u64(optarg, 1, 1u << 22, &u))
+                return bad(err, errlen, "--max-unsent-mb: expected an integer in 1..4194304, got '%s'", optarg);
+            o->max_unsent = u << 20;
             break;
         case OPT_SHUTDOWN_TIMEOUT:
             if (parse_u64(optarg, 0, 3600000, &u))
@@ -521,6 +545,11 @@ int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
                    o->low_watermark, o->high_watermark);
     if (o->max_frame > o->max_request)
         return bad(err, errlen, "--max-frame-mb: larger than --max-request-mb");
+    if (o->max_pending == 0)
+        o->max_pending = 2 * o->max_request;
+    if (o->max_pending < o->max_request)
+        return bad(err, errlen, "--max-pending-mb: smaller than --max-request-mb (a request of "
+                   "the largest size could never be admitted)");
     if (o->endpoint_arg)
         snprintf(o->endpoint, sizeof(o->endpoint), "%s", o->endpoint_arg);
     else if (strchr(o->host, ':'))

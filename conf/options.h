@@ -38,6 +38,10 @@ typedef struct {
     uint64_t max_keys;
     uint64_t max_frame;         /* bytes */
     uint64_t max_request;       /* bytes */
+    uint64_t max_pending;       /* admission budget: bytes of unfinished requests
+                                   and unsent replies before reading stops */
+    uint64_t max_unsent;        /* per connection: unsent reply bytes before
+                                   its requests are no longer read */
     int shutdown_timeout_ms;
     size_t n_l2;
     json_t *l2_specs[16];       /* parsed --l2-adapter objects, in priority order */

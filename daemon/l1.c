@@ -53,6 +53,7 @@ struct kvcd_l1_s {
     kvcd_alloc_t *alloc;
     size_t high_bytes;
     size_t low_bytes;
+    double high_wm, low_wm;
 
     kvcd_obj_t **buckets;
     size_t nbuckets; /* power of two */
@@ -289,6 +290,8 @@ int kvcd_l1_create(const kvcd_l1_config_t *cfg, kvcd_l1_t **out)
         return -ENOMEM;
     l1->policy = cfg->policy;
     l1->base = MAP_FAILED;
+    l1->high_wm = high;
+    l1->low_wm = low;
     l1->high_bytes = (size_t)(high * (double)capacity);
     l1->low_bytes = (size_t)(low * (double)capacity);
     l1->nbuckets = BUCKETS_MIN;
@@ -476,6 +479,8 @@ void kvcd_l1_stats(const kvcd_l1_t *l1, kvcd_l1_stats_t *out)
     out->largest_free = kvcd_alloc_largest_free(l1->alloc);
     out->evictions = l1->evictions;
     out->evicted_bytes = l1->evicted_bytes;
+    out->high_watermark = l1->high_wm;
+    out->low_watermark = l1->low_wm;
 }
 
 void *kvcd_l1_base(const kvcd_l1_t *l1)

@@ -63,6 +63,7 @@ struct kvcd_obj_s {
                             storage layer's pin list */
     uint64_t pin_expire_ms;
     kvcd_obj_t *pin_prev, *pin_next;
+    uint32_t wb_inflight; /* write-behind groups holding it, until released */
     /* ---- private to l1.c ---- */
     kvcd_obj_t *hnext;   /* hash chain */
     kvcd_obj_t *lru_prev, *lru_next;
@@ -85,6 +86,8 @@ typedef struct {
     size_t largest_free;      /* largest block that could be allocated now */
     uint64_t evictions;       /* objects evicted */
     uint64_t evicted_bytes;
+    double high_watermark;    /* in effect (defaults applied) */
+    double low_watermark;
 } kvcd_l1_stats_t;
 
 /* Reserve the arena. 0, -errno (mmap, mlock) or KVCD_ECONFIG (bad watermarks). */

@@ -25,11 +25,13 @@
  *    instance or free the request.
  */
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/executor.h"
 #include "daemon/l2.h"
 #include "daemon/log.h"
 
@@ -296,7 +298,7 @@ typedef struct run_s run_t;
 
 typedef struct {
     kvcd_l2_batch_t b; /* first, so an adapter's batch pointer is the slice */
-    uv_work_t work;
+    kvcd_task_t task;
     run_t *run;
     size_t off; /* index of b.items[0] in the request's items */
     int done;
@@ -304,6 +306,7 @@ typedef struct {
 
 struct run_s {
     uv_timer_t timer;
+    run_t *prev, *next;    /* the instance's runs still waiting for their cb */
     kvcd_l2_t *l2;
     kvcd_l2_req_t *req; /* NULL once the request has been released */
     kvcd_l2_release_cb release;
@@ -325,11 +328,21 @@ struct kvcd_l2_s {
     size_t inflight;
     int destroying; /* destroy was called with calls in flight */
     int bg_running;
-    uv_work_t bg;
+    kvcd_task_t bg;
+    kvcd_exec_t *exec;    /* blocking adapters: this instance's own threads */
+    kvcd_exec_t *bg_exec; /* its background task's thread */
+    int workers;
+    size_t max_queue;
+    kvcd_l2_req_t *failed; /* submits that could not start (out of memory) */
+    run_t *waiting;        /* runs whose cb has not been called */
+    int abandoned;
+    int abandoning;        /* inside kvcd_l2_abandon: nothing finalizes */
+    uv_timer_t fail_timer;
 
     int healthy;
     uint64_t calls[4], items[4];
-    uint64_t failures, timeouts, late, consecutive;
+    uint64_t failures, timeouts, late, consecutive, rejected;
+    uint64_t streak[4];  /* consecutive failed calls, per operation */
     json_t *item_errors; /* error name -> count of item results */
 };
 
@@ -352,14 +365,27 @@ static op_fn method(const kvcd_adapter_t *a, kvcd_l2_op_t op)
     return NULL;
 }
 
+static void l2_free_cb(uv_handle_t *h)
+{
+    kvcd_l2_t *l2 = h->data;
+
+    json_decref(l2->item_errors);
+    free(l2);
+}
+
+/* Nothing can call the adapter any more: close it, then its executors and
+ * timer; the instance's memory goes with the timer's close callback. */
 static void finalize(kvcd_l2_t *l2)
 {
     KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: closed", l2->name);
     if (l2->a->close)
         l2->a->close(l2->self);
     free(l2->self);
-    json_decref(l2->item_errors);
-    free(l2);
+    l2->self = NULL;
+    kvcd_exec_close(l2->exec);
+    kvcd_exec_close(l2->bg_exec);
+    l2->exec = l2->bg_exec = NULL;
+    uv_close((uv_handle_t *)&l2->fail_timer, l2_free_cb);
 }
 
 static void count_item_error(kvcd_l2_t *l2, int result)
@@ -398,19 +424,25 @@ static void account(kvcd_l2_t *l2, kvcd_l2_req_t *req, int timed_out)
                              "%s: %s failed for %zu of %zu keys (first: %s)", l2->name,
                              op_names[req->op], nbad, req->n, kvcd_errname(first));
     }
+    /* Health is per operation: lookups that succeed say nothing about stores
+     * that keep failing (a read-only disk answers lookups and loads). */
     if (failed) {
         l2->failures++;
-        l2->consecutive++;
-        if (l2->healthy && l2->consecutive >= UNHEALTHY_AFTER) {
-            l2->healthy = 0;
-            KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: unhealthy after %llu consecutive failed calls",
-                     l2->name, (unsigned long long)l2->consecutive);
-        }
+        l2->streak[req->op]++;
     } else {
-        if (!l2->healthy)
-            KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: healthy again", l2->name);
+        l2->streak[req->op] = 0;
+    }
+    l2->consecutive = 0;
+    for (i = 0; i < 4; i++)
+        if (l2->streak[i] > l2->consecutive)
+            l2->consecutive = l2->streak[i];
+    if (l2->healthy && l2->consecutive >= UNHEALTHY_AFTER) {
+        l2->healthy = 0;
+        KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: unhealthy after %llu consecutive failed calls",
+                 l2->name, (unsigned long long)l2->consecutive);
+    } else if (!l2->healthy && l2->consecutive < UNHEALTHY_AFTER) {
+        KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: healthy again", l2->name);
         l2->healthy = 1;
-        l2->consecutive = 0;
     }
 }
 
@@ -445,6 +477,12 @@ static void finish(run_t *run, int timed_out)
     }
     if (run->nslices)
         account(l2, req, timed_out);
+    if (run->prev)
+        run->prev->next = run->next;
+    else
+        l2->waiting = run->next;
+    if (run->next)
+        run->next->prev = run->prev;
     run->cb_called = 1;
     req->cb_done = 1;
     req->pending = run->pending;
@@ -464,7 +502,7 @@ static void finish(run_t *run, int timed_out)
     req->cb(req);
     if (release)
         release(req);
-    if (was_destroying && l2->inflight == 0)
+    if (was_destroying && l2->inflight == 0 && !l2->abandoning)
         finalize(l2);
 }
 
@@ -484,7 +522,7 @@ static void retire(run_t *run)
     was_destroying = l2->destroying;
     if (release)
         release(req);
-    if (was_destroying && l2->inflight == 0)
+    if (was_destroying && l2->inflight == 0 && !l2->abandoning)
         finalize(l2);
 }
 
@@ -538,22 +576,29 @@ static void blocking_done(kvcd_l2_batch_t *b)
 {
 }
 
-static void work_cb(uv_work_t *w)
+static void work_cb(kvcd_task_t *t)
 {
-    slice_t *s = container_of(w, slice_t, work);
+    slice_t *s = t->data;
     kvcd_l2_t *l2 = s->run->l2;
+    size_t i;
 
+    /* Queued past its deadline: the caller has its answer already. */
+    if (uv_hrtime() / 1000000u > s->b.deadline_ms) {
+        for (i = 0; i < s->b.n; i++)
+            s->b.items[i].result = KVCD_ETIMEDOUT;
+        return;
+    }
     method(l2->a, s->b.op)(l2->self, &s->b);
 }
 
-static void after_work_cb(uv_work_t *w, int status)
+static void after_work_cb(kvcd_task_t *t, int status)
 {
-    slice_t *s = container_of(w, slice_t, work);
+    slice_t *s = t->data;
     size_t i;
 
-    if (status == UV_ECANCELED)
+    if (status != 0)
         for (i = 0; i < s->b.n; i++)
-            s->b.items[i].result = KVCD_ECANCELED;
+            s->b.items[i].result = status;
     slice_back(s);
 }
 
@@ -569,14 +614,58 @@ static run_t *run_alloc(size_t nslices, size_t n)
     char *p = calloc(1, off_i + n * sizeof(kvcd_l2_item_t));
     run_t *run = (run_t *)p;
 
-    if (!p) {
-        KVCD_LOG(KVCD_LOG_ERROR, "l2", "out of memory for an L2 request of %zu keys", n);
-        abort();
-    }
+    if (!p)
+        return NULL;
     run->slices = (slice_t *)(p + off_s);
     run->items = (kvcd_l2_item_t *)(p + off_i);
     run->nslices = run->pending = nslices;
     return run;
+}
+
+/* Requests that could not even start (no memory for their run) complete on the
+ * next loop turn with every item failed, like any other call: never inside
+ * submit, never silently. */
+static void fail_timer_cb(uv_timer_t *t)
+{
+    kvcd_l2_t *l2 = t->data;
+    kvcd_l2_req_t *req;
+    kvcd_l2_release_cb release;
+    int was_destroying;
+
+    while ((req = l2->failed)) {
+        l2->failed = req->next_failed;
+        release = req->release;
+        req->cb_done = 1;
+        req->pending = 0;
+        l2->inflight--;
+        was_destroying = l2->destroying;
+        req->cb(req);
+        if (release)
+            release(req);
+        if (was_destroying && l2->inflight == 0 && !l2->abandoning) {
+            finalize(l2);
+            return;
+        }
+    }
+}
+
+static void submit_failed(kvcd_l2_t *l2, kvcd_l2_req_t *req, int err)
+{
+    size_t i;
+
+    KVCD_LOG_RATELIMITED(KVCD_LOG_ERROR, "l2", LOG_INTERVAL_MS,
+                         "%s: cannot start a %s of %zu keys: %s", l2->name,
+                         (unsigned)req->op <= KVCD_L2_REMOVE ? op_names[req->op] : "call",
+                         req->n, kvcd_strerror(err));
+    for (i = 0; i < req->n; i++)
+        req->items[i].result = err;
+    req->slices = NULL;
+    req->nslices = 0;
+    req->timer = NULL;
+    req->next_failed = l2->failed;
+    l2->failed = req;
+    l2->inflight++;
+    uv_timer_start(&l2->fail_timer, fail_timer_cb, 0, 0);
 }
 
 void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
@@ -587,6 +676,7 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
     int bad_op = (unsigned)req->op > KVCD_L2_REMOVE;
     int preset = l2->destroying ? KVCD_ESHUTDOWN : bad_op ? KVCD_EUNKNOWNOP : KVCD_EINTERNAL;
     run_t *run;
+    int rc;
 
     req->l2 = l2;
     req->timed_out = 0;
@@ -600,8 +690,10 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
         KVCD_LOG(KVCD_LOG_ERROR, "l2", "%s: submit with unknown operation %d", l2->name,
                  (int)req->op);
     if (n > 0 && !l2->destroying && !bad_op)
-        k = blocking ? ((size_t)l2->env.max_workers < n ? (size_t)l2->env.max_workers : n) : 1;
+        k = blocking ? ((size_t)l2->workers < n ? (size_t)l2->workers : n) : 1;
     run = run_alloc(k, n);
+    if (!run)
+        return submit_failed(l2, req, -ENOMEM);
     run->l2 = l2;
     run->req = req;
     req->slices = k ? &run->slices[0].b : NULL;
@@ -611,6 +703,10 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
     l2->inflight++;
     uv_timer_init(l2->loop, &run->timer);
     run->timer.data = run;
+    run->next = l2->waiting;
+    if (run->next)
+        run->next->prev = run;
+    l2->waiting = run;
 
     if (k)
         memcpy(run->items, req->items, n * sizeof(*run->items));
@@ -628,8 +724,26 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
         s->b.data = s;
     }
     if (blocking) {
-        for (i = 0; i < k; i++)
-            uv_queue_work(l2->loop, &run->slices[i].work, work_cb, after_work_cb);
+        /* A full queue is an immediate per-key result: the tier is saturated,
+         * and waiting for it would only move the queue into kvcd's memory. */
+        run->submitting = 1;
+        for (i = 0; i < k; i++) {
+            slice_t *s = &run->slices[i];
+            size_t j;
+
+            s->task.work = work_cb;
+            s->task.done = after_work_cb;
+            s->task.data = s;
+            rc = kvcd_exec_submit(l2->exec, &s->task);
+            if (rc == 0)
+                continue;
+            if (rc == KVCD_EQUEUEFULL)
+                l2->rejected++;
+            for (j = 0; j < s->b.n; j++)
+                s->b.items[j].result = rc;
+            slice_back(s);
+        }
+        run->submitting = 0;
     } else if (k) {
         run->submitting = 1;
         method(l2->a, req->op)(l2->self, &run->slices[0].b);
@@ -643,30 +757,59 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
 
 /* ---- instances ------------------------------------------------------------- */
 
-static void bg_work(uv_work_t *w)
+static void bg_work(kvcd_task_t *t)
 {
-    kvcd_l2_t *l2 = container_of(w, kvcd_l2_t, bg);
+    kvcd_l2_t *l2 = t->data;
 
     l2->a->background(l2->self);
 }
 
-static void bg_after(uv_work_t *w, int status)
+static void bg_after(kvcd_task_t *t, int status)
 {
-    kvcd_l2_t *l2 = container_of(w, kvcd_l2_t, bg);
+    kvcd_l2_t *l2 = t->data;
 
     l2->bg_running = 0;
     KVCD_LOG(KVCD_LOG_DEBUG, "l2", "%s: background task %s", l2->name,
-             status == UV_ECANCELED ? "canceled" : "finished");
+             status == KVCD_ECANCELED ? "canceled" : "finished");
     l2->inflight--;
-    if (l2->destroying && l2->inflight == 0)
+    if (l2->destroying && l2->inflight == 0 && !l2->abandoning)
         finalize(l2);
+}
+
+/* The runner's own spec fields, taken out before the adapter sees the spec:
+ * "workers" (threads of a blocking adapter's executor) and "max_queue" (its
+ * queue bound, in slices). */
+static int take_runner_fields(kvcd_l2_t *l2, json_t *spec, int index, int dflt_workers,
+                              char *err, size_t errlen)
+{
+    json_t *v;
+
+    l2->workers = dflt_workers > 0 ? dflt_workers : 1;
+    l2->max_queue = KVCD_L2_DEFAULT_MAX_QUEUE;
+    if ((v = json_object_get(spec, "workers"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 256)
+            return bad(err, errlen, "--l2-adapter #%d (%s): workers: expected an integer "
+                       "from 1 to 256", index, l2->a->name);
+        l2->workers = (int)json_integer_value(v);
+        json_object_del(spec, "workers");
+    }
+    if ((v = json_object_get(spec, "max_queue"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+            json_integer_value(v) > 1000000)
+            return bad(err, errlen, "--l2-adapter #%d (%s): max_queue: expected an integer "
+                       "from 1 to 1000000", index, l2->a->name);
+        l2->max_queue = (size_t)json_integer_value(v);
+        json_object_del(spec, "max_queue");
+    }
+    return 0;
 }
 
 int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_adapter_env_t *env,
                    uint64_t default_timeout_ms, kvcd_l2_t **out, char *err, size_t errlen)
 {
-    char aerr[512], known[512];
+    char aerr[512], known[512], ename[128];
     const kvcd_adapter_t *a;
+    json_t *aspec = NULL;
     const char *type;
     kvcd_l2_t *l2;
     int rc;
@@ -688,7 +831,8 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
         return bad(err, errlen, "--l2-adapter #%d (%s): out of memory", index, type);
     l2->self = calloc(1, a->instance_size ? a->instance_size : 1);
     l2->item_errors = json_object();
-    if (!l2->self || !l2->item_errors) {
+    aspec = json_deep_copy(spec);
+    if (!l2->self || !l2->item_errors || !aspec) {
         rc = bad(err, errlen, "--l2-adapter #%d (%s): out of memory", index, type);
         goto fail;
     }
@@ -697,17 +841,33 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
     snprintf(l2->name, sizeof(l2->name), "#%d (%s)", index, a->name);
     if (env)
         l2->env = *env;
+    rc = take_runner_fields(l2, aspec, index, l2->env.max_workers, err, errlen);
+    if (rc != 0)
+        goto fail;
     l2->env.loop = loop;
     l2->env.instance = l2->name;
-    if (l2->env.max_workers <= 0)
-        l2->env.max_workers = 1;
+    /* What the adapter is told is what its executor has. */
+    l2->env.max_workers = (a->flags & KVCD_ADAPTER_BLOCKING) ? l2->workers : 1;
     if (!l2->env.arena_align)
         l2->env.arena_align = 4096;
     l2->timeout_ms = default_timeout_ms ? default_timeout_ms : DEFAULT_TIMEOUT_MS;
     l2->healthy = 1;
+    if (a->flags & KVCD_ADAPTER_BLOCKING) {
+        snprintf(ename, sizeof(ename), "l2 %s", l2->name);
+        rc = kvcd_exec_create(loop, ename, l2->workers, l2->max_queue, &l2->exec);
+        if (rc == 0 && a->background) {
+            snprintf(ename, sizeof(ename), "l2 %s scan", l2->name);
+            rc = kvcd_exec_create(loop, ename, 1, 1, &l2->bg_exec);
+        }
+        if (rc != 0) {
+            rc = bad(err, errlen, "--l2-adapter #%d (%s): cannot start its threads: %s", index,
+                     a->name, kvcd_strerror(rc));
+            goto fail;
+        }
+    }
 
     aerr[0] = '\0';
-    rc = a->init(l2->self, spec, &l2->env, aerr, sizeof(aerr));
+    rc = a->init(l2->self, aspec, &l2->env, aerr, sizeof(aerr));
     if (rc != 0) {
         /* init releases what it acquired before failing */
         bad(err, errlen, "--l2-adapter #%d (%s): %s", index, a->name,
@@ -715,17 +875,28 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
         rc = rc < 0 ? rc : KVCD_ECONFIG;
         goto fail;
     }
-    KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: ready (timeout %llu ms, %d workers)", l2->name,
-             (unsigned long long)l2->timeout_ms, l2->env.max_workers);
-    if ((a->flags & KVCD_ADAPTER_BLOCKING) && a->background) {
-        l2->bg_running = 1;
-        l2->inflight++;
-        uv_queue_work(loop, &l2->bg, bg_work, bg_after);
+    json_decref(aspec);
+    uv_timer_init(loop, &l2->fail_timer);
+    l2->fail_timer.data = l2;
+    KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: ready (timeout %llu ms, %d workers, queue %zu)",
+             l2->name, (unsigned long long)l2->timeout_ms, l2->env.max_workers,
+             l2->max_queue);
+    if (l2->bg_exec) {
+        l2->bg.work = bg_work;
+        l2->bg.done = bg_after;
+        l2->bg.data = l2;
+        if (kvcd_exec_submit(l2->bg_exec, &l2->bg) == 0) {
+            l2->bg_running = 1;
+            l2->inflight++;
+        }
     }
     *out = l2;
     return 0;
 
 fail:
+    json_decref(aspec);
+    kvcd_exec_close(l2->exec);
+    kvcd_exec_close(l2->bg_exec);
     json_decref(l2->item_errors);
     free(l2->self);
     free(l2);
@@ -778,11 +949,59 @@ json_t *kvcd_l2_status(kvcd_l2_t *l2)
     json_object_set_new(o, "failures", json_integer((json_int_t)l2->failures));
     json_object_set_new(o, "timeouts", json_integer((json_int_t)l2->timeouts));
     json_object_set_new(o, "late_completions", json_integer((json_int_t)l2->late));
+    if (l2->exec) {
+        kvcd_exec_stats_t es;
+
+        kvcd_exec_stats(l2->exec, &es);
+        json_object_set_new(o, "executor",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "workers",
+                                      (json_int_t)es.threads, "max_queue",
+                                      (json_int_t)es.max_queue, "queued", (json_int_t)es.queued,
+                                      "running", (json_int_t)es.running, "rejected",
+                                      (json_int_t)es.rejected, "busy_ms",
+                                      (json_int_t)(es.busy_ns / 1000000u)));
+    }
     json_object_set_new(o, "consecutive_failures", json_integer((json_int_t)l2->consecutive));
     json_object_set_new(o, "inflight", json_integer((json_int_t)l2->inflight));
     json_object_set_new(o, "ops", ops);
     json_object_set_new(o, "item_errors", json_deep_copy(l2->item_errors));
     return o;
+}
+
+static int abandoned_count;
+
+int kvcd_l2_abandoned(void)
+{
+    return abandoned_count;
+}
+
+void kvcd_l2_abandon(kvcd_l2_t *l2)
+{
+    if (!l2 || l2->abandoned)
+        return;
+    l2->abandoned = 1;
+    l2->abandoning = 1;
+    l2->destroying = 1; /* submits from here on complete with ESHUTDOWN */
+    if (l2->bg_exec)
+        kvcd_exec_quiesce(l2->bg_exec);
+    /* Every caller gets its answer now, as if the deadline had passed. */
+    while (l2->waiting)
+        finish(l2->waiting, 1);
+    l2->abandoning = 0;
+    if (l2->inflight == 0) {
+        finalize(l2);
+        return;
+    }
+    KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: abandoned with %zu calls still running", l2->name,
+             l2->inflight);
+    abandoned_count++;
+    if (!(l2->a->flags & KVCD_ADAPTER_BLOCKING))
+        return; /* an async adapter completes on this loop, or the backstop ends it */
+    /* Late completions of a blocking adapter are never delivered: the instance
+     * stays allocated for the workers that may still be inside the adapter. */
+    kvcd_exec_close(l2->exec);
+    kvcd_exec_close(l2->bg_exec);
+    l2->exec = l2->bg_exec = NULL;
 }
 
 void kvcd_l2_destroy(kvcd_l2_t *l2)
@@ -794,8 +1013,8 @@ void kvcd_l2_destroy(kvcd_l2_t *l2)
         KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: destroyed with %zu calls in flight; closing when "
                  "they return", l2->name, l2->inflight);
         l2->destroying = 1;
-        if (l2->bg_running)
-            uv_cancel((uv_req_t *)&l2->bg);
+        if (l2->bg_exec)
+            kvcd_exec_quiesce(l2->bg_exec); /* a queued background task is canceled */
         return;
     }
     finalize(l2);

@@ -8,8 +8,11 @@
  *
  * An instance (kvcd_l2_t) is one configured --l2-adapter. kvcd_l2_submit runs
  * a batch on it and calls back exactly once on the loop thread:
- *  - blocking adapters: the batch is split into up to max_workers slices that
- *    run on the libuv threadpool at once (keys of one batch in parallel);
+ *  - blocking adapters: the batch is split into up to `workers` slices that
+ *    run on the instance's own executor (daemon/executor.h: its threads and a
+ *    bounded queue, spec fields "workers" and "max_queue"); a full queue fails
+ *    the slice at once with KVCD_EQUEUEFULL, so a slow tier never holds up
+ *    anything but its own calls;
  *  - async adapters: the method is called on the loop thread and completes
  *    through kvcd_l2_batch_done.
  * Each submit has a deadline. When it passes, the callback fires at once with
@@ -55,7 +58,12 @@ struct kvcd_l2_req_s {
     size_t nslices, pending;
     uv_timer_t *timer;
     int cb_done;
+    kvcd_l2_req_t *next_failed;
 };
+
+/* Slices a blocking adapter's executor queues before submits fail fast with
+ * KVCD_EQUEUEFULL (spec field "max_queue"). */
+#define KVCD_L2_DEFAULT_MAX_QUEUE 256
 
 /* ---- registry ---- */
 
@@ -105,5 +113,15 @@ json_t *kvcd_l2_status(kvcd_l2_t *l2);
  * returned (callbacks are still delivered; the loop must keep running) and a
  * warning is logged. Later submits complete with KVCD_ESHUTDOWN. */
 void kvcd_l2_destroy(kvcd_l2_t *l2);
+
+/* The shutdown deadline passed: call back every request still waiting as
+ * timed out, stop delivering completions and close the instance's loop
+ * handles (an async adapter is closed). Calls still inside a blocking
+ * adapter's threads keep the instance allocated: it is never freed, and the
+ * process exits. Use nothing of l2 afterwards. */
+void kvcd_l2_abandon(kvcd_l2_t *l2);
+
+/* Instances abandoned with calls still running (process-wide). */
+int kvcd_l2_abandoned(void);
 
 #endif

@@ -25,8 +25,10 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
  * then runs out of handles. Idempotent. */
 void kvcd_server_stop(kvcd_server_t *srv);
 
-/* After uv_run returned: terminate ZeroMQ (waits for queued replies, bounded by
- * linger), release the last references, free L1. */
-void kvcd_server_destroy(kvcd_server_t *srv);
+/* After uv_run returned: wait for queued replies (bounded by the linger),
+ * release the last references, free L1. -1 when workers are still inside an
+ * adapter or the loop had to be stopped at the shutdown deadline: then nothing
+ * is freed and the caller should exit at once (_exit). */
+int kvcd_server_destroy(kvcd_server_t *srv);
 
 #endif

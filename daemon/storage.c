@@ -48,14 +48,15 @@ struct kvcd_storage_s {
     size_t inflight;            /* ops not yet released */
     size_t prefetching;         /* lookups in their prefetch phase */
     lookup_t *wait_head, *wait_tail;
+    struct remove_s *rm_wait;   /* removes waiting for write-behind of their keys */
     void (*change_cb)(void *);
     void *change_data;
     struct {
         uint64_t wb_keys, wb_failed, skip_l1_dropped;
         uint64_t l1_hits, l2_lookup_keys, l2_hits;
         uint64_t prefetch_keys, prefetch_bytes, prefetch_failed, prefetch_trimmed;
-        uint64_t pins, pins_used, pins_expired;
-        uint64_t l2_removed;
+        uint64_t pins, pins_used, pins_expired, pins_dropped;
+        uint64_t l2_removed, removes_waited, lookups_expired;
     } c;
 };
 
@@ -175,6 +176,21 @@ static void unpin(kvcd_storage_t *st, kvcd_obj_t *obj, uint32_t count)
     kvcd_l1_unref(st->l1, obj);
 }
 
+/* obj leaves L1 (REMOVE, CLEAR): its pins go with it, so its memory is free
+ * as soon as nothing else uses it, not when the pins would have expired. */
+static void forget(kvcd_storage_t *st, kvcd_obj_t *obj)
+{
+    if (obj->pins > 0) {
+        st->c.pins_dropped += obj->pins;
+        unpin(st, obj, obj->pins);
+    }
+    if (obj->linked)
+        kvcd_l1_unlink(st->l1, obj);
+}
+
+static void expire_waiting_lookups(kvcd_storage_t *st);
+static void check_removes(kvcd_storage_t *st);
+
 static void pin_timer_cb(uv_timer_t *h)
 {
     kvcd_storage_t *st = h->data;
@@ -186,6 +202,8 @@ static void pin_timer_cb(uv_timer_t *h)
             st->c.pins_expired += obj->pins;
         unpin(st, obj, obj->pins);
     }
+    expire_waiting_lookups(st);
+    check_removes(st);
 }
 
 void kvcd_storage_served(kvcd_storage_t *st, kvcd_obj_t *obj)
@@ -244,12 +262,15 @@ static void wb_release(op_t *op)
 
     if (--wb->releases_left > 0)
         return;
-    for (j = 0; j < wb->n; j++)
+    for (j = 0; j < wb->n; j++) {
+        wb->objs[j]->wb_inflight--;
         kvcd_l1_unref(st->l1, wb->objs[j]);
+    }
     free(wb->objs);
     free(wb->ok);
     free(wb);
-    changed(st); /* stores waiting for room may go on */
+    check_removes(st); /* removes of these keys may go on */
+    changed(st);       /* stores waiting for room may go on */
 }
 
 void kvcd_storage_write_behind(kvcd_storage_t *st, kvcd_obj_t *const *objs, size_t n)
@@ -257,7 +278,8 @@ void kvcd_storage_write_behind(kvcd_storage_t *st, kvcd_obj_t *const *objs, size
     size_t i, m = 0, a;
     wb_t *wb;
 
-    if (st->nl2 == 0)
+    /* Once stopped nothing new is written behind: the adapters are closing. */
+    if (st->nl2 == 0 || st->stopped)
         return;
     for (i = 0; i < n; i++)
         m += objs[i] != NULL;
@@ -281,6 +303,7 @@ void kvcd_storage_write_behind(kvcd_storage_t *st, kvcd_obj_t *const *objs, size
         if (!objs[i])
             continue;
         kvcd_l1_ref(objs[i]);
+        objs[i]->wb_inflight++;
         wb->ok[wb->n] = 1;
         wb->objs[wb->n++] = objs[i];
     }
@@ -294,8 +317,10 @@ void kvcd_storage_write_behind(kvcd_storage_t *st, kvcd_obj_t *const *objs, size
             memset(wb->ok, 0, m);
             wb->releases_left--;
             if (--wb->cbs_left == 0 && wb->releases_left == 0) {
-                for (i = 0; i < m; i++)
+                for (i = 0; i < m; i++) {
+                    wb->objs[i]->wb_inflight--;
                     kvcd_l1_unref(st->l1, wb->objs[i]);
+                }
                 free(wb->objs);
                 free(wb->ok);
                 free(wb);
@@ -333,7 +358,17 @@ struct lookup_s {
     uint8_t *present;
     size_t pending;             /* ops whose done has not run */
     size_t refs;                /* unreleased ops + 1 while the job runs */
+    uint64_t deadline_ms;       /* arrival + --l2-timeout-ms: the answer is due */
+    int queued;                 /* on the prefetch wait list */
 };
+
+/* What is left of the lookup's time, for its next L2 call (at least 1 ms). */
+static uint64_t remaining_ms(const lookup_t *lk)
+{
+    uint64_t now = uv_now(lk->st->loop);
+
+    return lk->deadline_ms > now + 1 ? lk->deadline_ms - now : 1;
+}
 
 static void lookup_unref(lookup_t *lk)
 {
@@ -352,29 +387,60 @@ static void lookup_unref(lookup_t *lk)
 
 static void start_prefetch(lookup_t *lk);
 
-/* Pin the prefix and answer. */
+/* Pin the prefix and answer. A key is present when it is in L1 now or an
+ * adapter reported it, whether or not it was brought up (L1 full, a
+ * concurrent LOAD took the prefetched copy); the prefix is what the next LOAD
+ * finds in L1, pinned for it. */
 static void lookup_finish(lookup_t *lk)
 {
     kvcd_storage_t *st = lk->st;
     size_t i, prefix = 0;
     kvcd_obj_t *obj;
 
-    for (i = 0; i < lk->n; i++)
-        lk->present[i] = lk->state[i] == K_L1 || lk->state[i] == K_LOADED ||
-                         lk->state[i] == K_BUSY || lk->state[i] == K_L2;
-    /* Between the scan and now, L1 may have evicted or removed things: the
-     * prefix ends at the first key that is not linked in L1 any more. */
-    for (i = 0; i < lk->n && lk->present[i]; i++) {
+    for (i = 0; i < lk->n; i++) {
         obj = kvcd_l1_find(st->l1, &lk->keys[i], lk->kh[i]);
-        if (!obj) {
-            lk->present[i] = lk->state[i] == K_L2; /* still in L2, not brought up */
-            break;
+        lk->present[i] = obj != NULL || lk->src[i] >= 0;
+        if (prefix == i && obj && lk->state[i] != K_FAILED) {
+            pin(st, obj);
+            prefix++;
         }
-        pin(st, obj);
-        prefix++;
     }
     lk->cb(lk->data, prefix, lk->present);
     lookup_unref(lk);
+}
+
+static void wait_remove(kvcd_storage_t *st, lookup_t *lk)
+{
+    lookup_t **pp = &st->wait_head, *prev = NULL;
+
+    while (*pp && *pp != lk) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = lk->next;
+    if (st->wait_tail == lk)
+        st->wait_tail = prev;
+    lk->next = NULL;
+    lk->queued = 0;
+}
+
+/* Lookups whose answer is due while they still wait for a prefetch slot are
+ * answered with what L1 holds (item: a LOOKUP never waits past its deadline). */
+static void expire_waiting_lookups(kvcd_storage_t *st)
+{
+    uint64_t now = uv_now(st->loop);
+    lookup_t *lk = st->wait_head, *next;
+
+    for (; lk; lk = next) {
+        next = lk->next;
+        if (lk->deadline_ms > now && !st->stopped)
+            continue;
+        wait_remove(st, lk);
+        st->c.lookups_expired++;
+        lookup_finish(lk);
+    }
 }
 
 static void prefetch_done(op_t *op)
@@ -412,9 +478,7 @@ static void prefetch_done(op_t *op)
     if (st->wait_head) {
         lookup_t *next = st->wait_head;
 
-        st->wait_head = next->next;
-        if (!st->wait_head)
-            st->wait_tail = NULL;
+        wait_remove(st, next);
         start_prefetch(next);
     }
     lookup_finish(lk);
@@ -481,6 +545,7 @@ static void start_prefetch(lookup_t *lk)
             lk->state[i] = K_FAILED;
             continue;
         }
+        op->req.timeout_ms = remaining_ms(lk);
         op->items[fill[a]].key = lk->keys[i];
         op->items[fill[a]].buf = lk->objs[i]->data;
         op->items[fill[a]].len = lk->size[i];
@@ -533,12 +598,13 @@ static void l2_lookup_done(op_t *op)
         ;
     for (j = 0; j < prefix && lk->state[j] != K_L2; j++)
         ;
-    if (j == prefix) {
-        lookup_finish(lk); /* nothing to bring up */
+    if (j == prefix || st->stopped || uv_now(st->loop) >= lk->deadline_ms) {
+        lookup_finish(lk); /* nothing to bring up, or no time left for it */
         return;
     }
     if (st->prefetching >= (size_t)st->opt->l2_prefetch_max_inflight) {
         lk->next = NULL;
+        lk->queued = 1;
         if (st->wait_tail)
             st->wait_tail->next = lk;
         else
@@ -570,6 +636,8 @@ static int copy_keys(const kvcd_req_t *req, kvcd_key_t **keys, char **buf)
     if (!*keys || !*buf) {
         free(*keys);
         free(*buf);
+        *keys = NULL; /* the caller frees what the job holds: not these again */
+        *buf = NULL;
         return -ENOMEM;
     }
     for (i = 0; i < req->nkeys; i++) {
@@ -619,7 +687,7 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
     lookup_t *lk;
     kvcd_obj_t *obj;
 
-    if (st->nl2 == 0) {
+    if (st->nl2 == 0 || st->stopped) {
         lookup_l1_only(st, req, cb, data);
         return;
     }
@@ -634,6 +702,7 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
     lk->data = data;
     lk->n = n;
     lk->refs = 1;
+    lk->deadline_ms = uv_now(st->loop) + (uint64_t)st->opt->l2_timeout_ms;
     lk->kh = malloc(n * sizeof(uint64_t));
     lk->state = calloc(n, 1);
     lk->src = malloc(n * sizeof(int));
@@ -674,6 +743,7 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
                 lookup_finish(lk);
             continue;
         }
+        op->req.timeout_ms = remaining_ms(lk);
         for (i = 0, j = 0; i < n; i++) {
             if (lk->state[i] != K_NONE)
                 continue;
@@ -687,7 +757,9 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
 
 /* ---- remove ---- */
 
-typedef struct {
+typedef struct remove_s {
+    kvcd_storage_t *st;
+    struct remove_s *next_wait;
     kvcd_storage_remove_cb cb;
     void *data;
     size_t n;
@@ -695,6 +767,9 @@ typedef struct {
     char *keybuf;
     int *results;
     size_t pending, refs;
+    kvcd_obj_t **held;          /* removed objects whose write-behind still runs */
+    size_t nheld;
+    uint64_t deadline_ms;       /* stop waiting for them then */
 } remove_t;
 
 static void remove_unref(remove_t *rm)
@@ -704,6 +779,7 @@ static void remove_unref(remove_t *rm)
     free(rm->keys);
     free(rm->keybuf);
     free(rm->results);
+    free(rm->held);
     free(rm);
 }
 
@@ -729,42 +805,20 @@ static void remove_release(op_t *op)
     remove_unref(op->job);
 }
 
-void kvcd_storage_remove(kvcd_storage_t *st, const kvcd_req_t *req,
-                         kvcd_storage_remove_cb cb, void *data)
+/* Remove the keys from every adapter, then answer. */
+static void remove_submit(kvcd_storage_t *st, remove_t *rm)
 {
-    size_t n = req->nkeys, i, a;
-    remove_t *rm = calloc(1, sizeof(*rm));
-    kvcd_obj_t *obj;
+    size_t i, a, nl2 = st->stopped ? 0 : st->nl2;
 
-    if (!rm || copy_keys(req, &rm->keys, &rm->keybuf) != 0 ||
-        !(rm->results = malloc(n * sizeof(int)))) {
-        if (rm) {
-            free(rm->keys);
-            free(rm->keybuf);
-        }
-        free(rm);
-        cb(data, NULL);
-        return;
-    }
-    rm->cb = cb;
-    rm->data = data;
-    rm->n = n;
-    rm->refs = 1;
-    for (i = 0; i < n; i++) {
-        obj = kvcd_l1_find_ready(st->l1, &rm->keys[i], kvcd_key_hash(&rm->keys[i]));
-        rm->results[i] = obj ? 0 : KVCD_ENOTFOUND;
-        if (obj)
-            kvcd_l1_unlink(st->l1, obj);
-    }
-    rm->pending = st->nl2 + 1;
-    for (a = 0; a < st->nl2; a++) {
-        op_t *op = op_new(st, a, KVCD_L2_REMOVE, n, rm, remove_done, remove_release);
+    rm->pending = nl2 + 1;
+    for (a = 0; a < nl2; a++) {
+        op_t *op = op_new(st, a, KVCD_L2_REMOVE, rm->n, rm, remove_done, remove_release);
 
         if (!op) {
             rm->pending--;
             continue;
         }
-        for (i = 0; i < n; i++) {
+        for (i = 0; i < rm->n; i++) {
             op->items[i].key = rm->keys[i];
             op->map[i] = i;
         }
@@ -775,6 +829,92 @@ void kvcd_storage_remove(kvcd_storage_t *st, const kvcd_req_t *req,
         rm->cb(rm->data, rm->results);
         remove_unref(rm);
     }
+}
+
+/* Removes whose keys were still being written behind go on once those writes
+ * are released (a write that lands after the remove would bring the key back),
+ * or at their deadline, or at stop. */
+static void check_removes(kvcd_storage_t *st)
+{
+    uint64_t now = uv_now(st->loop);
+    remove_t **pp = &st->rm_wait, *rm;
+    size_t i;
+
+    while ((rm = *pp)) {
+        int busy = 0;
+
+        for (i = 0; i < rm->nheld; i++)
+            busy |= rm->held[i]->wb_inflight > 0;
+        if (busy && now < rm->deadline_ms && !st->stopped) {
+            pp = &rm->next_wait;
+            continue;
+        }
+        *pp = rm->next_wait;
+        for (i = 0; i < rm->nheld; i++)
+            kvcd_l1_unref(st->l1, rm->held[i]);
+        rm->nheld = 0;
+        remove_submit(st, rm);
+    }
+}
+
+void kvcd_storage_remove(kvcd_storage_t *st, const kvcd_req_t *req,
+                         kvcd_storage_remove_cb cb, void *data)
+{
+    size_t n = req->nkeys, i;
+    remove_t *rm = calloc(1, sizeof(*rm));
+    kvcd_obj_t *obj;
+
+    if (!rm || copy_keys(req, &rm->keys, &rm->keybuf) != 0 ||
+        !(rm->results = malloc((n ? n : 1) * sizeof(int))) ||
+        !(rm->held = calloc(n ? n : 1, sizeof(kvcd_obj_t *)))) {
+        if (rm) {
+            free(rm->keys);
+            free(rm->keybuf);
+            free(rm->results);
+        }
+        free(rm);
+        cb(data, NULL);
+        return;
+    }
+    rm->st = st;
+    rm->cb = cb;
+    rm->data = data;
+    rm->n = n;
+    rm->refs = 1;
+    for (i = 0; i < n; i++) {
+        obj = kvcd_l1_find_ready(st->l1, &rm->keys[i], kvcd_key_hash(&rm->keys[i]));
+        rm->results[i] = obj ? 0 : KVCD_ENOTFOUND;
+        if (!obj)
+            continue;
+        if (obj->wb_inflight > 0) {
+            kvcd_l1_ref(obj);
+            rm->held[rm->nheld++] = obj;
+        }
+        forget(st, obj);
+    }
+    if (rm->nheld > 0 && !st->stopped) {
+        st->c.removes_waited++;
+        rm->deadline_ms = uv_now(st->loop) + (uint64_t)st->opt->l2_timeout_ms;
+        rm->next_wait = st->rm_wait;
+        st->rm_wait = rm;
+        return;
+    }
+    for (i = 0; i < rm->nheld; i++)
+        kvcd_l1_unref(st->l1, rm->held[i]);
+    rm->nheld = 0;
+    remove_submit(st, rm);
+}
+
+size_t kvcd_storage_clear_l1(kvcd_storage_t *st)
+{
+    kvcd_obj_t *obj;
+
+    /* Pins go first: a cleared object's memory must come back now. */
+    while ((obj = st->pin_head)) {
+        st->c.pins_dropped += obj->pins;
+        unpin(st, obj, obj->pins);
+    }
+    return kvcd_l1_clear(st->l1);
 }
 
 /* ---- lifecycle ---- */
@@ -819,7 +959,7 @@ int kvcd_storage_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_l1_t *l
     }
     uv_timer_init(loop, &st->pin_timer);
     st->pin_timer.data = st;
-    uv_timer_start(&st->pin_timer, pin_timer_cb, 250, 250);
+    uv_timer_start(&st->pin_timer, pin_timer_cb, 100, 100);
     uv_unref((uv_handle_t *)&st->pin_timer);
     *out = st;
     return 0;
@@ -842,10 +982,11 @@ void kvcd_storage_status(kvcd_storage_t *st, json_t *status)
     size_t i;
 
     for (i = 0; i < st->nl2; i++)
-        json_array_append_new(l2, kvcd_l2_status(st->l2[i]));
+        if (st->l2[i])
+            json_array_append_new(l2, kvcd_l2_status(st->l2[i]));
     json_object_set_new(status, "l2", l2);
     c = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-                  " s:I, s:I, s:s, s:s}",
+                  " s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
                   "l1_hits", (json_int_t)st->c.l1_hits,
                   "write_behind_keys", (json_int_t)st->c.wb_keys,
                   "write_behind_failed", (json_int_t)st->c.wb_failed,
@@ -859,6 +1000,9 @@ void kvcd_storage_status(kvcd_storage_t *st, json_t *status)
                   "pins", (json_int_t)st->c.pins,
                   "pins_used", (json_int_t)st->c.pins_used,
                   "pins_expired", (json_int_t)st->c.pins_expired,
+                  "pins_dropped", (json_int_t)st->c.pins_dropped,
+                  "removes_waited", (json_int_t)st->c.removes_waited,
+                  "lookups_expired", (json_int_t)st->c.lookups_expired,
                   "pinned_objects", (json_int_t)st->npinned,
                   "l2_removed", (json_int_t)st->c.l2_removed,
                   "l2_inflight", (json_int_t)st->inflight,
@@ -889,10 +1033,25 @@ void kvcd_storage_stop(kvcd_storage_t *st)
     if (st->stopped)
         return;
     st->stopped = 1;
-    pin_timer_cb(&st->pin_timer); /* releases every pin */
+    pin_timer_cb(&st->pin_timer); /* releases every pin, answers waiting jobs */
     uv_close((uv_handle_t *)&st->pin_timer, NULL);
     if (st->inflight == 0)
         close_adapters(st);
+}
+
+void kvcd_storage_abandon(kvcd_storage_t *st)
+{
+    size_t i;
+
+    kvcd_storage_stop(st);
+    if (st->l2_closed)
+        return;
+    /* Nothing may close the instances behind abandon's back. */
+    st->l2_closed = 1;
+    for (i = 0; i < st->nl2; i++) {
+        kvcd_l2_abandon(st->l2[i]);
+        st->l2[i] = NULL;
+    }
 }
 
 void kvcd_storage_destroy(kvcd_storage_t *st)
@@ -901,7 +1060,7 @@ void kvcd_storage_destroy(kvcd_storage_t *st)
 
     if (!st->stopped)
         KVCD_LOG(KVCD_LOG_ERROR, "storage", "destroyed without stop");
-    for (i = 0; i < st->nl2 && !st->l2_closed; i++) {
+    for (i = 0; i < st->nl2 && !st->l2_closed && st->l2[i]; i++) {
         if (kvcd_l2_inflight(st->l2[i]) == 0)
             kvcd_l2_destroy(st->l2[i]);
         else

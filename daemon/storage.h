@@ -63,6 +63,15 @@ void kvcd_storage_status(kvcd_storage_t *st, json_t *status);
  * released, so their handles close while the loop runs. */
 void kvcd_storage_stop(kvcd_storage_t *st);
 
+/* The shutdown deadline passed: stop, and abandon every adapter (callers still
+ * waiting are answered as timed out; calls stuck in workers are never
+ * delivered, and their instances are never freed). */
+void kvcd_storage_abandon(kvcd_storage_t *st);
+
+/* CLEAR: unlink every L1 object, dropping their pins first so the memory of
+ * objects nobody reads comes back at once. Returns how many were linked. */
+size_t kvcd_storage_clear_l1(kvcd_storage_t *st);
+
 /* Close the adapters not closed yet, and free (after uv_run). */
 void kvcd_storage_destroy(kvcd_storage_t *st);
 

@@ -678,9 +678,9 @@ class Limits(unittest.TestCase):
         raw = RawSocket(self.d.endpoint)
         try:
             raw.sock.send_multipart([E2E.hdr(id=9, op=2, model="m", hashes=[b"h"]),
-                                     bytes(4 * MiB)])
+                                     bytes(8 * MiB)])
             self.assertFalse(raw.sock.poll(1000, zmq.POLLIN),
-                             "a frame over 2 x max_frame + 1 MiB was answered")
+                             "a frame over max(max_frame, 4 MiB) + 64 KiB was answered")
         finally:
             raw.close()
         with Client(self.d.endpoint, timeout_ms=OP_TIMEOUT_MS) as c:

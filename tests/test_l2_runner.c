@@ -431,7 +431,8 @@ START_TEST(health_after_consecutive_failures)
     json_t *st;
     int i;
 
-    create("{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},\"fail\":{\"store\":1}}");
+    create("{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+           "\"fail_calls\":{\"store\":[0,1,2]}}");
     for (i = 0; i < 3; i++) {
         ck_assert_int_eq(kvcd_l2_healthy(l2), 1);
         set_key(&it, (size_t)i);
@@ -449,14 +450,47 @@ START_TEST(health_after_consecutive_failures)
     ck_assert_int_eq(st_int(st, "injected_failures", "store"), 3);
     json_decref(st);
 
-    /* one successful call (a miss is a success) makes it healthy again */
-    set_key(&it, 0);
-    call(KVCD_L2_LOOKUP, &it, 1);
-    ck_assert_int_eq(it.result, KVCD_ENOTFOUND);
+    /* one successful store makes it healthy again */
+    set_key(&it, 3);
+    it.buf = buf;
+    it.len = 4096;
+    call(KVCD_L2_STORE, &it, 1);
+    ck_assert_int_eq(it.result, 0);
     ck_assert_int_eq(kvcd_l2_healthy(l2), 1);
     st = kvcd_l2_status(l2);
     ck_assert(json_is_true(json_object_get(st, "healthy")));
     ck_assert_int_eq(st_int(st, "consecutive_failures", NULL), 0);
+    json_decref(st);
+    free(buf);
+}
+END_TEST
+
+/* Item 16: a tier whose stores all fail (a read-only disk) still answers
+ * lookups; those successes must not hide the failing stores. Fails on beac8c1,
+ * where any successful call reset the streak. */
+START_TEST(test_item16_lookups_do_not_hide_failing_stores)
+{
+    kvcd_l2_item_t it;
+    void *buf = kvcd_test_buf(4096);
+    json_t *st;
+    int i;
+
+    create("{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},\"fail\":{\"store\":1},"
+           "\"error\":\"EROFS\"}");
+    for (i = 0; i < 6; i++) {
+        set_key(&it, (size_t)i);
+        it.buf = buf;
+        it.len = 4096;
+        call(KVCD_L2_STORE, &it, 1);
+        ck_assert_int_eq(it.result, -EROFS);
+        set_key(&it, (size_t)i);
+        call(KVCD_L2_LOOKUP, &it, 1);
+        ck_assert_int_eq(it.result, KVCD_ENOTFOUND);
+    }
+    ck_assert_int_eq(kvcd_l2_healthy(l2), 0);
+    st = kvcd_l2_status(l2);
+    ck_assert(json_is_false(json_object_get(st, "healthy")));
+    ck_assert_int_eq(st_int(st, "consecutive_failures", NULL), 6);
     json_decref(st);
     free(buf);
 }
@@ -853,6 +887,7 @@ static Suite *runner_suite(void)
     tcase_add_test(r, background_counts_in_flight);
     tcase_add_test(r, unanswered_items_count_as_failures);
     tcase_add_test(r, health_after_consecutive_failures);
+    tcase_add_test(r, test_item16_lookups_do_not_hide_failing_stores);
     tcase_add_test(r, timeouts_make_unhealthy);
     tcase_add_test(r, misses_are_not_failures);
     tcase_add_test(r, callback_may_destroy_the_instance);

@@ -1,0 +1,86 @@
+/*
+ * bridge.h - the daemon's socket: whole messages in, replies out, and the
+ * switch that stops reading when the admission budget is spent.
+ *
+ * A message arrives as frames (frame 0 is the header) from a connection
+ * (kvcd_conn_t, referenced by every request it sent until that request is
+ * freed). Replies are sent on the connection a request came from; bulk frames
+ * are sent without copying and must stay valid until the `sent` callback.
+ *
+ * Loop thread only. Every callback runs on the loop thread, never inside the
+ * call that caused it unless said so.
+ */
+#ifndef KVCD_BRIDGE_H
+#define KVCD_BRIDGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "conf/options.h"
+
+typedef struct kvcd_bridge_s kvcd_bridge_t;
+typedef struct kvcd_conn_s kvcd_conn_t;
+
+/* A received frame; release it with kvcd_frame_release (idempotent). */
+typedef struct {
+    void *data;
+    size_t len;
+    void *owner;
+} kvcd_frame_t;
+
+/* A frame to send: `len` bytes at `data`, not copied. */
+typedef struct {
+    const void *data;
+    size_t len;
+} kvcd_bulk_t;
+
+/* A whole message: frames[0] is the header (len 0 if the message had none),
+ * frames[1..n) the bulk frames; `overflow` when more frames came than kept
+ * (the message is then answered with an error). The callee owns `frames` (a
+ * malloc'd array), every frame in it, and one reference on conn. */
+typedef void (*kvcd_bridge_msg_cb)(void *data, kvcd_conn_t *conn, kvcd_frame_t *frames,
+                                   size_t n, int overflow);
+
+/* Bind opt->endpoint. max_frames: frames kept per message (beyond, the rest
+ * is dropped and `overflow` set). 0 or a negative code with a message. */
+int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_frames,
+                       kvcd_bridge_msg_cb cb, void *data, kvcd_bridge_t **out, char *err,
+                       size_t errlen);
+
+/* Send [header, bulk...] to conn. hdr is a malloc'd buffer the bridge takes
+ * over. `sent(arg)` runs exactly once, on a later loop turn, when the bulk
+ * buffers are no longer used (sent or dropped); it may be NULL when nbulk is 0.
+ * 0, or a negative code when the reply was dropped (peer gone, socket closed);
+ * `sent` runs in both cases. */
+int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_len,
+                     const kvcd_bulk_t *bulk, size_t nbulk, void (*sent)(void *arg),
+                     void *arg);
+
+/* Stop / restart reading new messages (replies still go out). */
+void kvcd_bridge_pause(kvcd_bridge_t *b);
+void kvcd_bridge_resume(kvcd_bridge_t *b);
+int kvcd_bridge_paused(const kvcd_bridge_t *b);
+
+/* Read every message already queued now, whatever the pause state (used at
+ * shutdown to answer them ESHUTDOWN). */
+void kvcd_bridge_drain_all(kvcd_bridge_t *b);
+
+/* Bytes of bulk frames handed to send whose `sent` has not run. */
+size_t kvcd_bridge_unsent(const kvcd_bridge_t *b);
+
+/* Stop receiving and close the socket; queued replies get up to linger_ms to
+ * go out. The bridge's handles are closed; destroy after uv_run. */
+void kvcd_bridge_close(kvcd_bridge_t *b, int linger_ms);
+void kvcd_bridge_destroy(kvcd_bridge_t *b);
+
+void kvcd_frame_release(kvcd_frame_t *f);
+
+void kvcd_conn_ref(kvcd_conn_t *c);
+void kvcd_conn_unref(kvcd_conn_t *c);
+/* Bytes that identify the peer for as long as it is connected (segment
+ * ownership). */
+const void *kvcd_conn_ident(const kvcd_conn_t *c, size_t *len);
+
+#endif
