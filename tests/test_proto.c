@@ -2161,6 +2161,7 @@ static const struct {
     {"ENOSPACE", 1009},   {"ENOTFOUND", 1010}, {"ESHUTDOWN", 1011},  {"EBUSY", 1012},
     {"ETIMEDOUT", 1013},  {"EINTERNAL", 1014}, {"ECHECKSUM", 1015},  {"ECONFIG", 1016},
     {"EUNAVAIL", 1017},   {"ESEGMENT", 1018},  {"ECANCELED", 1019},  {"ECONNECT", 1020},
+    {"EQUEUEFULL", 1022},
 };
 
 #define SYS(e) {-e, #e}

@@ -1,0 +1,608 @@
+/*
+ * test_lifecycle.c - the work-and-lifecycle layer against the real daemon:
+ * every request answered, bounded memory, one drain order (issue 9).
+ *
+ * Each test_itemNN_* is the regression test for that item of the issue; each
+ * failed on beac8c1 (before the layer existed). The stress, hostile-peer and
+ * hung-tier tests check what users do: several pipelining clients, peers that
+ * misbehave, a tier that never answers. Latency bounds here are behaviour
+ * (a reply comes at all, well before a client would time out), set loosely
+ * for a loaded 2-core machine; performance is measured in tests/bench/.
+ */
+#include <check.h>
+#include <errno.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "protocol/client.h"
+#include "protocol/kvcd_err.h"
+#include "tests/support.h"
+
+#define MiB (1024u * 1024u)
+#define NK 512
+
+static kvcd_proc_t proc;
+static kvcd_client_t *cli;
+static kvcd_key_t base;
+static uint8_t hb[NK][8];
+static kvcd_bytes_t H[NK];
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void keys_init(void)
+{
+    size_t i;
+
+    kvcd_keyset(&base, "org/model", 1, 0, 0, "");
+    for (i = 0; i < NK; i++)
+        H[i] = kvcd_test_hash(hb[i], i + 1);
+}
+
+static void start(const char *const *args)
+{
+    keys_init();
+    kvcd_test_start(&proc, &cli, args);
+}
+
+/* An fs spec in the daemon's temp dir (made before the daemon starts). */
+static const char *fs_spec(char *buf, size_t len, const char *extra)
+{
+    static char dir[400];
+
+    snprintf(dir, sizeof(dir), "%s/fs", proc.dir);
+    snprintf(buf, len, "{\"type\":\"fs\",\"base_path\":\"%s\"%s%s}", dir, extra ? "," : "",
+             extra ? extra : "");
+    return buf;
+}
+
+static size_t chunk_len(size_t i)
+{
+    return MiB + (i % 7) * 4096;
+}
+
+static void *chunk(size_t i)
+{
+    void *p = malloc(chunk_len(i));
+
+    kvcd_fill_random(p, chunk_len(i), 7000 + i);
+    return p;
+}
+
+/* Load key i and compare with chunk(i): 1 hit and equal, 0 miss; a hit with
+ * other bytes fails the test. */
+static int load_check(kvcd_client_t *c, size_t i)
+{
+    size_t cap = chunk_len(i) + 8192, len = 0;
+    void *buf = malloc(cap), *want = chunk(i);
+    int res = 0, hit;
+
+    ck_assert_int_eq(kvcd_client_load(c, &base, &H[i], 1, &buf, &cap, &len, &res), 0);
+    hit = res == 0;
+    if (hit) {
+        ck_assert_uint_eq(len, chunk_len(i));
+        ck_assert_msg(memcmp(buf, want, len) == 0, "key %zu: wrong bytes", i);
+    } else {
+        ck_assert_int_eq(res, KVCD_ENOTFOUND);
+    }
+    free(buf);
+    free(want);
+    return hit;
+}
+
+static int store_one(kvcd_client_t *c, size_t i)
+{
+    void *p = chunk(i);
+    const void *bufs[1] = {p};
+    size_t lens[1] = {chunk_len(i)};
+    int res = 1;
+
+    ck_assert_int_eq(kvcd_client_store(c, &base, &H[i], 1, bufs, lens, &res), 0);
+    free(p);
+    return res;
+}
+
+static int stop_within(int ms)
+{
+    return kvcd_proc_stop(&proc, SIGTERM, ms);
+}
+
+static void end(void)
+{
+    kvcd_client_close(cli);
+    cli = NULL;
+    ck_assert_int_eq(kvcd_proc_log_has_sanitizer_report(&proc), 0);
+    kvcd_proc_cleanup(&proc);
+}
+
+/* Item 1: calls parked behind a full L1 were cut off the park list when one of
+ * them was re-parked: no reply, keys left "being written" forever. 4 clients
+ * pipeline 1 MiB stores into a 30 MiB L1 in front of a slow (fsync) fs tier. */
+START_TEST(test_item01_parked_stores_all_answered)
+{
+    char spec[512];
+    const char *args[] = {"--l1-size-gb", "0.0293", "--l2-adapter", NULL, NULL};
+    kvcd_client_t *c[4];
+    uint64_t ids[4][32];
+    void *bufs[4][32];
+    size_t per = 23, i, k, answered = 0, hits = 0;
+
+    keys_init();
+    ck_assert_int_eq(kvcd_proc_start(&proc, NULL), 0); /* makes the dir */
+    kvcd_proc_stop(&proc, SIGTERM, 5000);
+    mkdir(proc.dir, 0700);
+    args[3] = fs_spec(spec, sizeof(spec), "\"fsync\":true");
+    ck_assert_int_eq(kvcd_proc_restart(&proc, args), 0);
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &cli), 0);
+    for (k = 0; k < 4; k++)
+        ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c[k]), 0);
+    for (i = 0; i < per; i++)
+        for (k = 0; k < 4; k++) {
+            size_t key = k * per + i;
+            size_t len = chunk_len(key);
+            const void *b;
+
+            bufs[k][i] = chunk(key);
+            b = bufs[k][i];
+            ck_assert_int_eq(kvcd_client_send(c[k], KVCD_OP_STORE, &base, &H[key], 1, &b, &len,
+                                              &ids[k][i]), 0);
+        }
+    for (k = 0; k < 4; k++)
+        for (i = 0; i < per; i++) {
+            kvcd_reply_t *r = NULL;
+
+            ck_assert_msg(kvcd_client_wait(c[k], ids[k][i], 30000, &r) == 0,
+                          "client %zu request %zu never answered", k, i);
+            answered++;
+            kvcd_reply_free(r);
+            free(bufs[k][i]);
+        }
+    ck_assert_uint_eq(answered, 4 * per);
+    /* Whatever LOOKUP reports present loads, with the stored bytes. */
+    for (i = 0; i < 4 * per; i++) {
+        uint8_t present = 0;
+        size_t prefix = 0;
+
+        ck_assert_int_eq(kvcd_client_lookup(cli, &base, &H[i], 1, &prefix, &present), 0);
+        if (present)
+            ck_assert_msg(load_check(cli, i), "key %zu present but not loaded", i);
+        hits += present;
+    }
+    ck_assert_uint_gt(hits, 0);
+    for (k = 0; k < 4; k++)
+        kvcd_client_close(c[k]);
+    ck_assert_int_eq(stop_within(20000), 0);
+    end();
+}
+END_TEST
+
+/* Item 2: after the shutdown deadline a STORE whose copy finished late
+ * started write-behind on a freed adapter (ASan: heap-use-after-free). A big
+ * store into fresh L1 pages copies slowly; the deadline is 1 ms. */
+START_TEST(test_item02_late_copy_after_deadline)
+{
+    char spec[512];
+    const char *args[] = {"--l1-size-gb", "0.75", "--shutdown-timeout-ms", "1",
+                          "--max-request-mb", "1024", "--l2-adapter", NULL, NULL};
+    size_t n = 8, i, len[8];
+    const void *b[8];
+    void *big = malloc(64 * MiB);
+    uint64_t id;
+    kvcd_reply_t *r = NULL;
+    kvcd_client_t *c2 = NULL;
+    int st;
+
+    keys_init();
+    ck_assert_int_eq(kvcd_proc_start(&proc, NULL), 0);
+    kvcd_proc_stop(&proc, SIGTERM, 5000);
+    mkdir(proc.dir, 0700);
+    args[7] = fs_spec(spec, sizeof(spec), NULL);
+    ck_assert_int_eq(kvcd_proc_restart(&proc, args), 0);
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &cli), 0);
+    kvcd_fill_random(big, 64 * MiB, 3);
+    for (i = 0; i < n; i++) {
+        b[i] = big;
+        len[i] = 64 * MiB;
+    }
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c2), 0);
+    ck_assert_int_eq(kvcd_client_send(cli, KVCD_OP_STORE, &base, H, n, b, len, &id), 0);
+    /* Wait until the daemon holds the STORE (STATUS's own request is the
+     * other one in flight): it is copying into 512 MiB of untouched L1. */
+    while (kvcd_test_stat(c2, NULL, "inflight") < 2)
+        usleep(1000);
+    kill(proc.pid, SIGTERM);
+    ck_assert_int_eq(kvcd_client_wait(cli, id, 10000, &r), 0);
+    ck_assert(kvcd_reply_hdr(r)->err == 0 || kvcd_reply_hdr(r)->err == KVCD_ESHUTDOWN);
+    kvcd_reply_free(r);
+    st = kvcd_proc_stop(&proc, SIGTERM, 5000);
+    ck_assert_int_eq(st, 0);
+    kvcd_client_close(c2);
+    free(big);
+    end();
+}
+END_TEST
+
+/* Item 3: --shutdown-timeout-ms did not bound exit: an L2 call of 30 s with a
+ * 3 s timeout exited after 29.5 s, a stuck call never. */
+static void shutdown_bounded(const char *delay)
+{
+    char spec[256];
+    const char *args[] = {"--shutdown-timeout-ms", "1000", "--l2-timeout-ms", "60000",
+                          "--l2-adapter", spec, NULL};
+    uint64_t t0;
+    int st;
+
+    snprintf(spec, sizeof(spec),
+             "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},\"delay_ms\":{\"store\":%s}}",
+             delay);
+    start(args);
+    ck_assert_int_eq(store_one(cli, 0), 0); /* its write-behind now sleeps */
+    ck_assert_int_eq(load_check(cli, 0), 1);
+    t0 = now_ms();
+    st = stop_within(10000);
+    ck_assert_int_eq(st, 0);
+    ck_assert_msg(now_ms() - t0 <= 2000, "exit took %llu ms with a 1000 ms timeout",
+                  (unsigned long long)(now_ms() - t0));
+    end();
+}
+
+START_TEST(test_item03_shutdown_bounded_slow_call)
+{
+    shutdown_bounded("30000");
+}
+END_TEST
+
+START_TEST(test_item03_shutdown_bounded_stuck_call)
+{
+    shutdown_bounded("3600000");
+}
+END_TEST
+
+/* Item 4: copies shared the threadpool with blocking L2 I/O: with L2 stores
+ * of 3 s every 4th 1 MiB STORE took 3 s. Copies have their own executor now. */
+START_TEST(test_item04_copies_not_behind_slow_l2)
+{
+    const char *args[] = {"--max-workers", "2", "--shutdown-timeout-ms", "500", "--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"store\":3000}}",
+                          NULL};
+    size_t i;
+
+    start(args);
+    for (i = 0; i < 12; i++) {
+        uint64_t t0 = now_ms();
+
+        ck_assert_int_eq(store_one(cli, i), 0);
+        ck_assert_msg(now_ms() - t0 < 1000, "STORE %zu took %llu ms behind slow L2 writes", i,
+                      (unsigned long long)(now_ms() - t0));
+    }
+    ck_assert_int_eq(stop_within(5000), 0);
+    end();
+}
+END_TEST
+
+/* Item 6: a REMOVE was resurrected by a write-behind still in flight. */
+START_TEST(test_item06_remove_not_resurrected)
+{
+    const char *args[] = {"--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"store\":800}}",
+                          NULL};
+    uint8_t present = 1;
+    size_t prefix = 9;
+    int res = 1;
+
+    start(args);
+    ck_assert_int_eq(store_one(cli, 0), 0);
+    ck_assert_int_eq(kvcd_client_remove(cli, &base, &H[0], 1, &res), 0);
+    ck_assert_int_eq(res, 0);
+    usleep(1300 * 1000); /* the delayed write has landed by now */
+    ck_assert_int_eq(kvcd_client_lookup(cli, &base, &H[0], 1, &prefix, &present), 0);
+    ck_assert_uint_eq(prefix, 0);
+    ck_assert_uint_eq(present, 0);
+    ck_assert_int_eq(load_check(cli, 0), 0);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
+/* Item 7: CLEAR and REMOVE of pinned objects kept their memory until the pin
+ * timeout; the next STORE got ENOSPACE. */
+static void pinned_memory_returns(int use_clear)
+{
+    const char *args[] = {"--l1-size-gb", "0.0195", "--eviction-policy", "noop", NULL};
+    int res[15];
+    size_t prefix = 0, i;
+
+    start(args);
+    for (i = 0; i < 15; i++)
+        ck_assert_int_eq(store_one(cli, i), 0);
+    ck_assert_int_eq(kvcd_client_lookup(cli, &base, H, 15, &prefix, NULL), 0);
+    ck_assert_uint_eq(prefix, 15); /* all pinned for a LOAD that never comes */
+    if (use_clear) {
+        uint64_t removed = 0;
+
+        ck_assert_int_eq(kvcd_client_clear(cli, &removed), 0);
+        ck_assert_uint_eq(removed, 15);
+        ck_assert_int_eq(kvcd_test_stat(cli, "counters", "clears"), 15);
+        ck_assert_int_eq(kvcd_test_stat(cli, "counters", "clear_requests"), 1);
+    } else {
+        ck_assert_int_eq(kvcd_client_remove(cli, &base, H, 15, res), 0);
+        for (i = 0; i < 15; i++)
+            ck_assert_int_eq(res[i], 0);
+    }
+    ck_assert_int_eq(kvcd_test_stat(cli, "l1", "used"), 0);
+    for (i = 100; i < 115; i++)
+        ck_assert_int_eq(store_one(cli, i), 0);
+    kvcd_test_stop(&proc, &cli);
+}
+
+START_TEST(test_item07_clear_frees_pinned)
+{
+    pinned_memory_returns(1);
+}
+END_TEST
+
+START_TEST(test_item07_remove_frees_pinned)
+{
+    pinned_memory_returns(0);
+}
+END_TEST
+
+/* Item 8: a LOOKUP waited without a deadline in the prefetch queue (answered
+ * after 10 s with --l2-timeout-ms 1500). */
+START_TEST(test_item08_lookup_deadline_in_prefetch_queue)
+{
+    const char *args[] = {"--l2-timeout-ms", "1500", "--l2-prefetch-max-in-flight", "1",
+                          "--shutdown-timeout-ms", "500", "--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"load\":10000},\"workers\":8}",
+                          NULL};
+    kvcd_client_t *c[4];
+    uint64_t ids[4], t0;
+    size_t i, k;
+
+    start(args);
+    for (i = 0; i < 4; i++)
+        ck_assert_int_eq(store_one(cli, i), 0);
+    usleep(200 * 1000); /* written behind to the mock */
+    ck_assert_int_eq(kvcd_client_clear(cli, NULL), 0);
+    for (k = 0; k < 4; k++) {
+        ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c[k]), 0);
+        ck_assert_int_eq(kvcd_client_send(c[k], KVCD_OP_LOOKUP, &base, &H[k], 1, NULL, NULL,
+                                          &ids[k]), 0);
+    }
+    t0 = now_ms();
+    for (k = 0; k < 4; k++) {
+        kvcd_reply_t *r = NULL;
+
+        ck_assert_int_eq(kvcd_client_wait(c[k], ids[k], 30000, &r), 0);
+        ck_assert_int_eq(kvcd_reply_hdr(r)->err, 0);
+        kvcd_reply_free(r);
+        ck_assert_msg(now_ms() - t0 < 3500, "LOOKUP %zu answered after %llu ms", k,
+                      (unsigned long long)(now_ms() - t0));
+        kvcd_client_close(c[k]);
+    }
+    ck_assert_int_eq(stop_within(5000), 0);
+    end();
+}
+END_TEST
+
+/* Item 10: `present` was false for L2 keys trimmed by a full L1 (and for
+ * prefetched copies a concurrent LOAD took). */
+START_TEST(test_item10_present_for_trimmed_l2_keys)
+{
+    const char *args[] = {"--l1-size-gb", "0.004", "--l2-store-policy", "skip_l1",
+                          "--l2-adapter", "{\"type\":\"mock\"}", NULL};
+    uint8_t present[8];
+    size_t prefix = 99, i;
+
+    start(args);
+    for (i = 0; i < 8; i++)
+        ck_assert_int_eq(store_one(cli, i), 0);
+    usleep(200 * 1000); /* written behind, dropped from L1 */
+    ck_assert_int_eq(kvcd_client_lookup(cli, &base, H, 8, &prefix, present), 0);
+    ck_assert_uint_lt(prefix, 8); /* 4 MiB of L1 cannot hold 8 MiB */
+    for (i = 0; i < 8; i++)
+        ck_assert_msg(present[i], "key %zu is in L2 but not reported present", i);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
+/* Item 11: LOAD_SHM accepted capacities above max_frame. */
+START_TEST(test_item11_load_shm_capacity_bounded)
+{
+    const char *args[] = {"--max-frame-mb", "1", NULL};
+    kvcd_segment_t *seg = NULL;
+    uint64_t off = 0, cap = 2 * MiB, len = 0;
+    int res = 0;
+
+    start(args);
+    ck_assert_int_eq(kvcd_client_segment_create(cli, 4 * MiB, &seg), 0);
+    ck_assert_int_eq(kvcd_client_load_shm(cli, &base, H, 1, seg, &off, &cap, &len, &res),
+                     KVCD_ETOOLARGE);
+    ck_assert_ptr_nonnull(strstr(kvcd_client_errmsg(cli), "capacities[0]"));
+    kvcd_client_segment_destroy(cli, seg);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
+/* A tier whose calls never return: L1 stores and loads keep going, SIGTERM
+ * still exits within the timeout + 1 s, every request answered. */
+START_TEST(hung_tier_keeps_l1_serving_and_exit_bounded)
+{
+    const char *args[] = {"--shutdown-timeout-ms", "1500", "--l2-timeout-ms", "600000",
+                          "--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"store\":3600000,\"lookup\":3600000},"
+                          "\"workers\":2,\"max_queue\":4}",
+                          NULL};
+    uint64_t ids[4], t0;
+    size_t i;
+
+    start(args);
+    for (i = 0; i < 40; i++) {
+        t0 = now_ms();
+        ck_assert_int_eq(store_one(cli, i), 0);
+        ck_assert_int_eq(load_check(cli, i), 1);
+        ck_assert_msg(now_ms() - t0 < 1000, "L1 store+load %zu took %llu ms", i,
+                      (unsigned long long)(now_ms() - t0));
+    }
+    /* The tier's queue is full: further writes fail fast and are counted. */
+    ck_assert_int_gt(kvcd_test_stat(cli, "storage", "write_behind_failed"), 0);
+    /* Requests that wait on the tier (a LOOKUP of keys L1 lacks), in flight
+     * at SIGTERM, are answered. */
+    for (i = 0; i < 4; i++)
+        ck_assert_int_eq(kvcd_client_send(cli, KVCD_OP_LOOKUP, &base, &H[200 + i], 1, NULL,
+                                          NULL, &ids[i]), 0);
+    usleep(100 * 1000);
+    t0 = now_ms();
+    kill(proc.pid, SIGTERM);
+    for (i = 0; i < 4; i++) {
+        kvcd_reply_t *r = NULL;
+
+        ck_assert_msg(kvcd_client_wait(cli, ids[i], 10000, &r) == 0, "LOOKUP %zu unanswered",
+                      i);
+        kvcd_reply_free(r);
+    }
+    ck_assert_int_eq(stop_within(10000), 0);
+    ck_assert_msg(now_ms() - t0 <= 2500, "exit took %llu ms with a 1500 ms timeout",
+                  (unsigned long long)(now_ms() - t0));
+    end();
+}
+END_TEST
+
+/* Several clients pipelining stores, loads, lookups and removes against a
+ * small L1 with an fs tier (fsync on), for a bounded time: every request is
+ * answered, every hit byte-exact, the daemon exits cleanly (and leak-free
+ * under the sanitizers). */
+START_TEST(stress_pipelined_mixed_ops)
+{
+    char spec[512];
+    const char *args[] = {"--l1-size-gb", "0.03", "--l2-adapter", NULL, NULL};
+    enum { NC = 4, DEPTH = 8, KEYS = 96 };
+    kvcd_client_t *c[NC];
+    struct {
+        uint64_t id;
+        uint32_t op;
+        size_t key;
+        void *buf;
+    } q[NC][DEPTH];
+    size_t k, d, answered = 0, sent = 0, hits = 0;
+    uint64_t t_end;
+    unsigned seed = 12345;
+
+    keys_init();
+    ck_assert_int_eq(kvcd_proc_start(&proc, NULL), 0);
+    kvcd_proc_stop(&proc, SIGTERM, 5000);
+    mkdir(proc.dir, 0700);
+    args[3] = fs_spec(spec, sizeof(spec), "\"fsync\":true");
+    ck_assert_int_eq(kvcd_proc_restart(&proc, args), 0);
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &cli), 0);
+    for (k = 0; k < NC; k++)
+        ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c[k]), 0);
+    memset(q, 0, sizeof(q));
+    t_end = now_ms() + 6000;
+    while (now_ms() < t_end) {
+        for (k = 0; k < NC; k++)
+            for (d = 0; d < DEPTH; d++) {
+                size_t key = (size_t)rand_r(&seed) % KEYS;
+                uint32_t op;
+                kvcd_reply_t *r = NULL;
+
+                if (q[k][d].id) {
+                    ck_assert_msg(kvcd_client_wait(c[k], q[k][d].id, 30000, &r) == 0,
+                                  "request unanswered (op %u)", q[k][d].op);
+                    answered++;
+                    if (q[k][d].op == KVCD_OP_LOAD && kvcd_reply_hdr(r)->err == 0 &&
+                        kvcd_reply_hdr(r)->results[0] == 0) {
+                        size_t len = 0;
+                        const void *p = kvcd_reply_frame(r, 0, &len);
+                        void *want = chunk(q[k][d].key);
+
+                        ck_assert_uint_eq(len, chunk_len(q[k][d].key));
+                        ck_assert_msg(memcmp(p, want, len) == 0, "key %zu: wrong bytes",
+                                      q[k][d].key);
+                        free(want);
+                        hits++;
+                    }
+                    kvcd_reply_free(r);
+                    free(q[k][d].buf);
+                    q[k][d].buf = NULL;
+                }
+                op = (uint32_t[]){KVCD_OP_STORE, KVCD_OP_STORE, KVCD_OP_LOAD, KVCD_OP_LOAD,
+                                  KVCD_OP_LOOKUP, KVCD_OP_REMOVE}[rand_r(&seed) % 6];
+                q[k][d].op = op;
+                q[k][d].key = key;
+                if (op == KVCD_OP_STORE) {
+                    size_t len = chunk_len(key);
+                    const void *b;
+
+                    q[k][d].buf = chunk(key);
+                    b = q[k][d].buf;
+                    ck_assert_int_eq(kvcd_client_send(c[k], op, &base, &H[key], 1, &b, &len,
+                                                      &q[k][d].id), 0);
+                } else {
+                    ck_assert_int_eq(kvcd_client_send(c[k], op, &base, &H[key], 1, NULL, NULL,
+                                                      &q[k][d].id), 0);
+                }
+                sent++;
+            }
+    }
+    for (k = 0; k < NC; k++)
+        for (d = 0; d < DEPTH; d++) {
+            kvcd_reply_t *r = NULL;
+
+            ck_assert_int_eq(kvcd_client_wait(c[k], q[k][d].id, 30000, &r), 0);
+            answered++;
+            kvcd_reply_free(r);
+            free(q[k][d].buf);
+        }
+    ck_assert_uint_eq(answered, sent);
+    ck_assert_uint_gt(hits, 0);
+    ck_assert_int_eq(kvcd_test_stat(cli, NULL, "inflight"), 1); /* the STATUS itself */
+    for (k = 0; k < NC; k++)
+        kvcd_client_close(c[k]);
+    ck_assert_int_eq(stop_within(20000), 0);
+    end();
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("lifecycle");
+    TCase *t = tcase_create("items");
+
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, test_item01_parked_stores_all_answered);
+    tcase_add_test(t, test_item02_late_copy_after_deadline);
+    tcase_add_test(t, test_item03_shutdown_bounded_slow_call);
+    tcase_add_test(t, test_item03_shutdown_bounded_stuck_call);
+    tcase_add_test(t, test_item04_copies_not_behind_slow_l2);
+    tcase_add_test(t, test_item06_remove_not_resurrected);
+    tcase_add_test(t, test_item07_clear_frees_pinned);
+    tcase_add_test(t, test_item07_remove_frees_pinned);
+    tcase_add_test(t, test_item08_lookup_deadline_in_prefetch_queue);
+    tcase_add_test(t, test_item10_present_for_trimmed_l2_keys);
+    tcase_add_test(t, test_item11_load_shm_capacity_bounded);
+    tcase_add_test(t, hung_tier_keeps_l1_serving_and_exit_bounded);
+    tcase_add_test(t, stress_pipelined_mixed_ops);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    return kvcd_test_run(suite());
+}
