@@ -1,10 +1,6 @@
 /*
- * l2.h - the adapter registry and the runner for configured L2 instances.
- *
- * The registry knows the built-in adapters (the generated table) plus those
- * registered at run time (tests) or loaded from plugins (--plugin x.so); each is
- * checked once: ABI version, struct size, a unique non-empty name, the required
- * methods.
+ * l2.h - the runner for configured L2 instances (the registry of adapter types
+ * is adapters/registry.h, included here for its users).
  *
  * An instance (kvcd_l2_t) is one configured --l2-adapter. kvcd_l2_submit runs
  * a batch on it and calls back exactly once on the loop thread:
@@ -30,6 +26,7 @@
 #include <uv.h>
 
 #include "adapters/adapter.h"
+#include "adapters/registry.h"
 
 typedef struct kvcd_l2_s kvcd_l2_t;
 typedef struct kvcd_l2_req_s kvcd_l2_req_t;
@@ -64,27 +61,6 @@ struct kvcd_l2_req_s {
 /* Slices a blocking adapter's executor queues before submits fail fast with
  * KVCD_EQUEUEFULL (spec field "max_queue"). */
 #define KVCD_L2_DEFAULT_MAX_QUEUE 256
-
-/* ---- registry ---- */
-
-/* Register an adapter at run time (tests, plugins). 0 or KVCD_ECONFIG with the
- * reason in err. The adapter object must outlive the process's use of it. */
-int kvcd_l2_register(const kvcd_adapter_t *a, char *err, size_t errlen);
-
-/* dlopen path, look up kvcd_adapter_entry, check and register. */
-int kvcd_l2_load_plugin(const char *path, char *err, size_t errlen);
-
-/* The adapter named `type`, or NULL. */
-const kvcd_adapter_t *kvcd_l2_find_type(const char *type);
-
-/* Comma-separated list of known type names, for help and errors. */
-void kvcd_l2_type_list(char *buf, size_t buflen);
-
-/* Print an adapter's fields (for --help-adapter). -1 if unknown. */
-int kvcd_l2_print_help(const char *type);
-
-/* Forget run-time registrations and unload plugins (tests, exit). */
-void kvcd_l2_registry_reset(void);
 
 /* ---- instances ---- */
 
