@@ -132,7 +132,7 @@ static void end(void)
  * pipeline 1 MiB stores into a 30 MiB L1 in front of a slow (fsync) fs tier. */
 START_TEST(test_item01_parked_stores_all_answered)
 {
-    char spec[512];
+    char spec[1024], fspec[512];
     const char *args[] = {"--l1-size-gb", "0.0293", "--l2-adapter", NULL, NULL};
     kvcd_client_t *c[4];
     uint64_t ids[4][32];
@@ -143,7 +143,11 @@ START_TEST(test_item01_parked_stores_all_answered)
     ck_assert_int_eq(kvcd_proc_start(&proc, NULL), 0); /* makes the dir */
     kvcd_proc_stop(&proc, SIGTERM, 5000);
     mkdir(proc.dir, 0700);
-    args[3] = fs_spec(spec, sizeof(spec), "\"fsync\":true");
+    /* fs with fsync, slowed further so L1 fills with write-behind. */
+    fs_spec(fspec, sizeof(fspec), "\"fsync\":true");
+    snprintf(spec, sizeof(spec),
+             "{\"type\":\"fault\",\"inner\":%s,\"delay_ms\":{\"store\":40}}", fspec);
+    args[3] = spec;
     ck_assert_int_eq(kvcd_proc_restart(&proc, args), 0);
     ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &cli), 0);
     for (k = 0; k < 4; k++)
@@ -367,7 +371,7 @@ START_TEST(test_item08_lookup_deadline_in_prefetch_queue)
     const char *args[] = {"--l2-timeout-ms", "1500", "--l2-prefetch-max-in-flight", "1",
                           "--shutdown-timeout-ms", "500", "--l2-adapter",
                           "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
-                          "\"delay_ms\":{\"load\":10000},\"workers\":8}",
+                          "\"delay_ms\":{\"load\":10000}}",
                           NULL};
     kvcd_client_t *c[4];
     uint64_t ids[4], t0;
