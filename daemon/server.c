@@ -26,6 +26,7 @@
 
 #include "daemon/l1.h"
 #include "daemon/log.h"
+#include "daemon/metrics.h"
 #include "daemon/segment.h"
 #include "daemon/server.h"
 #include "daemon/storage.h"
@@ -86,6 +87,8 @@ struct call_s {
     size_t store_next;          /* STORE: next key to reserve */
     kvcd_seg_t *seg;        /* STORE_SHM, LOAD_SHM: referenced until freed */
     uint64_t *shm_lens;         /* LOAD_SHM: object sizes for the reply */
+    uint64_t t0;                /* uv_hrtime() at receipt, for the latency metric */
+    int err;                    /* the error replied, for the per-op metric */
 };
 
 struct kvcd_server_s {
@@ -113,6 +116,7 @@ struct kvcd_server_s {
     uint64_t last_recv_ms;
     uint64_t inflight;
     counters_t c;
+    kvcd_opstats_t ops;         /* per-op requests, errors, latency (metrics.h) */
 };
 
 static void drain(kvcd_server_t *srv);
@@ -218,6 +222,8 @@ static void send_reply(call_t *call, kvcd_wbuf_t *w, zmq_msg_t *bulk, size_t nbu
         for (; i < nbulk; i++)
             zmq_msg_close(&bulk[i]);
     }
+    kvcd_opstats_observe(&srv->ops, call->decoded ? call->req.op : 0, call->err,
+                         uv_hrtime() - call->t0);
     call_free(call);
     srv->inflight--;
     if (srv->sock)
@@ -229,6 +235,7 @@ static void reply_error(call_t *call, int err, const char *msg)
     kvcd_wbuf_t w;
 
     call->srv->c.errors++;
+    call->err = err;
     KVCD_LOG(KVCD_LOG_DEBUG, "server", "request %" PRIu64 " op %" PRIu32 ": %s: %s",
              call->req.id, call->req.op, kvcd_errname(err), msg ? msg : "");
     kvcd_wbuf_init(&w);
@@ -711,19 +718,30 @@ static json_t *status_json(kvcd_server_t *srv)
         "dropped_replies", (json_int_t)c->dropped_replies);
 }
 
+json_t *kvcd_server_status(kvcd_server_t *srv)
+{
+    json_t *st = status_json(srv);
+
+    if (!st)
+        return NULL;
+    kvcd_storage_status(srv->storage, st);
+    kvcd_segtab_status(srv->segs, st);
+    json_object_set_new(json_object_get(st, "counters"), "shm_stores",
+                        json_integer((json_int_t)srv->c.shm_stores));
+    json_object_set_new(json_object_get(st, "counters"), "shm_loads",
+                        json_integer((json_int_t)srv->c.shm_loads));
+    json_object_set_new(st, "state", json_string(srv->stopping ? "stopping" : "running"));
+    json_object_set_new(st, "ops", kvcd_opstats_json(&srv->ops));
+    return st;
+}
+
 static void op_status(call_t *call)
 {
-    json_t *st = status_json(call->srv);
+    json_t *st = kvcd_server_status(call->srv);
     kvcd_wbuf_t w;
 
     if (!st)
         return reply_error(call, KVCD_EINTERNAL, "cannot build status");
-    kvcd_storage_status(call->srv->storage, st);
-    kvcd_segtab_status(call->srv->segs, st);
-    json_object_set_new(json_object_get(st, "counters"), "shm_stores",
-                        json_integer((json_int_t)call->srv->c.shm_stores));
-    json_object_set_new(json_object_get(st, "counters"), "shm_loads",
-                        json_integer((json_int_t)call->srv->c.shm_loads));
     kvcd_wbuf_init(&w);
     kvcd_proto_reply_begin(&w, call->req.id, KVCD_OP_STATUS, 0, NULL, 1);
     kvcd_pack_cstr(&w.pk, "status");
@@ -1013,6 +1031,7 @@ static int recv_one(kvcd_server_t *srv)
     if (!call)
         return -1;
     call->srv = srv;
+    call->t0 = uv_hrtime();
     srv->last_recv_ms = uv_now(srv->loop);
     zmq_msg_init(&call->ident);
     zmq_msg_init(&call->hdr);
@@ -1188,6 +1207,7 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
     srv->loop = loop;
     srv->opt = opt;
     pthread_mutex_init(&srv->rel_lock, NULL);
+    kvcd_opstats_init(&srv->ops);
 
     memset(&l1cfg, 0, sizeof(l1cfg));
     l1cfg.capacity = (size_t)(opt->l1_size_gb * (double)(1ull << 30));
@@ -1292,5 +1312,6 @@ void kvcd_server_destroy(kvcd_server_t *srv)
     kvcd_storage_destroy(srv->storage);
     kvcd_l1_destroy(srv->l1);
     pthread_mutex_destroy(&srv->rel_lock);
+    kvcd_opstats_close(&srv->ops);
     free(srv);
 }
