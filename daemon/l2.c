@@ -777,10 +777,10 @@ json_t *kvcd_l2_status(kvcd_l2_t *l2)
     for (i = 0; i < 4; i++) {
         calls += l2->calls[i];
         json_object_set_new(ops, op_names[i],
-                            json_pack("{s:I, s:I, s:I, s:o}", "calls", (json_int_t)l2->calls[i],
+                            json_pack("{s:I, s:I, s:I, s:o*}", "calls", (json_int_t)l2->calls[i],
                                       "keys", (json_int_t)l2->items[i], "bytes",
                                       (json_int_t)l2->bytes[i], "latency",
-                                      kvcd_hist_json(&l2->latency[i])));
+                                      l2->calls[i] ? kvcd_hist_json(&l2->latency[i]) : NULL));
     }
     json_object_set_new(o, "name", json_string(l2->name));
     json_object_set_new(o, "type", json_string(l2->a->name));

@@ -36,17 +36,26 @@ void kvcd_hist_observe(kvcd_hist_t *h, uint64_t ns)
 
 json_t *kvcd_hist_json(const kvcd_hist_t *h)
 {
-    json_t *le = json_array(), *b = json_array();
+    json_t *b = json_array();
     uint64_t cum = 0;
     size_t i;
 
     for (i = 0; i < KVCD_HIST_NB; i++) {
         cum += h->counts[i];
-        json_array_append_new(le, json_real(bounds[i]));
         json_array_append_new(b, json_integer((json_int_t)cum));
     }
-    return json_pack("{s:I, s:f, s:o, s:o}", "count", (json_int_t)h->n, "sum_s",
-                     (double)h->sum_ns / 1e9, "le_s", le, "buckets", b);
+    return json_pack("{s:I, s:f, s:o}", "count", (json_int_t)h->n, "sum_s",
+                     (double)h->sum_ns / 1e9, "buckets", b);
+}
+
+json_t *kvcd_hist_bounds_json(void)
+{
+    json_t *le = json_array();
+    size_t i;
+
+    for (i = 0; i < KVCD_HIST_NB; i++)
+        json_array_append_new(le, json_real(bounds[i]));
+    return le;
 }
 
 /* ---- per-operation counters ---- */
@@ -95,7 +104,7 @@ json_t *kvcd_opstats_json(const kvcd_opstats_t *s)
     for (i = 0; i < KVCD_OPSTATS_MAX; i++) {
         const char *nm = i ? kvcd_op_name((uint32_t)i) : "INVALID";
 
-        if (!nm)
+        if (!nm || !s->requests[i])
             continue;
         json_object_set_new(o, nm,
                             json_pack("{s:I, s:o, s:o}", "requests", (json_int_t)s->requests[i],
@@ -268,22 +277,25 @@ static void render_scalars(FILE *f, const json_t *st)
  * "k=\"v\"," pairs, or ""). */
 static void put_hist(FILE *f, const char *name, const char *labels, const json_t *h)
 {
-    const json_t *le = json_object_get(h, "le_s"), *b = json_object_get(h, "buckets");
+    const json_t *b = json_object_get(h, "buckets"), *count = json_object_get(h, "count"),
+                 *sum = json_object_get(h, "sum_s");
+    int nl = labels[0] ? (int)strlen(labels) - 1 : 0;
     size_t i;
 
-    if (!json_is_array(le) || !json_is_array(b))
-        return;
-    for (i = 0; i < json_array_size(le) && i < json_array_size(b); i++) {
-        fprintf(f, "%s_bucket{%sle=\"%g\"} ", name, labels,
-                json_real_value(json_array_get(le, i)));
-        put_num(f, json_array_get(b, i));
+    /* No histogram (an operation never seen): all zero. */
+    for (i = 0; i < KVCD_HIST_NB; i++) {
+        fprintf(f, "%s_bucket{%sle=\"%g\"} ", name, labels, bounds[i]);
+        if (json_array_get(b, i))
+            put_num(f, json_array_get(b, i));
+        else
+            fputs("0\n", f);
     }
     fprintf(f, "%s_bucket{%sle=\"+Inf\"} ", name, labels);
-    put_num(f, json_object_get(h, "count"));
-    fprintf(f, "%s_sum{%.*s} ", name, labels[0] ? (int)strlen(labels) - 1 : 0, labels);
-    put_num(f, json_object_get(h, "sum_s"));
-    fprintf(f, "%s_count{%.*s} ", name, labels[0] ? (int)strlen(labels) - 1 : 0, labels);
-    put_num(f, json_object_get(h, "count"));
+    count ? put_num(f, count) : (void)fputs("0\n", f);
+    fprintf(f, "%s_sum{%.*s} ", name, nl, labels);
+    sum ? put_num(f, sum) : (void)fputs("0\n", f);
+    fprintf(f, "%s_count{%.*s} ", name, nl, labels);
+    count ? put_num(f, count) : (void)fputs("0\n", f);
 }
 
 /* "k1=\"v1\",k2=\"v2\"," into buf (escaped), for put_hist. */
@@ -302,21 +314,32 @@ static void label_pairs(char *buf, size_t len, const char *k1, const char *v1, c
     fclose(f);
 }
 
+/* Operation names in STATUS's "ops" (which lists only those seen); every one
+ * is rendered, zero when absent, so each series exists from the start. */
+static const char *op_label(size_t i)
+{
+    return i ? kvcd_op_name((uint32_t)i) : "INVALID";
+}
+
 static void render_ops(FILE *f, const json_t *st)
 {
     const json_t *ops = json_object_get(st, "ops"), *o, *errs, *n;
     const char *op, *en;
     char lb[256];
+    size_t i;
 
     if (!json_is_object(ops))
         return;
     header(f, "kvcd_requests_total", "counter",
            "Requests answered, by operation (INVALID: header could not be decoded).");
-    json_object_foreach((json_t *)ops, op, o) {
+    for (i = 0; i < KVCD_OPSTATS_MAX; i++) {
+        if (!(op = op_label(i)))
+            continue;
+        n = json_object_get(json_object_get(ops, op), "requests");
         fprintf(f, "kvcd_requests_total{");
         put_label(f, "op", op, 1);
         fprintf(f, "} ");
-        put_num(f, json_object_get(o, "requests"));
+        n ? put_num(f, n) : (void)fputs("0\n", f);
     }
     header(f, "kvcd_request_errors_total", "counter",
            "Requests answered with an error, by operation and error name.");
@@ -332,9 +355,12 @@ static void render_ops(FILE *f, const json_t *st)
     }
     header(f, "kvcd_request_duration_seconds", "histogram",
            "Time from receiving a request to handing its reply to ZeroMQ, by operation.");
-    json_object_foreach((json_t *)ops, op, o) {
+    for (i = 0; i < KVCD_OPSTATS_MAX; i++) {
+        if (!(op = op_label(i)))
+            continue;
         label_pairs(lb, sizeof(lb), "op", op, NULL, NULL);
-        put_hist(f, "kvcd_request_duration_seconds", lb, json_object_get(o, "latency"));
+        put_hist(f, "kvcd_request_duration_seconds", lb,
+                 json_object_get(json_object_get(ops, op), "latency"));
     }
 }
 
@@ -444,11 +470,7 @@ static void render_l2(FILE *f, const json_t *st)
     json_array_foreach(l2, i, a) {
         ops = json_object_get(a, "ops");
         json_object_foreach((json_t *)ops, op, o) {
-            FILE *lf;
-
-            if (!json_object_get(o, "latency"))
-                continue;
-            lf = fmemopen(lb, sizeof(lb), "w");
+            FILE *lf = fmemopen(lb, sizeof(lb), "w");
             if (!lf)
                 continue;
             adapter_labels(lf, a);

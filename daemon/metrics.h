@@ -34,9 +34,11 @@ typedef struct {
 
 void kvcd_hist_observe(kvcd_hist_t *h, uint64_t ns);
 
-/* {"count": n, "sum_s": x, "le_s": [bounds], "buckets": [cumulative counts,
- * one per bound]} (new reference). The +Inf bucket is "count". */
+/* {"count": n, "sum_s": x, "buckets": [cumulative counts, one per bound]}
+ * (new reference). The +Inf bucket is "count". */
 json_t *kvcd_hist_json(const kvcd_hist_t *h);
+/* The bucket bounds in seconds, [0.00005, ..., 10] (new reference). */
+json_t *kvcd_hist_bounds_json(void);
 
 /* Requests per operation as answered: one observe per reply sent. Index by
  * operation number; 0 holds requests whose header could not be decoded. */
@@ -54,7 +56,8 @@ void kvcd_opstats_close(kvcd_opstats_t *s);
  * the error it carried, ns from receipt to the reply being handed to ZeroMQ. */
 void kvcd_opstats_observe(kvcd_opstats_t *s, uint32_t op, int err, uint64_t ns);
 /* {"PING": {"requests": n, "errors": {"EMALFORMED": n}, "latency": hist}, ...}
- * for every known operation plus "INVALID" (new reference). */
+ * for every operation answered at least once ("INVALID": headers that did not
+ * decode) (new reference). */
 json_t *kvcd_opstats_json(const kvcd_opstats_t *s);
 
 /* Render a STATUS document as Prometheus text exposition format 0.0.4 into a

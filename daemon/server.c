@@ -732,6 +732,7 @@ json_t *kvcd_server_status(kvcd_server_t *srv)
                         json_integer((json_int_t)srv->c.shm_loads));
     json_object_set_new(st, "state", json_string(srv->stopping ? "stopping" : "running"));
     json_object_set_new(st, "ops", kvcd_opstats_json(&srv->ops));
+    json_object_set_new(st, "latency_le_s", kvcd_hist_bounds_json());
     return st;
 }
 
