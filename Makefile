@@ -22,7 +22,7 @@ endif
 
 # msgpack-c's pkg-config name is "msgpack" on Debian 12, "msgpack-c" later.
 MSGPACK_PC := $(shell pkg-config --exists msgpack-c && echo msgpack-c || echo msgpack)
-PKGS := libuv libzmq $(MSGPACK_PC) jansson libxxhash hiredis
+PKGS := libuv libzmq $(MSGPACK_PC) jansson libxxhash hiredis libmicrohttpd
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))

@@ -27,6 +27,7 @@ enum {
     OPT_STORE_POLICY, OPT_PREFETCH_POLICY, OPT_PREFETCH_MAX, OPT_L2_TIMEOUT,
     OPT_PIN_TIMEOUT, OPT_CONFIG, OPT_HELP_ADAPTER,
     OPT_MAX_SEGMENTS, OPT_MAX_SEGMENT_GB, OPT_SEGMENT_LEASE,
+    OPT_HTTP_HOST, OPT_HTTP_PORT,
 };
 
 static const struct option longopts[] = {
@@ -57,6 +58,8 @@ static const struct option longopts[] = {
     {"max-segments", required_argument, NULL, OPT_MAX_SEGMENTS},
     {"max-segment-gb", required_argument, NULL, OPT_MAX_SEGMENT_GB},
     {"segment-lease-ms", required_argument, NULL, OPT_SEGMENT_LEASE},
+    {"http-host", required_argument, NULL, OPT_HTTP_HOST},
+    {"http-port", required_argument, NULL, OPT_HTTP_PORT},
     {"config", required_argument, NULL, OPT_CONFIG},
     {"help-adapter", required_argument, NULL, OPT_HELP_ADAPTER},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -76,6 +79,12 @@ void kvcd_options_usage(const char *adapter_types)
 "  --port PORT              TCP port (default 5555)\n"
 "  --endpoint URL           any ZeroMQ endpoint, e.g. ipc:///run/kvcd.sock;\n"
 "                           overrides --host/--port (default: none)\n"
+"\n"
+"HTTP (docs/METRICS.md):\n"
+"  --http-port PORT         serve GET /metrics (Prometheus), /healthcheck\n"
+"                           (readiness), /livez (liveness) and /status (JSON) on\n"
+"                           this TCP port; 0 picks a free one (default: off)\n"
+"  --http-host HOST         address the HTTP endpoint binds (default 127.0.0.1)\n"
 "\n"
 "L1 memory:\n"
 "  --chunk-size N           tokens per chunk, reported to clients (default 256)\n"
@@ -203,6 +212,8 @@ static void set_defaults(kvcd_options_t *o)
     o->max_segments = 64;
     o->max_segment_gb = 64.0;
     o->segment_lease_ms = 30000;
+    snprintf(o->http_host, sizeof(o->http_host), "127.0.0.1");
+    o->http_port = -1;
 }
 
 /* Parse flags into o (already holding defaults or earlier settings). */
@@ -221,6 +232,16 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             if (strlen(optarg) == 0 || strlen(optarg) >= sizeof(o->host))
                 return bad(err, errlen, "--host: expected a host name or address");
             snprintf(o->host, sizeof(o->host), "%s", optarg);
+            break;
+        case OPT_HTTP_HOST:
+            if (strlen(optarg) == 0 || strlen(optarg) >= sizeof(o->http_host))
+                return bad(err, errlen, "--http-host: expected a host name or address");
+            snprintf(o->http_host, sizeof(o->http_host), "%s", optarg);
+            break;
+        case OPT_HTTP_PORT:
+            if (parse_u64(optarg, 0, 65535, &u))
+                return bad(err, errlen, "--http-port: expected an integer in 0..65535, got '%s'", optarg);
+            o->http_port = (int)u;
             break;
         case OPT_PORT:
             if (parse_u64(optarg, 1, 65535, &u))

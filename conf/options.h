@@ -55,6 +55,8 @@ typedef struct {
     int max_segments;           /* shared-memory segments registered at once */
     double max_segment_gb;      /* GiB mapped for them, in total */
     int segment_lease_ms;       /* a silent owner's segments go after this */
+    char http_host[256];        /* --http-host: the HTTP endpoint's address */
+    int http_port;              /* --http-port: -1 off (default), 0 any free port */
     int want_help;              /* --help: print after the registry is loaded */
     const char *help_adapter;   /* --help-adapter TYPE */
     const char *config_path;    /* --config FILE */

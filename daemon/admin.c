@@ -47,23 +47,12 @@ static const char *state_name(kvcd_state_t s)
     return "?";
 }
 
-static json_t *exec_json(const kvcd_exec_t *ex)
-{
-    kvcd_exec_stats_t es;
-
-    kvcd_exec_stats(ex, &es);
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "name", kvcd_exec_name(ex),
-                     "threads", (json_int_t)es.threads, "max_queue", (json_int_t)es.max_queue,
-                     "queued", (json_int_t)es.queued, "running", (json_int_t)es.running,
-                     "completed", (json_int_t)es.completed, "rejected",
-                     (json_int_t)es.rejected, "busy_ms", (json_int_t)(es.busy_ns / 1000000u));
-}
-
-json_t *kvcd_server_status_json(kvcd_server_t *srv)
+json_t *kvcd_server_status(kvcd_server_t *srv)
 {
     const counters_t *c = &srv->c;
     kvcd_l1_stats_t st;
-    json_t *o, *counters;
+    json_t *o, *counters, *execs, *a;
+    size_t i;
     uint64_t unsent = srv->bridge ? kvcd_bridge_unsent(srv->bridge) : 0;
 
     kvcd_l1_stats(srv->l1, &st);
@@ -83,10 +72,10 @@ json_t *kvcd_server_status_json(kvcd_server_t *srv)
         "low_watermark", st.low_watermark,
         "largest_free", (json_int_t)st.largest_free,
         "admission",
-        "budget", (json_int_t)srv->opt->max_pending,
+        "budget_bytes", (json_int_t)srv->opt->max_pending,
+        "used_bytes", (json_int_t)(srv->held + unsent),
         "request_bytes", (json_int_t)srv->held,
         "unsent_bytes", (json_int_t)unsent,
-        "per_connection_unsent", (json_int_t)srv->opt->max_unsent,
         "paused", srv->bridge ? kvcd_bridge_paused(srv->bridge) : 0,
         "pauses", (json_int_t)c->admission_pauses);
     if (!o)
@@ -117,16 +106,27 @@ json_t *kvcd_server_status_json(kvcd_server_t *srv)
         "shm_stores", (json_int_t)c->shm_stores,
         "shm_loads", (json_int_t)c->shm_loads);
     json_object_set_new(o, "counters", counters);
-    if (srv->copy_exec)
-        json_object_set_new(o, "copy_executor", exec_json(srv->copy_exec));
     kvcd_storage_status(srv->storage, o);
+    /* Every executor in one list: copies, then each blocking adapter's. */
+    execs = json_array();
+    if (srv->copy_exec)
+        json_array_append_new(execs, kvcd_exec_json(srv->copy_exec));
+    json_array_foreach(json_object_get(o, "l2"), i, a) {
+        json_t *e = json_object_get(a, "executor");
+
+        if (e)
+            json_array_append(execs, e);
+    }
+    json_object_set_new(o, "executors", execs);
     kvcd_segtab_status(srv->segs, o);
+    json_object_set_new(o, "ops", kvcd_opstats_json(&srv->ops));
+    json_object_set_new(o, "latency_le_s", kvcd_hist_bounds_json());
     return o;
 }
 
 void kvcd_op_status(call_t *call)
 {
-    json_t *st = kvcd_server_status_json(call->srv);
+    json_t *st = kvcd_server_status(call->srv);
     kvcd_wbuf_t w;
 
     if (!st)

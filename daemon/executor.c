@@ -18,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "daemon/executor.h"
 #include "daemon/log.h"
 #include "protocol/kvcd_err.h"
@@ -286,4 +288,16 @@ void kvcd_exec_close(kvcd_exec_t *ex)
     ex->async_live = 0;
     pthread_mutex_unlock(&ex->mu);
     uv_close((uv_handle_t *)&ex->async, closed_cb);
+}
+
+json_t *kvcd_exec_json(const kvcd_exec_t *ex)
+{
+    kvcd_exec_stats_t es;
+
+    kvcd_exec_stats(ex, &es);
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "name", kvcd_exec_name(ex),
+                     "threads", (json_int_t)es.threads, "max_queue", (json_int_t)es.max_queue,
+                     "queued", (json_int_t)es.queued, "running", (json_int_t)es.running,
+                     "completed", (json_int_t)es.completed, "rejected",
+                     (json_int_t)es.rejected, "busy_ms", (json_int_t)(es.busy_ns / 1000000u));
 }

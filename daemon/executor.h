@@ -66,6 +66,10 @@ void kvcd_exec_quiesce(kvcd_exec_t *ex);
 size_t kvcd_exec_busy(const kvcd_exec_t *ex);
 
 const char *kvcd_exec_name(const kvcd_exec_t *ex);
+/* {name, threads, max_queue, queued, running, completed, rejected, busy_ms}
+ * (new reference). */
+struct json_t;
+struct json_t *kvcd_exec_json(const kvcd_exec_t *ex);
 void kvcd_exec_stats(const kvcd_exec_t *ex, kvcd_exec_stats_t *st);
 
 /* Quiesce, close the loop handle, and free the pool once its threads have

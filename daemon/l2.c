@@ -26,6 +26,7 @@
 
 #include "daemon/executor.h"
 #include "daemon/l2.h"
+#include "daemon/metrics.h"
 #include "daemon/log.h"
 
 #define DEFAULT_TIMEOUT_MS 10000 /* when neither the request nor the instance sets one */
@@ -61,6 +62,7 @@ struct run_s {
     int submitting;   /* inside an async adapter's method call */
     int cb_called;
     int timer_closed;
+    uint64_t t0;      /* uv_hrtime() at submit, for the latency histogram */
 };
 
 struct kvcd_l2_s {
@@ -85,7 +87,8 @@ struct kvcd_l2_s {
     uv_timer_t fail_timer;
 
     int healthy;
-    uint64_t calls[4], items[4];
+    uint64_t calls[4], items[4], bytes[4];
+    kvcd_hist_t latency[4]; /* submit to results, per operation */
     uint64_t failures, timeouts, late, consecutive, rejected;
     uint64_t streak[4];  /* consecutive failed calls, per operation */
     json_t *item_errors; /* error name -> count of item results */
@@ -142,16 +145,21 @@ static void count_item_error(kvcd_l2_t *l2, int result)
 }
 
 /* Health and counters for a call whose results are final (loop thread). */
-static void account(kvcd_l2_t *l2, kvcd_l2_req_t *req, int timed_out)
+static void account(kvcd_l2_t *l2, kvcd_l2_req_t *req, int timed_out, uint64_t t0)
 {
     int failed = timed_out, first = 0;
     size_t i, nbad = 0;
 
     l2->calls[req->op]++;
     l2->items[req->op] += req->n;
+    kvcd_hist_observe(&l2->latency[req->op], uv_hrtime() - t0);
     for (i = 0; i < req->n; i++) {
         int r = req->items[i].result;
 
+        if (r == 0 && req->op == KVCD_L2_STORE)
+            l2->bytes[req->op] += req->items[i].len;
+        else if (r == 0 && req->op == KVCD_L2_LOAD)
+            l2->bytes[req->op] += req->items[i].size;
         if (r == 0 || r == KVCD_ENOTFOUND)
             continue;
         if (!nbad++)
@@ -221,7 +229,7 @@ static void finish(run_t *run, int timed_out)
         req->timed_out = 1;
     }
     if (run->nslices)
-        account(l2, req, timed_out);
+        account(l2, req, timed_out, run->t0);
     if (run->prev)
         run->prev->next = run->next;
     else
@@ -441,6 +449,7 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
         return submit_failed(l2, req, -ENOMEM);
     run->l2 = l2;
     run->req = req;
+    run->t0 = uv_hrtime();
     req->slices = k ? &run->slices[0].b : NULL;
     req->nslices = k;
     req->pending = k;
@@ -684,8 +693,10 @@ json_t *kvcd_l2_status(kvcd_l2_t *l2)
     for (i = 0; i < 4; i++) {
         calls += l2->calls[i];
         json_object_set_new(ops, op_names[i],
-                            json_pack("{s:I, s:I}", "calls", (json_int_t)l2->calls[i], "keys",
-                                      (json_int_t)l2->items[i]));
+                            json_pack("{s:I, s:I, s:I, s:o*}", "calls", (json_int_t)l2->calls[i],
+                                      "keys", (json_int_t)l2->items[i], "bytes",
+                                      (json_int_t)l2->bytes[i], "latency",
+                                      l2->calls[i] ? kvcd_hist_json(&l2->latency[i]) : NULL));
     }
     json_object_set_new(o, "name", json_string(l2->name));
     json_object_set_new(o, "type", json_string(l2->a->name));
@@ -694,18 +705,8 @@ json_t *kvcd_l2_status(kvcd_l2_t *l2)
     json_object_set_new(o, "failures", json_integer((json_int_t)l2->failures));
     json_object_set_new(o, "timeouts", json_integer((json_int_t)l2->timeouts));
     json_object_set_new(o, "late_completions", json_integer((json_int_t)l2->late));
-    if (l2->exec) {
-        kvcd_exec_stats_t es;
-
-        kvcd_exec_stats(l2->exec, &es);
-        json_object_set_new(o, "executor",
-                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "workers",
-                                      (json_int_t)es.threads, "max_queue",
-                                      (json_int_t)es.max_queue, "queued", (json_int_t)es.queued,
-                                      "running", (json_int_t)es.running, "rejected",
-                                      (json_int_t)es.rejected, "busy_ms",
-                                      (json_int_t)(es.busy_ns / 1000000u)));
-    }
+    if (l2->exec)
+        json_object_set_new(o, "executor", kvcd_exec_json(l2->exec));
     json_object_set_new(o, "consecutive_failures", json_integer((json_int_t)l2->consecutive));
     json_object_set_new(o, "inflight", json_integer((json_int_t)l2->inflight));
     json_object_set_new(o, "ops", ops);

@@ -15,17 +15,25 @@
 
 #include "conf/options.h"
 #include "protocol/kvcd_err.h"
+#include "daemon/http.h"
 #include "daemon/l2.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
+
+/* The HTTP endpoint's view of the daemon: the STATUS document. */
+static json_t *server_status(void *srv)
+{
+    return kvcd_server_status(srv);
+}
 
 int main(int argc, char **argv)
 {
     kvcd_options_t opt;
     kvcd_server_t *srv;
+    kvcd_http_t *http = NULL;
     uv_loop_t loop;
     char err[512], workers[16];
-    int rc;
+    int rc, closed;
 
     rc = kvcd_options_parse(argc, argv, &opt, err, sizeof(err));
     if (rc != 0) {
@@ -84,20 +92,30 @@ int main(int argc, char **argv)
         kvcd_l2_registry_reset();
         return rc == KVCD_ECONFIG ? 2 : 1;
     }
+    if (opt.http_port >= 0 &&
+        kvcd_http_create(&loop, opt.http_host, opt.http_port,
+                         server_status, srv, &http, err,
+                         sizeof(err)) != 0) {
+        /* Nobody was served yet: stop as a failed start. */
+        fprintf(stderr, "kvcd: %s\n", err);
+        kvcd_server_stop(srv);
+        rc = 1;
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
+    kvcd_http_destroy(http);
     if (kvcd_server_destroy(srv) != 0) {
         /* The shutdown deadline left workers inside an adapter: every request
          * was answered, but what they touch cannot be freed. */
         KVCD_LOG(KVCD_LOG_WARNING, "main", "exit (shutdown deadline; workers abandoned)");
         fflush(NULL);
-        _exit(0);
+        _exit(rc);
     }
-    rc = uv_loop_close(&loop);
-    if (rc != 0)
+    closed = uv_loop_close(&loop);
+    if (closed != 0)
         KVCD_LOG(KVCD_LOG_WARNING, "main", "loop closed with handles open: %s",
-                 uv_strerror(rc));
+                 uv_strerror(closed));
     kvcd_options_free(&opt);
     kvcd_l2_registry_reset();
     KVCD_LOG(KVCD_LOG_INFO, "main", "exit");
-    return 0;
+    return rc;
 }

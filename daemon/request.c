@@ -110,6 +110,8 @@ void kvcd_call_reply(call_t *call, kvcd_wbuf_t *w, const kvcd_bulk_t *bulk, size
         call->next->prev = call->prev;
     call->prev = call->next = NULL;
     srv->inflight--;
+    kvcd_opstats_observe(&srv->ops, call->decoded ? call->req.op : 0, call->err,
+                         uv_hrtime() - call->t_start_ns);
     rc = kvcd_bridge_send(srv->bridge, call->conn, buf, len, bulk, nbulk, sent, arg);
     if (rc != 0) {
         srv->c.dropped_replies++;
@@ -127,6 +129,7 @@ void kvcd_call_error(call_t *call, int err, const char *msg)
     if (call->answered)
         return;
     call->srv->c.errors++;
+    call->err = err;
     KVCD_LOG(KVCD_LOG_DEBUG, "server", "request %" PRIu64 " op %" PRIu32 ": %s: %s",
              call->req.id, call->req.op, kvcd_errname(err), msg ? msg : "");
     kvcd_wbuf_init(&w);

@@ -179,6 +179,7 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
     }
     srv->loop = loop;
     srv->opt = opt;
+    kvcd_opstats_init(&srv->ops);
 
     memset(&l1cfg, 0, sizeof(l1cfg));
     l1cfg.capacity = (size_t)(opt->l1_size_gb * (double)(1ull << 30));
@@ -252,6 +253,7 @@ fail:
     }
     if (srv->l1)
         kvcd_l1_destroy(srv->l1);
+    kvcd_opstats_close(&srv->ops);
     free(srv);
     return rc ? rc : KVCD_EINTERNAL;
 }
@@ -273,6 +275,7 @@ int kvcd_server_destroy(kvcd_server_t *srv)
     kvcd_segtab_destroy(srv->segs);
     kvcd_storage_destroy(srv->storage);
     kvcd_l1_destroy(srv->l1);
+    kvcd_opstats_close(&srv->ops);
     free(srv);
     return 0;
 }

@@ -21,6 +21,10 @@ typedef struct kvcd_server_s kvcd_server_t;
 int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt,
                        kvcd_server_t **out, char *err, size_t errlen);
 
+/* The STATUS document (new reference, NULL when out of memory): what STATUS
+ * over ZeroMQ replies and what the HTTP endpoint renders. Loop thread. */
+json_t *kvcd_server_status(kvcd_server_t *srv);
+
 /* Stop accepting requests, answer what is in flight, close the socket; the loop
  * then runs out of handles. Idempotent. */
 void kvcd_server_stop(kvcd_server_t *srv);

@@ -29,6 +29,7 @@
 #include "daemon/bridge.h"
 #include "daemon/executor.h"
 #include "daemon/l1.h"
+#include "daemon/metrics.h"
 #include "daemon/segment.h"
 #include "daemon/server.h"
 #include "daemon/storage.h"
@@ -74,7 +75,8 @@ struct call_s {
     int answered;
     size_t busy;                /* copies + storage operations outstanding */
     call_t *prev, *next;        /* srv->calls while unanswered */
-    uint64_t t_start_ns;
+    uint64_t t_start_ns;        /* arrival, for the latency metric */
+    int err;                    /* the request-level error replied, or 0 */
     int *results;
     kvcd_obj_t **objs;          /* STORE: objects being written */
     copy_task_t *tasks;
@@ -115,6 +117,7 @@ struct kvcd_server_s {
     uint64_t start_ms;
     uint64_t last_recv_ms;
     counters_t c;
+    kvcd_opstats_t ops;         /* per-op requests, errors, latency (metrics.h) */
 };
 
 /* request.c */
@@ -157,7 +160,6 @@ void kvcd_op_load_shm(call_t *call);
 /* admin.c */
 void kvcd_op_ping(call_t *call);
 void kvcd_op_status(call_t *call);
-json_t *kvcd_server_status_json(kvcd_server_t *srv);
 
 /* server.c */
 void kvcd_server_step(kvcd_server_t *srv);

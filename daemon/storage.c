@@ -979,7 +979,11 @@ size_t kvcd_storage_inflight(const kvcd_storage_t *st)
 void kvcd_storage_status(kvcd_storage_t *st, json_t *status)
 {
     json_t *l2 = json_array(), *c;
-    size_t i;
+    size_t i, queued = 0;
+    lookup_t *w;
+
+    for (w = st->wait_head; w; w = w->next)
+        queued++;
 
     for (i = 0; i < st->nl2; i++)
         if (st->l2[i])
@@ -1010,6 +1014,8 @@ void kvcd_storage_status(kvcd_storage_t *st, json_t *status)
                   st->opt->l2_store_policy == KVCD_STORE_SKIP_L1 ? "skip_l1" : "default",
                   "prefetch_policy",
                   st->opt->l2_prefetch_policy == KVCD_PREFETCH_RETAIN ? "retain" : "default");
+    json_object_set_new(c, "prefetch_inflight", json_integer((json_int_t)st->prefetching));
+    json_object_set_new(c, "prefetch_queued", json_integer((json_int_t)queued));
     json_object_set_new(status, "storage", c);
 }
 

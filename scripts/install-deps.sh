@@ -6,6 +6,7 @@ set -eu
 PKGS="build-essential pkg-config
 libuv1-dev libzmq3-dev libmsgpack-dev libjansson-dev check
 libxxhash-dev libhiredis-dev redis-server memcached
+libmicrohttpd-dev prometheus
 python3 python3-zmq python3-msgpack
 procps util-linux"
 

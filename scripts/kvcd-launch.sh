@@ -5,7 +5,8 @@
 #
 # Starts kvcd with the given flags, waits until it answers PING (exit 1 if it
 # never does within the timeout, or kvcd's own status if it dies first), writes
-# the pid file, prints the settings an inference server needs, then stays in the
+# the pid file, prints the settings an inference server needs (and, with
+# --http-port, the Prometheus scrape config for kvcd's /metrics), then stays in the
 # foreground: SIGTERM/SIGINT/SIGHUP are forwarded to kvcd, and the script exits
 # with kvcd's exit status once it has stopped (removing the pid file).
 #
@@ -39,17 +40,21 @@ kvcd=$(pick "${KVCD_BIN:-}" kvcd)
 kvcdctl=$(pick "${KVCDCTL_BIN:-}" kvcdctl)
 
 # The endpoint kvcd will bind, from the same flags it parses.
-endpoint= host=127.0.0.1 port=5555 prev=
+endpoint= host=127.0.0.1 port=5555 prev= http_host=127.0.0.1 http_port=
 for a in "$@"; do
     case "$prev" in
     --endpoint) endpoint=$a ;;
     --host) host=$a ;;
     --port) port=$a ;;
+    --http-host) http_host=$a ;;
+    --http-port) http_port=$a ;;
     esac
     case "$a" in
     --endpoint=*) endpoint=${a#--endpoint=} ;;
     --host=*) host=${a#--host=} ;;
     --port=*) port=${a#--port=} ;;
+    --http-host=*) http_host=${a#--http-host=} ;;
+    --http-port=*) http_port=${a#--http-port=} ;;
     esac
     prev=$a
 done
@@ -91,6 +96,18 @@ fi
 echo "kvcd is ready (pid $child)"
 echo "KVCD_ENDPOINT=$endpoint"
 echo "# Python: kvcd_client.Client(\"$endpoint\")   C: kvcd_client_connect(\"$endpoint\", ...)"
+if [ -n "$http_port" ] && [ "$http_port" != 0 ]; then
+    cat <<EOF
+KVCD_METRICS_URL=http://$http_host:$http_port/metrics
+# readiness probe: GET /healthcheck   liveness probe: GET /livez
+# Prometheus (prometheus.yml):
+#   scrape_configs:
+#     - job_name: kvcd
+#       scrape_interval: 15s
+#       static_configs:
+#         - targets: ['$http_host:$http_port']
+EOF
+fi
 
 # wait returns early when a trapped signal arrives; loop until kvcd is gone.
 while :; do
