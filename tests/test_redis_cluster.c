@@ -6,7 +6,8 @@
  *
  * Pure: CRC16 and key slots (hash tags) against Redis's reference values,
  * MOVED/ASK parsing. Adapter level (an instance on a private loop): spec
- * errors; a server without cluster support; a master killed (failover: loads
+ * errors; a server without cluster support; ASK and MOVED for one slot put in
+ * migration by hand; a master killed (failover: loads
  * exact or failed, never wrong bytes; hits resume once the replica is
  * promoted; new stores succeed); slots resharded while loading and storing
  * (nothing but hits and misses, redirects counted); every node down and back
@@ -565,6 +566,99 @@ START_TEST(reshard_while_loading)
 }
 END_TEST
 
+/* The node index of the master serving slot, per CLUSTER SLOTS of node j. */
+static int owner_on(int j, unsigned slot)
+{
+    redisContext *c = kvcd_redis_connect(&cl.node[j]);
+    redisReply *rep;
+    int port = -1, i;
+    size_t k;
+
+    ck_assert_ptr_nonnull(c);
+    rep = redisCommand(c, "CLUSTER SLOTS");
+    ck_assert(rep && rep->type == REDIS_REPLY_ARRAY);
+    for (k = 0; k < rep->elements; k++) {
+        redisReply *e = rep->element[k];
+
+        if ((unsigned)e->element[0]->integer <= slot && slot <= (unsigned)e->element[1]->integer)
+            port = (int)e->element[2]->element[1]->integer;
+    }
+    freeReplyObject(rep);
+    redisFree(c);
+    for (i = 0; i < cl.n; i++)
+        if (cl.node[i].port == port)
+            return i;
+    return -1;
+}
+
+/* One slot put in migration by hand (no key moved): a new key's store, its
+ * lookup, load and remove get ASK from the source and go to the target with
+ * ASKING (the store through the adapter's own zero-copy write, ASKING in
+ * front); the map is left alone. Once the slot is assigned to the target,
+ * the source answers MOVED and the map follows. */
+START_TEST(ask_and_moved_for_one_slot)
+{
+    tobj_t *o = objs_new(1, 777, 256 * 1024);
+    char name[KVCD_OBJ_NAME_MAX], sid[64], did[64];
+    uint8_t dig[16];
+    unsigned slot;
+    size_t kl;
+    int src, dst = -1, i;
+
+    start_cluster();
+    create_cluster_instance("\"cluster_refresh_ms\":600000");
+    wait_health(1, 5000);
+    ck_assert_int_eq(kvcd_fs_name(0, &o[0].key.k, name, dig), 0);
+    kl = strlen(name) - strlen(KVCD_OBJ_NAME_SUFFIX);
+    slot = kvcd_cluster_slot(name, kl);
+    src = owner_on(0, slot);
+    ck_assert_int_ge(src, 0);
+    for (i = 0; i < cl.n && dst < 0; i++)
+        if (i != src && kvcd_redis_cluster_is_master(&cl, i) == 1)
+            dst = i;
+    ck_assert_int_ge(dst, 0);
+    ck_assert_int_eq(cluster_id(src, sid, sizeof(sid)), 0);
+    ck_assert_int_eq(cluster_id(dst, did, sizeof(did)), 0);
+    ck_assert_int_eq(kvcd_redis_int(&cl.node[dst], "CLUSTER SETSLOT %u IMPORTING %s", slot, sid),
+                     0);
+    ck_assert_int_eq(kvcd_redis_int(&cl.node[src], "CLUSTER SETSLOT %u MIGRATING %s", slot, did),
+                     0);
+
+    all(KVCD_L2_STORE, o, 1);
+    ck_assert_int_eq(cstat("ask"), 1);
+    ck_assert_int_eq(kvcd_redis_int(&cl.node[dst], "CLUSTER COUNTKEYSINSLOT %u", slot), 1);
+    ck_assert_int_eq(kvcd_redis_int(&cl.node[src], "CLUSTER COUNTKEYSINSLOT %u", slot), 0);
+    all(KVCD_L2_LOOKUP, o, 1);
+    all(KVCD_L2_LOAD, o, 1);
+    ck_assert_int_eq(cstat("ask"), 3);
+    ck_assert_int_eq(cstat("moved"), 0);
+
+    /* the slot is the target's now, on every node (as redis-cli does it),
+     * before the adapter hears of it */
+    ck_assert_int_eq(kvcd_redis_int(&cl.node[dst], "CLUSTER SETSLOT %u NODE %s", slot, did), 0);
+    for (i = 0; i < cl.n; i++)
+        if (i != dst && kvcd_redis_cluster_is_master(&cl, i) == 1)
+            ck_assert_int_eq(
+                kvcd_redis_int(&cl.node[i], "CLUSTER SETSLOT %u NODE %s", slot, did), 0);
+    for (i = 0; i < cl.n; i++) {
+        uint64_t end = now_ms() + 10000;
+
+        while (owner_on(i, slot) != dst) {
+            ck_assert_msg(now_ms() < end, "node %d does not see the slot moved", i);
+            usleep(20000);
+        }
+    }
+    all(KVCD_L2_LOAD, o, 1);
+    ck_assert_int_eq(cstat("moved"), 1);
+    all(KVCD_L2_LOAD, o, 1); /* straight to the target: the map has the slot */
+    ck_assert_int_eq(cstat("moved"), 1);
+    all(KVCD_L2_REMOVE, o, 1);
+    ck_assert_int_eq(kvcd_redis_int(&cl.node[dst], "CLUSTER COUNTKEYSINSLOT %u", slot), 0);
+    ck_assert_int_eq(cstat("redirect_failures"), 0);
+    objs_free(o, 1);
+}
+END_TEST
+
 /* Every node down: unhealthy, keys fail (fast, not wrong); back (empty, no
  * persistence): healthy again, misses, then stores and loads work. */
 START_TEST(all_nodes_down_and_back)
@@ -883,6 +977,7 @@ static Suite *cluster_suite(void)
     tcase_add_test(inst, cluster_spec_errors);
     tcase_add_test(inst, seed_without_cluster_support);
     tcase_add_test(inst, master_killed_failover);
+    tcase_add_test(inst, ask_and_moved_for_one_slot);
     tcase_add_test(inst, reshard_while_loading);
     tcase_add_test(inst, all_nodes_down_and_back);
     suite_add_tcase(s, inst);
