@@ -2,7 +2,8 @@
  * redis.c - an asynchronous L2 adapter on Redis or Valkey (RESP, hiredis).
  *
  * {"type":"redis","unix":"/run/redis/redis.sock"}   or "host"/"port", or
- * {"type":"redis","nodes":[{"host":"10.0.0.1"},{"host":"10.0.0.2"}], ...}
+ * {"type":"redis","nodes":[{"host":"10.0.0.1"},{"host":"10.0.0.2"}], ...}  or
+ * {"type":"redis","cluster":true,"nodes":[{"host":"10.0.0.1","port":7000}]}
  *
  * Keys are key_prefix + the fs adapter's file name without ".data"; a value is
  * the payload followed by the fs adapter's 64-byte trailer (adapters/fs/name.h),
@@ -43,6 +44,22 @@
  * waits much longer than that. Status reports the adapter unhealthy while any
  * node is not READY.
  *
+ * Cluster mode ("cluster": true; host/port or nodes are only seeds). The slot
+ * map comes from CLUSTER SLOTS (adapters/redis/cluster.h computes a key's
+ * slot, hash tags honoured; kvcd adds none, so a prompt's chunks spread over
+ * all masters). Each key goes to its slot's master (lookups and loads, with
+ * read_from_replicas, to the master or a connected replica in turn); nodes
+ * named by the map or by redirects are added and connected as above, and
+ * never freed before close. MOVED updates the slot in the map, asks for a
+ * refresh and sends the key again; ASK sends it again after ASKING, map
+ * untouched; a key redirected more than max_redirects times fails. The map
+ * is refreshed every cluster_refresh_ms, and sooner (at most every
+ * REFRESH_MIN_MS) after a MOVED, a CLUSTERDOWN, an uncovered slot or a lost
+ * connection to a node of the map: that is how a failover is found. Keys
+ * submitted before the first map wait for it (bounded: they fail when no
+ * seed can be reached or the first refresh fails). Healthy means: a map
+ * that covers all 16384 slots, and every master in it READY.
+ *
  * Lifetimes. hiredis callbacks never complete a batch directly: finished
  * batches go on a list that a timer delivers on the next loop turn, so the
  * core (which may close the instance from a completion) never runs inside
@@ -68,14 +85,19 @@
 
 #include "adapters/adapter.h"
 #include "adapters/fs/name.h"
+#include "adapters/redis/cluster.h"
 #include "adapters/redis/ring.h"
 #include "daemon/log.h"
 
 #define PREFIX_MAX 128
 #define KEY_MAX (PREFIX_MAX + KVCD_OBJ_NAME_MAX)
 #define NODES_MAX 256
+#define CLUSTER_NODES_MAX 1024 /* seeds plus discovered nodes */
+#define REPLICAS_MAX 8
+#define REFRESH_MIN_MS 100 /* between two map refreshes asked for by errors */
 #define TRL KVCD_OBJ_TRL_SIZE
-#define HEAD_MAX (64 + KEY_MAX) /* "*5\r\n$3\r\nSET\r\n$<n>\r\n<key>\r\n$<n>\r\n" */
+#define ASKING_CMD "*1\r\n$6\r\nASKING\r\n"
+#define HEAD_MAX (80 + KEY_MAX) /* [ASKING] "*5\r\n$3\r\nSET\r\n$<n>\r\n<key>\r\n$<n>\r\n" */
 #define TAIL_MAX (TRL + 64)     /* trailer "\r\n" [$2 EX $<n> <ttl>] */
 #define LOG_INTERVAL_MS 5000
 
@@ -85,6 +107,11 @@ typedef enum { N_START, N_DOWN, N_RESOLVING, N_CONNECTING, N_HANDSHAKE, N_READY 
 
 static const char *const state_names[] = {"starting", "down",      "resolving",
                                           "connecting", "handshake", "ready"};
+
+/* cluster mode: what the last slot map says a node is */
+typedef enum { R_NONE, R_MASTER, R_REPLICA } nrole_t;
+
+static const char *const role_names[] = {"none", "master", "replica"};
 
 typedef struct rd_s rd_t;
 typedef struct node_s node_t;
@@ -102,6 +129,14 @@ struct op_s {
     int rc;        /* result so far */
     long long len; /* lookup: STRLEN */
     size_t bytes;  /* value bytes it moves: store, load */
+    /* cluster mode */
+    unsigned slot;
+    uint8_t asking;     /* send ASKING first (once) */
+    uint8_t redirects;  /* MOVED/ASK followed so far */
+    uint8_t redir_kind; /* a MOVED or ASK reply came: where to go next */
+    uint8_t lost;       /* a reply was lost with the connection */
+    unsigned redir_slot;
+    node_t *redir_node;
     uint8_t dig[16];
     size_t keylen;
     char key[KEY_MAX];
@@ -154,7 +189,18 @@ struct node_s {
     size_t sent_bytes; /* of the keys in `sent` */
     uint64_t routed, connects, disconnects, failed_connects, timeouts, errors;
     char last_error[256];
+    /* cluster mode */
+    nrole_t role;
+    unsigned slots; /* slots it serves as master, per the map */
+    int seed;       /* given in the spec */
 };
+
+/* cluster mode: one slot range of the map and who serves it */
+typedef struct {
+    node_t *master;
+    node_t *rep[REPLICAS_MAX];
+    unsigned nrep;
+} shard_t;
 
 struct rd_s {
     uv_loop_t *loop;
@@ -168,12 +214,30 @@ struct rd_s {
     unsigned depth, vnodes;
     size_t pipeline_bytes;
     node_t **nodes;
-    size_t nnodes;
+    size_t nnodes, cap;
     kvcd_ring_t ring;
     uv_timer_t *ticker; /* delivers finished batches; allocated apart */
     job_t *done_head, *done_tail;
     uint64_t stores, store_bytes, lookups, hits, loads, load_bytes, removes, checksum_failures,
         server_errors;
+    /* cluster mode (see "cluster" below) */
+    int cluster, replica_reads;
+    unsigned max_redirects;
+    uint64_t refresh_ms;
+    shard_t *shards;
+    size_t nshards, shards_cap;
+    int32_t *slot_shard; /* KVCD_CLUSTER_SLOTS entries: index in shards, or -1 */
+    unsigned covered;    /* slots with an owner */
+    int have_map;
+    uv_timer_t *refresher; /* periodic and on-demand refresh; allocated apart */
+    node_t *refresh_node;  /* CLUSTER SLOTS in flight on it, or NULL */
+    int refresh_again;     /* asked for while one was in flight */
+    int refresh_wanted;    /* waiting for a connected node */
+    uint64_t refresh_started_ms, refreshed_ms;
+    oplist_t unrouted; /* keys waiting for the first map */
+    unsigned rr;       /* replica choice */
+    uint64_t moved, asks, refreshes, refresh_failures, redirect_failures, cluster_down;
+    char map_error[512];
 };
 
 static const kvcd_adapter_field_t fields[] = {
@@ -199,11 +263,20 @@ static const kvcd_adapter_field_t fields[] = {
     {"virtual_nodes", "integer", "512", "points per server on the hash ring"},
     {"reconnect_min_ms", "integer", "100", "first reconnect delay"},
     {"reconnect_max_ms", "integer", "2000", "reconnect delay cap (the delay doubles)"},
+    {"cluster", "boolean", "false",
+     "Redis Cluster: host/port or nodes are seeds; keys go by slot, MOVED/ASK followed"},
+    {"read_from_replicas", "boolean", "false", "cluster: lookups and loads also go to replicas"},
+    {"cluster_refresh_ms", "integer", "10000", "cluster: slot map refresh period"},
+    {"max_redirects", "integer", "5", "cluster: MOVED/ASK followed per key before it fails"},
     {NULL, NULL, NULL, NULL},
 };
 
 static void pump(node_t *n);
 static void node_connect(node_t *n);
+static void refresh_soon(rd_t *rd);
+static void refresh_start(rd_t *rd);
+static void fail_unrouted(rd_t *rd, int rc);
+static int any_alive(const rd_t *rd);
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -430,6 +503,14 @@ static void node_lost(node_t *n)
     n->backoff_ms *= 2;
     if (n->backoff_ms > rd->reconnect_max_ms)
         n->backoff_ms = rd->reconnect_max_ms;
+    if (rd->cluster) {
+        /* a master lost may be failing over; keys waiting for a first map
+         * cannot wait for nodes that are all down */
+        if (rd->refresh_wanted && !any_alive(rd))
+            fail_unrouted(rd, KVCD_ECONNECT);
+        if (was_ready || n->role != R_NONE)
+            refresh_soon(rd);
+    }
 }
 
 /* Tear the connection down: pending callbacks run with no reply (their keys
@@ -463,6 +544,8 @@ static void node_ready(node_t *n)
     n->ever_ready = 1;
     n->last_error[0] = '\0';
     pump(n);
+    if (rd->cluster && rd->refresh_wanted && !rd->refresh_node)
+        refresh_start(rd);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -579,6 +662,11 @@ static void start_connect(node_t *n, const char *ip)
     }
     if (!rd->password && !rd->db) {
         const char *a[] = {"PING"};
+
+        bad |= hs_send(n, 1, a);
+    }
+    if (rd->cluster && rd->replica_reads) {
+        const char *a[] = {"READONLY"}; /* a replica serves reads of its slots */
 
         bad |= hs_send(n, 1, a);
     }
@@ -719,6 +807,495 @@ static void watch_cb(uv_timer_t *t)
     node_drop(n, KVCD_ETIMEDOUT);
 }
 
+/* ---- nodes and routing ---------------------------------------------------------- */
+
+/* A new node (connecting once its retry timer runs; the caller starts it), or
+ * NULL when out of memory. */
+static node_t *node_new(rd_t *rd, const char *host, int port, const char *path, const char *id,
+                        const char *addr)
+{
+    node_t *n;
+
+    if (rd->nnodes == rd->cap) {
+        size_t cap = rd->cap ? rd->cap * 2 : 8;
+        node_t **a = realloc(rd->nodes, cap * sizeof(*a));
+
+        if (!a)
+            return NULL;
+        rd->nodes = a;
+        rd->cap = cap;
+    }
+    n = calloc(1, sizeof(*n));
+    if (!n)
+        return NULL;
+    if ((host && !(n->host = strdup(host))) || (path && !(n->path = strdup(path)))) {
+        free(n->host);
+        free(n);
+        return NULL;
+    }
+    snprintf(n->id, sizeof(n->id), "%s", id);
+    snprintf(n->addr, sizeof(n->addr), "%s", addr);
+    n->rd = rd;
+    n->loop = rd->loop;
+    n->port = port;
+    n->backoff_ms = rd->reconnect_min_ms;
+    uv_timer_init(rd->loop, &n->retry);
+    uv_timer_init(rd->loop, &n->watch);
+    n->retry.data = n->watch.data = n;
+    n->refs = 2;
+    rd->nodes[rd->nnodes++] = n;
+    return n;
+}
+
+static void fmt_addr(char *addr, size_t len, const char *host, int port)
+{
+    if (strchr(host, ':'))
+        snprintf(addr, len, "[%s]:%d", host, port);
+    else
+        snprintf(addr, len, "%s:%d", host, port);
+}
+
+/* Cluster mode: the node at host:port, created (and connecting) when new.
+ * NULL when out of memory or past CLUSTER_NODES_MAX. */
+static node_t *cluster_node(rd_t *rd, const char *host, int port)
+{
+    char addr[320];
+    node_t *n;
+    size_t i;
+
+    for (i = 0; i < rd->nnodes; i++) {
+        n = rd->nodes[i];
+        if (n->host && n->port == port && !strcmp(n->host, host))
+            return n;
+    }
+    if (rd->nnodes >= CLUSTER_NODES_MAX)
+        return NULL;
+    fmt_addr(addr, sizeof(addr), host, port);
+    n = node_new(rd, host, port, NULL, addr, addr);
+    if (!n)
+        return NULL;
+    KVCD_LOG(KVCD_LOG_INFO, "redis", "%s: cluster node %s discovered", rd->instance, addr);
+    uv_timer_start(&n->retry, retry_cb, 0, 0);
+    return n;
+}
+
+static int is_read(kvcd_l2_op_t op)
+{
+    return op == KVCD_L2_LOOKUP || op == KVCD_L2_LOAD;
+}
+
+/* Who serves slot: its master, or for reads with read_from_replicas any of
+ * its connected master and replicas in turn. NULL when the slot is not
+ * covered. */
+static node_t *slot_node(rd_t *rd, unsigned slot, int read)
+{
+    int32_t s = rd->slot_shard[slot];
+    node_t *c[REPLICAS_MAX + 1];
+    const shard_t *sh;
+    unsigned k = 0, i;
+
+    if (s < 0)
+        return NULL;
+    sh = &rd->shards[s];
+    if (!read || !rd->replica_reads || sh->nrep == 0)
+        return sh->master;
+    if (sh->master->state == N_READY)
+        c[k++] = sh->master;
+    for (i = 0; i < sh->nrep; i++)
+        if (sh->rep[i]->state == N_READY)
+            c[k++] = sh->rep[i];
+    return k ? c[rd->rr++ % k] : sh->master;
+}
+
+static void enqueue(node_t *n, op_t *op)
+{
+    op->node = n;
+    n->routed++;
+    if (n->state == N_DOWN) {
+        op_done(op, KVCD_ECONNECT);
+        return;
+    }
+    list_push(&n->wait, op);
+    pump(n);
+}
+
+static void refresh_soon(rd_t *rd);
+
+static void route(rd_t *rd, op_t *op)
+{
+    node_t *n;
+
+    if (!rd->cluster) {
+        enqueue(rd->nodes[rd->nnodes == 1 ? 0 : kvcd_ring_pick(&rd->ring, be64(op->dig))], op);
+        return;
+    }
+    if (!rd->have_map) {
+        op->node = NULL;
+        list_push(&rd->unrouted, op);
+        refresh_soon(rd);
+        return;
+    }
+    n = slot_node(rd, op->slot, is_read(op->job->b->op));
+    if (!n) {
+        op_done(op, KVCD_EUNAVAIL); /* slot not covered (CLUSTERDOWN) */
+        refresh_soon(rd);
+        return;
+    }
+    enqueue(n, op);
+}
+
+/* ---- cluster: the slot map ---------------------------------------------------- */
+
+/* Map refresh. One CLUSTER SLOTS at a time, on a connected node (taken in
+ * turn, so one that answers badly is not asked again and again); periodic
+ * every cluster_refresh_ms, sooner (but not more often than every
+ * REFRESH_MIN_MS) after a MOVED, a CLUSTERDOWN, an uncovered slot or a lost
+ * connection to a node of the map. A refresh without an answer within
+ * command_timeout_ms is given up and another node asked. Keys submitted
+ * before the first map wait in `unrouted`; they fail when no node can be
+ * reached or the first refresh fails. */
+static void refresh_cb(uv_timer_t *t);
+static void slots_cb(redisAsyncContext *ac, void *r, void *priv);
+
+static void refresh_at(rd_t *rd, uint64_t delay)
+{
+    if (uv_is_active((uv_handle_t *)rd->refresher) && uv_timer_get_due_in(rd->refresher) <= delay)
+        return;
+    uv_timer_start(rd->refresher, refresh_cb, delay, 0);
+}
+
+static void refresh_soon(rd_t *rd)
+{
+    uint64_t now, due;
+
+    if (!rd->cluster)
+        return;
+    if (rd->refresh_node) {
+        rd->refresh_again = 1;
+        return;
+    }
+    now = uv_now(rd->loop);
+    due = rd->refresh_started_ms + REFRESH_MIN_MS;
+    refresh_at(rd, due > now ? due - now : 0);
+}
+
+static void fail_unrouted(rd_t *rd, int rc)
+{
+    op_t *op;
+
+    while ((op = rd->unrouted.head)) {
+        list_remove(&rd->unrouted, op);
+        op_done(op, rc);
+    }
+}
+
+static void route_unrouted(rd_t *rd)
+{
+    oplist_t l = rd->unrouted;
+    op_t *op;
+
+    memset(&rd->unrouted, 0, sizeof(rd->unrouted));
+    while ((op = l.head)) {
+        list_remove(&l, op);
+        route(rd, op);
+    }
+}
+
+static int any_alive(const rd_t *rd)
+{
+    size_t i;
+
+    for (i = 0; i < rd->nnodes; i++)
+        if (rd->nodes[i]->state != N_DOWN)
+            return 1;
+    return 0;
+}
+
+static void refresh_start(rd_t *rd)
+{
+    node_t *n = NULL;
+    size_t k;
+
+    for (k = 0; k < rd->nnodes && !n; k++) {
+        node_t *c = rd->nodes[(rd->refreshes + rd->refresh_failures + k) % rd->nnodes];
+
+        if (c->state == N_READY && !c->broken)
+            n = c;
+    }
+    if (!n) {
+        /* node_ready starts it; meanwhile keys without a map cannot wait
+         * for nodes that are all down */
+        rd->refresh_wanted = 1;
+        if (!any_alive(rd)) {
+            snprintf(rd->map_error, sizeof(rd->map_error), "no cluster node reachable");
+            fail_unrouted(rd, KVCD_ECONNECT);
+        }
+        refresh_at(rd, rd->refresh_ms);
+        return;
+    }
+    rd->refresh_wanted = 0;
+    rd->refresh_again = 0;
+    rd->refresh_started_ms = uv_now(rd->loop);
+    if (redisAsyncCommand(n->ac, slots_cb, n, "CLUSTER SLOTS") != REDIS_OK) {
+        rd->refresh_failures++;
+        refresh_at(rd, REFRESH_MIN_MS);
+        return;
+    }
+    rd->refresh_node = n;
+    uv_timer_start(rd->refresher, refresh_cb, rd->command_timeout_ms, 0);
+}
+
+static void refresh_cb(uv_timer_t *t)
+{
+    rd_t *rd = t->data;
+
+    if (rd->refresh_node) { /* no answer in time: a late one is ignored */
+        rd->refresh_failures++;
+        snprintf(rd->map_error, sizeof(rd->map_error), "CLUSTER SLOTS: no reply from %s within %llu ms",
+                 rd->refresh_node->addr, (unsigned long long)rd->command_timeout_ms);
+        rd->refresh_node = NULL;
+    }
+    refresh_start(rd);
+}
+
+/* MOVED: slot is served by `to` from now on (until the next refresh). */
+static void map_moved(rd_t *rd, unsigned slot, node_t *to)
+{
+    int32_t old = rd->slot_shard[slot];
+    size_t i;
+
+    for (i = 0; i < rd->nshards; i++)
+        if (rd->shards[i].master == to)
+            break;
+    if (i == rd->nshards) {
+        if (rd->nshards == rd->shards_cap) {
+            size_t cap = rd->shards_cap * 2 + 4;
+            shard_t *a = realloc(rd->shards, cap * sizeof(*a));
+
+            if (!a)
+                return;
+            rd->shards = a;
+            rd->shards_cap = cap;
+        }
+        memset(&rd->shards[i], 0, sizeof(rd->shards[i]));
+        rd->shards[i].master = to;
+        rd->nshards++;
+    }
+    if (old < 0)
+        rd->covered++;
+    else if (rd->shards[old].master->slots > 0)
+        rd->shards[old].master->slots--;
+    rd->slot_shard[slot] = (int32_t)i;
+    to->slots++;
+    to->role = R_MASTER;
+}
+
+/* Replace the map with a CLUSTER SLOTS reply from `from`:
+ * [[start, end, [ip, port, id, ...] (master), [ip, port, ...] (replicas)...], ...]
+ * 0, or -1 with rd->map_error set. */
+static int map_apply(rd_t *rd, node_t *from, const redisReply *r)
+{
+    shard_t *sh = NULL;
+    int32_t *map = NULL;
+    size_t nsh = 0, i, j;
+    unsigned covered = 0, masters = 0;
+    long long s;
+
+    if (r->type != REDIS_REPLY_ARRAY) {
+        snprintf(rd->map_error, sizeof(rd->map_error), "CLUSTER SLOTS on %s: not an array",
+                 from->addr);
+        return -1;
+    }
+    sh = calloc(r->elements + 1, sizeof(*sh));
+    map = malloc(KVCD_CLUSTER_SLOTS * sizeof(*map));
+    if (!sh || !map)
+        goto nomem;
+    for (s = 0; s < KVCD_CLUSTER_SLOTS; s++)
+        map[s] = -1;
+    for (i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        long long a, b;
+
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+            e->element[0]->type != REDIS_REPLY_INTEGER || e->element[1]->type != REDIS_REPLY_INTEGER)
+            goto bad;
+        a = e->element[0]->integer;
+        b = e->element[1]->integer;
+        if (a < 0 || b < a || b >= KVCD_CLUSTER_SLOTS)
+            goto bad;
+        for (j = 2; j < e->elements; j++) {
+            const redisReply *nd = e->element[j];
+            char host[256];
+            node_t *x;
+
+            if (nd->type != REDIS_REPLY_ARRAY || nd->elements < 2 ||
+                nd->element[0]->type != REDIS_REPLY_STRING ||
+                nd->element[1]->type != REDIS_REPLY_INTEGER || nd->element[0]->len >= sizeof(host) ||
+                nd->element[1]->integer < 1 || nd->element[1]->integer > 65535)
+                goto bad;
+            if (nd->element[0]->len == 0) { /* "the node you asked" */
+                if (!from->host)
+                    continue;
+                snprintf(host, sizeof(host), "%s", from->host);
+            } else {
+                memcpy(host, nd->element[0]->str, nd->element[0]->len);
+                host[nd->element[0]->len] = '\0';
+            }
+            if (!strcmp(host, "?"))
+                continue; /* endpoint unknown to the cluster */
+            x = cluster_node(rd, host, (int)nd->element[1]->integer);
+            if (!x)
+                goto nomem;
+            if (j == 2)
+                sh[nsh].master = x;
+            else if (sh[nsh].master && sh[nsh].nrep < REPLICAS_MAX && x != sh[nsh].master)
+                sh[nsh].rep[sh[nsh].nrep++] = x;
+        }
+        if (!sh[nsh].master)
+            continue;
+        for (s = a; s <= b; s++) {
+            covered += map[s] < 0;
+            map[s] = (int32_t)nsh;
+        }
+        nsh++;
+    }
+    for (i = 0; i < rd->nnodes; i++) {
+        rd->nodes[i]->role = R_NONE;
+        rd->nodes[i]->slots = 0;
+    }
+    for (i = 0; i < nsh; i++)
+        for (j = 0; j < sh[i].nrep; j++)
+            sh[i].rep[j]->role = R_REPLICA;
+    for (s = 0; s < KVCD_CLUSTER_SLOTS; s++)
+        if (map[s] >= 0)
+            sh[map[s]].master->slots++;
+    for (i = 0; i < nsh; i++) {
+        masters += sh[i].master->role != R_MASTER;
+        sh[i].master->role = R_MASTER;
+    }
+    if (!rd->have_map || covered != rd->covered)
+        KVCD_LOG(covered == KVCD_CLUSTER_SLOTS ? KVCD_LOG_INFO : KVCD_LOG_WARNING, "redis",
+                 "%s: cluster map from %s: %u masters, %u of %d slots covered", rd->instance,
+                 from->addr, masters, covered, KVCD_CLUSTER_SLOTS);
+    free(rd->shards);
+    free(rd->slot_shard);
+    rd->shards = sh;
+    rd->nshards = nsh;
+    rd->shards_cap = r->elements + 1;
+    rd->slot_shard = map;
+    rd->covered = covered;
+    rd->have_map = 1;
+    rd->map_error[0] = '\0';
+    return 0;
+bad:
+    snprintf(rd->map_error, sizeof(rd->map_error), "CLUSTER SLOTS on %s: unexpected reply",
+             from->addr);
+    free(sh);
+    free(map);
+    return -1;
+nomem:
+    snprintf(rd->map_error, sizeof(rd->map_error), "CLUSTER SLOTS on %s: out of memory",
+             from->addr);
+    free(sh);
+    free(map);
+    return -1;
+}
+
+static void slots_cb(redisAsyncContext *ac, void *r, void *priv)
+{
+    node_t *n = priv;
+    rd_t *rd = n->rd;
+    redisReply *reply = r;
+    int rc = -1;
+
+    if (!rd || rd->refresh_node != n)
+        return; /* closed, or given up on */
+    rd->refresh_node = NULL;
+    uv_timer_stop(rd->refresher);
+    if (!reply)
+        snprintf(rd->map_error, sizeof(rd->map_error), "CLUSTER SLOTS on %s: connection lost",
+                 n->addr);
+    else if (reply->type == REDIS_REPLY_ERROR)
+        snprintf(rd->map_error, sizeof(rd->map_error), "CLUSTER SLOTS on %s: %.*s", n->addr,
+                 (int)reply->len, reply->str);
+    else
+        rc = map_apply(rd, n, reply);
+    if (rc != 0) {
+        rd->refresh_failures++;
+        KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "redis", LOG_INTERVAL_MS, "%s: %s", rd->instance,
+                             rd->map_error);
+        if (!rd->have_map)
+            fail_unrouted(rd, KVCD_EUNAVAIL);
+        refresh_at(rd, rd->refresh_again || !rd->have_map ? REFRESH_MIN_MS : rd->refresh_ms / 4 + 1);
+        return;
+    }
+    rd->refreshes++;
+    rd->refreshed_ms = uv_now(rd->loop);
+    route_unrouted(rd);
+    if (!rd->refresher)
+        return; /* cannot happen: close waits for every key */
+    refresh_at(rd, rd->refresh_again ? REFRESH_MIN_MS : rd->refresh_ms);
+    rd->refresh_again = 0;
+}
+
+/* A MOVED or ASK reply for op: remember where to go (the first one counts:
+ * a lookup sends two commands). 1 when it was one. */
+static int redirect_reply(op_t *op, const redisReply *reply)
+{
+    node_t *n = op->node, *to;
+    char host[256];
+    unsigned slot;
+    int port;
+    kvcd_redir_t k = kvcd_cluster_redirect(reply->str, reply->len, &slot, host, sizeof(host), &port);
+
+    if (k == KVCD_REDIR_NONE)
+        return 0;
+    if (op->redir_kind)
+        return 1;
+    if (!host[0]) {
+        if (!n->host)
+            return 0;
+        snprintf(host, sizeof(host), "%s", n->host);
+    }
+    to = cluster_node(n->rd, host, port);
+    if (!to)
+        return 0;
+    op->redir_kind = (uint8_t)k;
+    op->redir_slot = slot;
+    op->redir_node = to;
+    return 1;
+}
+
+/* Follow op's redirect: MOVED updates the map (and asks for a refresh, as a
+ * slot rarely moves alone), ASK does not; both send the key again, to the
+ * node named, ASK with ASKING first. */
+static void redirect(op_t *op)
+{
+    rd_t *rd = op->job->rd;
+    node_t *to = op->redir_node;
+    int kind = op->redir_kind;
+
+    op->redir_kind = 0;
+    op->redir_node = NULL;
+    if (kind == KVCD_REDIR_MOVED) {
+        rd->moved++;
+        map_moved(rd, op->redir_slot, to);
+        refresh_soon(rd);
+    } else {
+        rd->asks++;
+    }
+    if (++op->redirects > rd->max_redirects) {
+        rd->redirect_failures++;
+        KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "redis", LOG_INTERVAL_MS,
+                             "%s: '%.*s' redirected %u times: given up", rd->instance,
+                             (int)op->keylen, op->key, rd->max_redirects);
+        op_done(op, KVCD_EUNAVAIL);
+        return;
+    }
+    op->asking = kind == KVCD_REDIR_ASK;
+    enqueue(to, op);
+}
+
 /* ---- commands --------------------------------------------------------------- */
 
 static int map_error(node_t *n, const redisReply *reply)
@@ -736,8 +1313,14 @@ static int map_error(node_t *n, const redisReply *reply)
         return -EACCES;
     if (!strncmp(s, "READONLY", 8))
         return -EROFS;
-    if (!strncmp(s, "LOADING", 7) || !strncmp(s, "BUSY", 4) || !strncmp(s, "MASTERDOWN", 10))
+    if (!strncmp(s, "LOADING", 7) || !strncmp(s, "BUSY", 4) || !strncmp(s, "MASTERDOWN", 10) ||
+        !strncmp(s, "TRYAGAIN", 8))
         return KVCD_EUNAVAIL;
+    if (!strncmp(s, "CLUSTERDOWN", 11)) { /* a slot without a master: failover under way */
+        n->rd->cluster_down++;
+        refresh_soon(n->rd);
+        return KVCD_EUNAVAIL;
+    }
     return -EIO;
 }
 
@@ -763,11 +1346,13 @@ static void on_reply(op_t *op, redisReply *reply)
     node_t *n = op->node;
 
     if (reply->type == REDIS_REPLY_ERROR) {
+        if (n->rd->cluster && redirect_reply(op, reply))
+            return;
         if (!op->rc)
             op->rc = map_error(n, reply);
         return;
     }
-    if (op->rc)
+    if (op->rc || op->redir_kind)
         return;
     switch (b->op) {
     case KVCD_L2_STORE:
@@ -839,6 +1424,7 @@ static void op_cb(redisAsyncContext *ac, void *r, void *priv)
     if (reply)
         n->progress_ms = uv_now(n->loop);
     if (!reply) {
+        op->lost = 1;
         if (!op->rc || op->rc == KVCD_ENOTFOUND)
             op->rc = n->drop_rc;
     } else {
@@ -848,7 +1434,10 @@ static void op_cb(redisAsyncContext *ac, void *r, void *priv)
         return;
     list_remove(&n->sent, op);
     n->sent_bytes -= op->bytes;
-    op_done(op, op->rc);
+    if (op->redir_kind && !op->lost)
+        redirect(op);
+    else
+        op_done(op, op->rc);
     if (reply && n->state == N_READY)
         pump(n);
 }
@@ -901,15 +1490,20 @@ static void raw_write(node_t *n)
  * head, payload (from the caller's buffer) and tail with sendmsg. Meanwhile
  * other commands queue behind it in hiredis's buffer, which poll_cb writes
  * once ours is out. Requires an empty output buffer (pump waits for it). */
-static int send_store(node_t *n, op_t *op)
+static int send_store(node_t *n, op_t *op, int ask)
 {
     rd_t *rd = n->rd;
     const kvcd_l2_item_t *it = &op->job->b->items[op->idx];
-    int hl, tl = 2;
+    int hl = 0, tl = 2, off = 0;
     char ttl[24];
 
-    hl = snprintf(n->rhead, sizeof(n->rhead), "*%d\r\n$3\r\nSET\r\n$%zu\r\n", rd->ttl ? 5 : 3,
-                  op->keylen);
+    if (ask) { /* ASK redirect: "ASKING" goes out with the command */
+        off = (int)strlen(ASKING_CMD);
+        memcpy(n->rhead, ASKING_CMD, (size_t)off);
+        hl = off;
+    }
+    hl += snprintf(n->rhead + hl, sizeof(n->rhead) - (size_t)hl, "*%d\r\n$3\r\nSET\r\n$%zu\r\n",
+                   rd->ttl ? 5 : 3, op->keylen);
     memcpy(n->rhead + hl, op->key, op->keylen);
     hl += (int)op->keylen;
     hl += snprintf(n->rhead + hl, sizeof(n->rhead) - (size_t)hl, "\r\n$%zu\r\n", it->len + TRL);
@@ -921,7 +1515,10 @@ static int send_store(node_t *n, op_t *op)
         tl += snprintf((char *)n->rtail + TRL + 2, TAIL_MAX - TRL - 2, "$2\r\nEX\r\n$%d\r\n%s\r\n", l,
                        ttl);
     }
-    if (redisAsyncFormattedCommand(n->ac, op_cb, op, n->rhead, (size_t)hl) != REDIS_OK)
+    if (ask && redisAsyncFormattedCommand(n->ac, NULL, NULL, n->rhead, (size_t)off) != REDIS_OK)
+        return KVCD_ECONNECT;
+    if (redisAsyncFormattedCommand(n->ac, op_cb, op, n->rhead + off, (size_t)(hl - off)) !=
+        REDIS_OK)
         return KVCD_ECONNECT;
     sdsclear(n->ac->c.obuf);
     n->riov[0].iov_base = n->rhead;
@@ -936,6 +1533,13 @@ static int send_store(node_t *n, op_t *op)
     return 1;
 }
 
+/* ASKING before the next command; its reply is dropped. */
+static int asking(node_t *n)
+{
+    return redisAsyncFormattedCommand(n->ac, NULL, NULL, ASKING_CMD, strlen(ASKING_CMD)) ==
+           REDIS_OK;
+}
+
 /* Queue op's commands on the connection; returns how many replies will come,
  * or a negative code when nothing was queued. */
 static int send_op(node_t *n, op_t *op)
@@ -943,13 +1547,16 @@ static int send_op(node_t *n, op_t *op)
     kvcd_l2_op_t kind = op->job->b->op;
     const char *argv[4];
     size_t len[4];
-    int q = 0;
+    int q = 0, ask = op->asking;
 
+    op->asking = 0; /* ASKING holds for one command */
     argv[1] = op->key;
     len[1] = op->keylen;
+    if (ask && kind != KVCD_L2_STORE && !asking(n))
+        return KVCD_ECONNECT;
     switch (kind) {
     case KVCD_L2_STORE:
-        return send_store(n, op);
+        return send_store(n, op, ask);
     case KVCD_L2_LOOKUP:
         n->rd->lookups++;
         argv[0] = "STRLEN";
@@ -961,7 +1568,8 @@ static int send_op(node_t *n, op_t *op)
         len[2] = 3;
         argv[3] = "-1";
         len[3] = 2;
-        if (q && redisAsyncCommandArgv(n->ac, op_cb, op, 4, argv, len) == REDIS_OK)
+        if (q && (!ask || asking(n)) &&
+            redisAsyncCommandArgv(n->ac, op_cb, op, 4, argv, len) == REDIS_OK)
             q++;
         else if (q)
             op->rc = KVCD_ECONNECT; /* one reply (STRLEN) still comes */
@@ -999,6 +1607,9 @@ static void pump(node_t *n)
             continue;
         }
         op->rc = 0;
+        op->len = 0;
+        op->lost = 0;
+        op->redir_kind = 0;
         q = send_op(n, op);
         if (q < 0) {
             op_done(op, q);
@@ -1035,7 +1646,6 @@ static void submit(void *self, kvcd_l2_batch_t *b)
     for (i = 0; i < b->n; i++) {
         op_t *op = &job->ops[i];
         size_t nl;
-        node_t *n;
         int r;
 
         memset(op, 0, offsetof(op_t, key));
@@ -1052,15 +1662,9 @@ static void submit(void *self, kvcd_l2_batch_t *b)
         op->keylen = rd->prefix_len + nl;
         if (b->op == KVCD_L2_STORE || b->op == KVCD_L2_LOAD)
             op->bytes = b->items[i].len + TRL;
-        n = rd->nodes[rd->nnodes == 1 ? 0 : kvcd_ring_pick(&rd->ring, be64(op->dig))];
-        op->node = n;
-        n->routed++;
-        if (n->state == N_DOWN) {
-            op_done(op, KVCD_ECONNECT);
-            continue;
-        }
-        list_push(&n->wait, op);
-        pump(n);
+        if (rd->cluster)
+            op->slot = kvcd_cluster_slot(op->key, op->keylen);
+        route(rd, op);
     }
     if (--job->pending == 0)
         job_complete(job);
@@ -1218,11 +1822,19 @@ static void teardown(rd_t *rd)
     }
     free(rd->nodes);
     rd->nodes = NULL;
-    rd->nnodes = 0;
+    rd->nnodes = rd->cap = 0;
     kvcd_ring_free(&rd->ring);
     if (rd->ticker)
         uv_close((uv_handle_t *)rd->ticker, ticker_closed);
     rd->ticker = NULL;
+    if (rd->refresher)
+        uv_close((uv_handle_t *)rd->refresher, ticker_closed);
+    rd->refresher = NULL;
+    free(rd->shards);
+    free(rd->slot_shard);
+    rd->shards = NULL;
+    rd->slot_shard = NULL;
+    rd->nshards = 0;
     free_secret(rd->password);
     free_secret(rd->username);
     rd->password = rd->username = NULL;
@@ -1250,6 +1862,8 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
     rd->depth = 64;
     rd->pipeline_bytes = (size_t)8 << 20;
     rd->vnodes = 512;
+    rd->refresh_ms = 10000;
+    rd->max_redirects = 5;
 
     json_object_foreach((json_t *)spec, k, v) {
         if (!strcmp(k, "type") || !strcmp(k, "password") || !strcmp(k, "password_env") ||
@@ -1304,18 +1918,52 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
             if (get_int(v, k, 1, 3600000, &x, err, errlen))
                 return KVCD_ECONFIG;
             rd->reconnect_max_ms = (uint64_t)x;
+        } else if (!strcmp(k, "cluster") || !strcmp(k, "read_from_replicas")) {
+            if (!json_is_boolean(v))
+                return kvcd_adapter_config_error(err, errlen, "%s: expected true or false", k);
+            *(k[0] == 'c' ? &rd->cluster : &rd->replica_reads) = json_is_true(v);
+        } else if (!strcmp(k, "cluster_refresh_ms")) {
+            if (get_int(v, k, 100, 3600000, &x, err, errlen))
+                return KVCD_ECONFIG;
+            rd->refresh_ms = (uint64_t)x;
+        } else if (!strcmp(k, "max_redirects")) {
+            if (get_int(v, k, 1, 16, &x, err, errlen))
+                return KVCD_ECONFIG;
+            rd->max_redirects = (unsigned)x;
         } else {
             return kvcd_adapter_config_error(err, errlen,
                         "%s: unknown field (known: host, port, unix, nodes, password, "
                         "password_env, username, username_env, db, key_prefix, "
                         "connect_timeout_ms, command_timeout_ms, pipeline_depth, pipeline_bytes, "
                         "ttl_seconds, "
-                        "virtual_nodes, reconnect_min_ms, reconnect_max_ms)",
+                        "virtual_nodes, reconnect_min_ms, reconnect_max_ms, cluster, "
+                        "read_from_replicas, cluster_refresh_ms, max_redirects)",
                         k);
         }
     }
     if (nodes && top_addr)
         return kvcd_adapter_config_error(err, errlen, "nodes: cannot be combined with host, port or unix");
+    if (!rd->cluster) {
+        static const char *const only[] = {"read_from_replicas", "cluster_refresh_ms",
+                                           "max_redirects"};
+
+        for (i = 0; i < 3; i++)
+            if (json_object_get(spec, only[i]))
+                return kvcd_adapter_config_error(err, errlen, "%s: only with \"cluster\": true",
+                                                 only[i]);
+    } else {
+        if (rd->db)
+            return kvcd_adapter_config_error(err, errlen,
+                                             "db: a Redis Cluster has only database 0");
+        if (json_object_get(spec, "virtual_nodes"))
+            return kvcd_adapter_config_error(
+                err, errlen,
+                "virtual_nodes: not with \"cluster\": true (the cluster's slots place keys)");
+        if (kvcd_cluster_has_tag(rd->prefix, rd->prefix_len))
+            return kvcd_adapter_config_error(
+                err, errlen,
+                "key_prefix: holds a {hash tag}, which would put every key in one cluster slot");
+    }
     if (rd->reconnect_max_ms < rd->reconnect_min_ms)
         return kvcd_adapter_config_error(err, errlen, "reconnect_max_ms: must be >= reconnect_min_ms (%llu)",
                     (unsigned long long)rd->reconnect_min_ms);
@@ -1323,8 +1971,7 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
     nn = nodes ? json_array_size(nodes) : 1;
     ns = calloc(nn, sizeof(*ns));
     ids = calloc(nn, sizeof(*ids));
-    rd->nodes = calloc(nn, sizeof(*rd->nodes));
-    if (!ns || !ids || !rd->nodes) {
+    if (!ns || !ids) {
         rc = kvcd_adapter_config_error(err, errlen, "out of memory");
         goto out;
     }
@@ -1354,40 +2001,25 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
     }
 
     for (i = 0; i < nn; i++) {
-        node_t *n = calloc(1, sizeof(*n));
+        char id[320], addr[320];
+        node_t *n;
 
-        if (!n || (ns[i].host && !(n->host = strdup(ns[i].host))) ||
-            (ns[i].path && !(n->path = strdup(ns[i].path)))) {
-            if (n) {
-                free(n->host);
-                free(n);
+        node_id(&ns[i], id, sizeof(id), addr, sizeof(addr));
+        for (j = 0; j < i; j++)
+            if (!strcmp(rd->nodes[j]->id, id)) {
+                rc = kvcd_adapter_config_error(err, errlen, "nodes[%zu]: the same server as nodes[%zu] (%s)", i, j,
+                          id);
+                goto out;
             }
+        n = node_new(rd, ns[i].host, ns[i].port, ns[i].path, id, addr);
+        if (!n) {
             rc = kvcd_adapter_config_error(err, errlen, "out of memory");
             goto out;
         }
-        node_id(&ns[i], n->id, sizeof(n->id), n->addr, sizeof(n->addr));
-        for (j = 0; j < i; j++)
-            if (!strcmp(rd->nodes[j]->id, n->id)) {
-                rc = kvcd_adapter_config_error(err, errlen, "nodes[%zu]: the same server as nodes[%zu] (%s)", i, j,
-                          n->id);
-                free(n->host);
-                free(n->path);
-                free(n);
-                goto out;
-            }
-        n->rd = rd;
-        n->loop = rd->loop;
-        n->port = ns[i].port;
-        n->backoff_ms = rd->reconnect_min_ms;
-        uv_timer_init(rd->loop, &n->retry);
-        uv_timer_init(rd->loop, &n->watch);
-        n->retry.data = n->watch.data = n;
-        n->refs = 2;
-        rd->nodes[i] = n;
-        rd->nnodes = i + 1;
+        n->seed = 1;
         ids[i] = n->id;
     }
-    if (kvcd_ring_build(&rd->ring, ids, nn, rd->vnodes) != 0) {
+    if (!rd->cluster && kvcd_ring_build(&rd->ring, ids, nn, rd->vnodes) != 0) {
         rc = kvcd_adapter_config_error(err, errlen, "out of memory");
         goto out;
     }
@@ -1398,6 +2030,21 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
     }
     uv_timer_init(rd->loop, rd->ticker);
     rd->ticker->data = rd;
+    if (rd->cluster) {
+        rd->slot_shard = malloc(KVCD_CLUSTER_SLOTS * sizeof(*rd->slot_shard));
+        rd->refresher = malloc(sizeof(*rd->refresher));
+        if (!rd->slot_shard || !rd->refresher) {
+            free(rd->refresher);
+            rd->refresher = NULL;
+            rc = kvcd_adapter_config_error(err, errlen, "out of memory");
+            goto out;
+        }
+        for (i = 0; i < KVCD_CLUSTER_SLOTS; i++)
+            rd->slot_shard[i] = -1;
+        uv_timer_init(rd->loop, rd->refresher);
+        rd->refresher->data = rd;
+        uv_timer_start(rd->refresher, refresh_cb, 0, 0); /* the first map, once connected */
+    }
     rc = 0;
     /* Connect on the first loop turn, not now: the owner may do other work
      * before it runs the loop (the daemon maps L1), and the connect timeout
@@ -1422,17 +2069,47 @@ static void status(void *self, json_t *out)
 
     for (i = 0; i < rd->nnodes; i++) {
         node_t *n = rd->nodes[i];
+        json_t *o;
 
-        healthy &= n->state == N_READY;
-        json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
+        /* cluster: the masters of the map must be up; other nodes are extra */
+        if (!rd->cluster || n->role == R_MASTER)
+            healthy &= n->state == N_READY;
+        o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
                            "id", n->id, "address", n->addr, "state", state_names[n->state],
                            "keys_routed", (json_int_t)n->routed, "connects",
                            (json_int_t)n->connects, "disconnects", (json_int_t)n->disconnects,
                            "failed_connects", (json_int_t)n->failed_connects,
                            "command_timeouts", (json_int_t)n->timeouts, "server_errors",
                            (json_int_t)n->errors, "in_flight", (json_int_t)n->sent.n,
-                           "queued", (json_int_t)n->wait.n, "last_error", n->last_error));
+                           "queued", (json_int_t)n->wait.n, "last_error", n->last_error);
+        if (rd->cluster) {
+            json_object_set_new(o, "role", json_string(role_names[n->role]));
+            json_object_set_new(o, "slots", json_integer(n->slots));
+            json_object_set_new(o, "seed", json_boolean(n->seed));
+        }
+        json_array_append_new(arr, o);
+    }
+    if (rd->cluster) {
+        uint64_t now = uv_now(rd->loop);
+        json_t *c;
+        unsigned masters = 0, replicas = 0;
+
+        for (i = 0; i < rd->nnodes; i++) {
+            masters += rd->nodes[i]->role == R_MASTER;
+            replicas += rd->nodes[i]->role == R_REPLICA;
+        }
+        healthy &= rd->have_map && rd->covered == KVCD_CLUSTER_SLOTS;
+        c = json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}", "have_map",
+                      rd->have_map, "slots_covered", (json_int_t)rd->covered, "masters",
+                      (json_int_t)masters, "replicas", (json_int_t)replicas, "refreshes",
+                      (json_int_t)rd->refreshes, "refresh_failures",
+                      (json_int_t)rd->refresh_failures, "moved", (json_int_t)rd->moved, "ask",
+                      (json_int_t)rd->asks, "redirect_failures", (json_int_t)rd->redirect_failures,
+                      "cluster_down_errors", (json_int_t)rd->cluster_down, "map_age_ms",
+                      (json_int_t)(rd->have_map ? (json_int_t)(now - rd->refreshed_ms) : -1),
+                      "last_error", rd->map_error);
+        json_object_set_new(c, "read_from_replicas", json_boolean(rd->replica_reads));
+        json_object_set_new(out, "cluster", c);
     }
     json_object_set_new(out, "healthy", json_boolean(healthy));
     json_object_set_new(out, "nodes", arr);
@@ -1454,7 +2131,8 @@ static void close_(void *self)
 
 const kvcd_adapter_t kvcd_adapter_redis = {
     KVCD_ADAPTER_HEADER("redis", rd_t, KVCD_ADAPTER_PERSISTENT),
-    .doc = "Redis or Valkey servers (one, or several by consistent hashing), asynchronous",
+    .doc = "Redis or Valkey servers (one, several by consistent hashing, or a Redis Cluster), "
+           "asynchronous",
     .fields = fields,
     .init = init,
     .store = submit,
