@@ -2,7 +2,7 @@
  * fs.c - the filesystem L2 adapter: one file per object under base_path.
  *
  * Files are named as LMCache's fs adapter names them, with an unambiguous
- * escape and a rule for names longer than NAME_MAX (fs/name.c), optionally
+ * escape and a rule for names longer than NAME_MAX (object/format.c), optionally
  * spread over hash-prefix subdirectories (dir_levels). A file holds the payload
  * followed, unless checksum is "none", by a 64-byte trailer binding it to its
  * length, its XXH3-64 and the digest of its key. docs/ADAPTERS.md documents the
@@ -174,7 +174,7 @@ static int store_one(fs_t *fs, kvcd_l2_item_t *it)
     struct stat st;
     int fd, r, c;
 
-    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
         return r;
     if (it->len && !it->buf)
         return KVCD_EBADFIELD;
@@ -198,7 +198,7 @@ static int store_one(fs_t *fs, kvcd_l2_item_t *it)
     if ((r = kvcd_fs_reserve(fs, fbytes)))
         return r;
     if (fs->checksum)
-        kvcd_fs_trl_build(trl, it->buf, it->len, dig);
+        kvcd_obj_trl_build(trl, it->buf, it->len, dig);
     if ((fd = kvcd_fs_tmp_create(fs, tmp, sizeof(tmp))) < 0) {
         r = kvcd_fs_err(fs, "store create", fs->tmp_dir, -fd);
         goto out;
@@ -264,7 +264,7 @@ static int lookup_one(fs_t *fs, kvcd_l2_item_t *it)
     struct stat st;
     int r;
 
-    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
         return r;
     CNT(fs->lookups, 1);
     if (kvcd_fs_sys->fstatat(fs->base_fd, path, &st, AT_SYMLINK_NOFOLLOW)) {
@@ -295,7 +295,7 @@ static int load_one(fs_t *fs, kvcd_l2_item_t *it)
     size_t tlen = tlen_of(fs);
     int fd, r;
 
-    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
         return r;
     if (it->len && !it->buf)
         return KVCD_EBADFIELD;
@@ -334,7 +334,7 @@ static int load_one(fs_t *fs, kvcd_l2_item_t *it)
         goto out;
     }
     if (fs->checksum) {
-        if (!kvcd_fs_trl_verify(trl, plen, dig, it->buf)) {
+        if (!kvcd_obj_trl_verify(trl, plen, dig, it->buf)) {
             r = bad_file(fs, path, &st);
             goto out;
         }
@@ -343,7 +343,7 @@ static int load_one(fs_t *fs, kvcd_l2_item_t *it)
          * valid trailer for another key means the file is not ours to serve) */
         const uint8_t *t = (const uint8_t *)it->buf + plen - TRL_SIZE;
 
-        if (kvcd_fs_trl_sane(t, plen - TRL_SIZE)) {
+        if (kvcd_obj_trl_sane(t, plen - TRL_SIZE)) {
             if (memcmp(t + 32, dig, 16)) {
                 r = bad_file(fs, path, &st);
                 goto out;
@@ -368,7 +368,7 @@ static int remove_one(fs_t *fs, kvcd_l2_item_t *it)
     uint8_t dig[16];
     int r;
 
-    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
         return r;
     r = 0;
     if (kvcd_fs_sys->unlinkat(fs->base_fd, path, 0)) {

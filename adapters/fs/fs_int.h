@@ -13,25 +13,26 @@
 #ifndef KVCD_ADAPTER_FS_INT_H
 #define KVCD_ADAPTER_FS_INT_H
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include <jansson.h>
 
 #include "adapters/adapter.h"
 #include "adapters/fs.h"
+#include "adapters/object/format.h"
 
 #define KVCD_FS_HIDDEN __attribute__((visibility("hidden")))
 
-#define TRL_SIZE 64 /* trailer bytes after the payload */
-#define TRL_VERSION 1
+#define TRL_SIZE KVCD_OBJ_TRL_SIZE /* trailer bytes after the payload */
 #define DIO_ALIGN 4096                   /* O_DIRECT offset/length/buffer alignment */
-#define NAME_LIMIT 255                   /* NAME_MAX of Linux filesystems */
-#define SHORT_PREFIX 216                 /* kept bytes of a shortened name: 216+2+32+5 = 255 */
+#define NAME_LIMIT KVCD_OBJ_NAME_LIMIT    /* NAME_MAX of Linux filesystems */
 #define REL_MAX (2 * 3 + NAME_LIMIT + 1) /* "ab/cd/" + name + NUL */
 #define ERRNO_SLOTS 160
 #define DEFAULT_FLOOR_PERCENT 5.0
@@ -120,15 +121,20 @@ KVCD_FS_HIDDEN uint64_t kvcd_fs_now_ms(void); /* CLOCK_MONOTONIC, like uv_now() 
 KVCD_FS_HIDDEN int kvcd_fs_err(fs_t *fs, const char *op, const char *path, int e);
 KVCD_FS_HIDDEN void kvcd_fs_odf_note(fs_t *fs, int cause, int e);
 
-/* name.c: file names and the trailer (pure) */
-KVCD_FS_HIDDEN int kvcd_fs_name(int dir_levels, const kvcd_key_t *k, char *path, uint8_t dig[16]);
-KVCD_FS_HIDDEN void kvcd_fs_trl_build(uint8_t *t, const void *buf, size_t len,
-                                      const uint8_t dig[16]);
-KVCD_FS_HIDDEN bool kvcd_fs_trl_sane(const uint8_t *t, uint64_t plen);
-KVCD_FS_HIDDEN bool kvcd_fs_trl_verify(const uint8_t *t, uint64_t plen, const uint8_t dig[16],
-                                       const void *payload);
-KVCD_FS_HIDDEN bool kvcd_fs_is_hex2(const char *s);
-KVCD_FS_HIDDEN bool kvcd_fs_is_data(const char *s);
+/* A hash-prefix directory name: two lower-case hex digits. */
+static inline bool kvcd_fs_is_hex2(const char *s)
+{
+    return isxdigit((unsigned char)s[0]) && !isupper((unsigned char)s[0]) &&
+           isxdigit((unsigned char)s[1]) && !isupper((unsigned char)s[1]) && !s[2];
+}
+
+/* An object file name: ends in ".data" after at least one byte. */
+static inline bool kvcd_fs_is_data(const char *s)
+{
+    size_t n = strlen(s);
+
+    return n > 5 && !strcmp(s + n - 5, KVCD_OBJ_NAME_SUFFIX);
+}
 
 /* index.c: usage accounting, LRU, pins, eviction */
 KVCD_FS_HIDDEN int kvcd_fs_idx_init(fs_t *fs);
@@ -156,8 +162,5 @@ extern const kvcd_adapter_field_t kvcd_fs_fields[] KVCD_FS_HIDDEN;
 KVCD_FS_HIDDEN int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen);
 KVCD_FS_HIDDEN int kvcd_fs_open_dirs(fs_t *fs, char *err, size_t errlen);
 
-/* the shared part of name.c (also used by the redis adapter); checks the
- * declarations above against it */
-#include "adapters/fs/name.h"
 
 #endif
