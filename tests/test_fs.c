@@ -2131,7 +2131,8 @@ static void healthy_again(void *fs)
  * own files to make room, writable again once a write succeeds. */
 START_TEST(test_item16_full_disk_starts_and_evicts)
 {
-    void *fs = open_fs("");
+    void *fs = open_fs(", \"use_odirect\": true");
+    long long direct = st_int(fs, "odirect_fallbacks.supported");
     tkey_t k;
 
     store_many(fs, "org/full", 0, 4);
@@ -2139,7 +2140,7 @@ START_TEST(test_item16_full_disk_starts_and_evicts)
 
     faults_on();
     full_until_unlink = 1; /* no write succeeds until one of our files goes */
-    fs = open_fs("");
+    fs = open_fs(", \"use_odirect\": true");
     REQUIRE_EQ(st_int(fs, "read_only"), 1);
     unhealthy_for(fs, ENOSPC);
     k = key_n("org/full", 3);
@@ -2149,6 +2150,7 @@ START_TEST(test_item16_full_disk_starts_and_evicts)
     kvcd_adapter_fs.background(fs); /* scan, then evict to make room */
     REQUIRE_EQ(st_int(fs, "counters.evictions"), 1);
     healthy_again(fs);
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.supported"), direct); /* not the disk's fault */
     k = key_n("org/full", 10);
     store_ok(fs, &k, OBJ, 10);
     load_ok(fs, &k, OBJ, 10);

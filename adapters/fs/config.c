@@ -349,6 +349,12 @@ out:
     return r;
 }
 
+/* A cause of "cannot write" that lets the instance start read-only. */
+static bool ro_cause(int e)
+{
+    return e == ENOSPC || e == EDQUOT || e == EROFS;
+}
+
 /* Write a probe through the temp dir into base_path: proves both writable, the
  * rename atomic (same mount), and finds out whether O_DIRECT works here.
  * 0 or -errno, *stage says which step failed. */
@@ -359,7 +365,7 @@ static int probe(fs_t *fs, const char **stage)
     struct iovec v = {blk, DIO_ALIGN};
     int fd, r = 0;
 
-    *stage = "create a file in relative_tmp_dir";
+    *stage = "create a temp file";
     if (!blk)
         return -ENOMEM;
     memset(blk, 0, DIO_ALIGN);
@@ -372,6 +378,13 @@ static int probe(fs_t *fs, const char **stage)
 
         if (!e && (e = -kvcd_fs_io_full(fd, &v, 1, 0, true)) == EINVAL)
             atomic_store(&fs->odirect_ok, false);
+        if (ro_cause(e)) { /* a full disk says nothing about O_DIRECT */
+            *stage = "write";
+            kvcd_fs_sys->close(fd);
+            kvcd_fs_sys->unlinkat(fs->tmp_fd, tmp, 0);
+            free(blk);
+            return -e;
+        }
         if (e) {
             kvcd_fs_odf_note(fs, ODF_UNSUPPORTED, e);
             atomic_store(&fs->odirect_ok, false);
@@ -391,12 +404,6 @@ static int probe(fs_t *fs, const char **stage)
     kvcd_fs_sys->unlinkat(fs->tmp_fd, tmp, 0);
     kvcd_fs_sys->unlinkat(fs->base_fd, fin, 0);
     return r;
-}
-
-/* A cause of "cannot write" that lets the instance start read-only. */
-static bool ro_cause(int e)
-{
-    return e == ENOSPC || e == EDQUOT || e == EROFS;
 }
 
 #define RECOVER_EVICTIONS 8 /* files evicted at most per recovery to make room */
@@ -451,7 +458,7 @@ int kvcd_fs_open_dirs(fs_t *fs, char *err, size_t errlen)
         return 0;
     if (ro_cause(-r)) {
         atomic_store(&fs->ro_errno, -r);
-        snprintf(err, errlen, "base_path: cannot %s in '%s': %s", stage, fs->base_path,
+        snprintf(err, errlen, "base_path '%s': cannot %s: %s", fs->base_path, stage,
                  strerror(-r));
         return 0;
     }
