@@ -2,7 +2,7 @@
  * fs.c - the filesystem L2 adapter: one file per object under base_path.
  *
  * Files are named as LMCache's fs adapter names them, with an unambiguous
- * escape and a rule for names longer than NAME_MAX (fs/name.c), optionally
+ * escape and a rule for names longer than NAME_MAX (object/format.c), optionally
  * spread over hash-prefix subdirectories (dir_levels). A file holds the payload
  * followed, unless checksum is "none", by a 64-byte trailer binding it to its
  * length, its XXH3-64 and the digest of its key. docs/ADAPTERS.md documents the
@@ -24,6 +24,15 @@
  *  - The directory is the truth: lookup and load stat and open the file, so the
  *    files of other daemons sharing the directory are hits. The in-memory index
  *    only accounts usage and orders eviction; the background scan rebuilds it.
+ *    Nothing is pinned (fs/index.c says why).
+ *  - No open can block: files are opened O_NONBLOCK and anything that fstat
+ *    does not call a regular file is a miss, left alone (it is not ours).
+ *  - A temp file is swept at once only when its name proves its writer dead
+ *    (this host, boot and pid namespace, and its pid gone or reused by us);
+ *    any other only once older than orphan_tmp_age_s (an hour by default).
+ *  - A disk that is full (or read-only) at start-up is served read-only and
+ *    reported unhealthy until a write succeeds; stores that fail for a cause
+ *    that does not pass by itself keep the instance unhealthy until one works.
  *
  * Threading: store, lookup, load, remove and background run on threadpool
  * workers, concurrently on one instance; the index is guarded by `mu`, counters
@@ -55,6 +64,7 @@
 
 #include "adapters/adapter.h"
 #include "adapters/fs/fs_int.h"
+#include "daemon/log.h"
 
 static const char *const odf_name[ODF_N] = {"unsupported", "unaligned_buffer", "io_einval"};
 
@@ -73,7 +83,7 @@ static int mk_levels(fs_t *fs, const char *path)
             if (errno != EEXIST)
                 return -errno;
         } else if (fs->chmod_dirs) {
-            int fd = kvcd_fs_sys->openat(fs->base_fd, d, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+            int fd = kvcd_fs_sys->openat(fs->base_fd, d, OPEN_DIR | O_NOFOLLOW, 0);
 
             if (fd >= 0) {
                 kvcd_fs_sys->fchmod(fd, fs->dir_mode);
@@ -94,7 +104,7 @@ static int sync_dir(fs_t *fs, const char *path)
         return kvcd_fs_sys->fsync(fs->base_fd) ? -errno : 0;
     memcpy(d, path, (size_t)fs->dir_levels * 3 - 1);
     d[fs->dir_levels * 3 - 1] = '\0';
-    if ((fd = kvcd_fs_sys->openat(fs->base_fd, d, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)) < 0)
+    if ((fd = kvcd_fs_sys->openat(fs->base_fd, d, OPEN_DIR | O_NOFOLLOW, 0)) < 0)
         return -errno;
     if (kvcd_fs_sys->fsync(fd))
         r = -errno;
@@ -102,12 +112,35 @@ static int sync_dir(fs_t *fs, const char *path)
     return r;
 }
 
-/* Sweep temp files left by writers that died. A file of ours (same nonce) is in
- * flight; one from this host whose writer is gone (same pid with another nonce
- * is a previous incarnation; or the pid no longer exists) is removed at once;
- * any other is removed once older than orphan_tmp_age_s (other hosts sharing
- * the directory, unparsable names). The nonce is per process, so instances of
- * one process never sweep each other. */
+/* Whether the writer of temp file `name` is provably dead: the name is in this
+ * daemon's format and says this host, this boot and this pid namespace (both
+ * known), and its pid is ours with another nonce (an earlier process) or no
+ * longer exists. *mine is set for our own files, which are in flight. A pid
+ * from another namespace, boot or host means nothing here, so such a file
+ * (like any name that does not parse) is left to the age rule. */
+static bool writer_dead(fs_t *fs, const char *name, bool *mine)
+{
+    char host[64], boot[17];
+    uint64_t ns = 0, nonce = 0;
+    int pid = 0, n = 0;
+
+    *mine = false;
+    if (sscanf(name, "%63[A-Za-z0-9-].%16[0-9a-f].%" SCNu64 ".%d.%" SCNx64 ".%*d.%*u.tmp%n", host,
+               boot, &ns, &pid, &nonce, &n) != 5 ||
+        n <= 0 || name[n] != '\0' || strcmp(host, fs->host) || strcmp(boot, fs->boot) ||
+        !fs->pidns || ns != fs->pidns || !strcmp(fs->boot, "0000000000000000"))
+        return false;
+    if (nonce == fs->nonce) {
+        *mine = true;
+        return false;
+    }
+    return pid == fs->pid || (pid > 0 && kvcd_fs_sys->kill(pid, 0) != 0 && errno == ESRCH);
+}
+
+/* Sweep temp files left by writers that died: at once when writer_dead proves
+ * it, else once older than orphan_tmp_age_s (other hosts, namespaces or boots
+ * sharing the directory, older name formats, unparsable names). The nonce is
+ * per process, so instances of one process never sweep each other. */
 static void sweep_tmp(fs_t *fs)
 {
     struct dirent *de;
@@ -116,7 +149,9 @@ static void sweep_tmp(fs_t *fs)
     int fd;
     uint64_t wall;
 
-    fd = kvcd_fs_sys->openat(fs->tmp_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fs->tmp_fd < 0)
+        return; /* read-only since start: there is no temp dir yet */
+    fd = kvcd_fs_sys->openat(fs->tmp_fd, ".", OPEN_DIR, 0);
     if (fd < 0) {
         kvcd_fs_err(fs, "sweep", fs->tmp_dir, errno);
         return;
@@ -129,21 +164,14 @@ static void sweep_tmp(fs_t *fs)
     kvcd_fs_sys->clock_gettime(CLOCK_REALTIME, &ts);
     wall = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
     while ((de = kvcd_fs_sys->readdir(d))) {
-        char host[64];
-        int pid = 0, n = 0;
-        uint64_t nonce = 0;
-        bool gone = false;
+        bool mine, gone;
         struct stat st;
 
         if (de->d_name[0] == '.' || de->d_type == DT_DIR)
             continue;
-        if (sscanf(de->d_name, "%63[A-Za-z0-9-].%d.%" SCNx64 ".%*d.%*u.tmp%n", host, &pid, &nonce,
-                   &n) == 3 &&
-            n > 0 && de->d_name[n] == '\0' && !strcmp(host, fs->host)) {
-            if (nonce == fs->nonce)
-                continue;
-            gone = pid == fs->pid || (pid > 0 && kvcd_fs_sys->kill(pid, 0) != 0 && errno == ESRCH);
-        }
+        gone = writer_dead(fs, de->d_name, &mine);
+        if (mine)
+            continue;
         if (!gone) {
             uint64_t mt;
 
@@ -166,43 +194,15 @@ static size_t tlen_of(const fs_t *fs)
 
 /* ---- the methods, one key at a time --------------------------------------- */
 
-static int store_one(fs_t *fs, kvcd_l2_item_t *it)
+/* Write the object into a fresh temp file and rename it to path. 0 or -errno
+ * (counted); a failed attempt leaves no temp file. */
+static int publish(fs_t *fs, const kvcd_l2_item_t *it, const char *path, const uint8_t *trl)
 {
-    char path[REL_MAX], tmp[192];
-    uint8_t dig[16], trl[TRL_SIZE];
-    uint64_t fbytes = (uint64_t)it->len + tlen_of(fs), t;
-    struct stat st;
+    char tmp[192];
     int fd, r, c;
 
-    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
-        return r;
-    if (it->len && !it->buf)
-        return KVCD_EBADFIELD;
-    /* Published files are immutable and whole: the same name and length is the
-     * same object (a damaged one is caught and removed by the next load). */
-    if (fs->skip_existing &&
-        kvcd_fs_sys->fstatat(fs->base_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-        S_ISREG(st.st_mode) && (uint64_t)st.st_size == fbytes) {
-        if (kvcd_fs_idx_touch(fs, path, fbytes, false))
-            kvcd_fs_reserve(fs, 0);
-        CNT(fs->store_skipped, 1);
-        return 0;
-    }
-    t = kvcd_fs_now_ms();
-    if (t >= LD(fs->next_sweep)) {
-        uint64_t ns = LD(fs->next_sweep);
-
-        if (atomic_compare_exchange_strong(&fs->next_sweep, &ns, t + fs->orphan_age_ms))
-            sweep_tmp(fs);
-    }
-    if ((r = kvcd_fs_reserve(fs, fbytes)))
-        return r;
-    if (fs->checksum)
-        kvcd_fs_trl_build(trl, it->buf, it->len, dig);
-    if ((fd = kvcd_fs_tmp_create(fs, tmp, sizeof(tmp))) < 0) {
-        r = kvcd_fs_err(fs, "store create", fs->tmp_dir, -fd);
-        goto out;
-    }
+    if ((fd = kvcd_fs_tmp_create(fs, tmp, sizeof(tmp))) < 0)
+        return kvcd_fs_err(fs, "store create", fs->tmp_dir, -fd);
     r = kvcd_fs_write_obj(fs, fd, it->buf, it->len, trl, tlen_of(fs));
     if (r)
         r = kvcd_fs_err(fs, "store write", tmp, -r);
@@ -222,20 +222,68 @@ static int store_one(fs_t *fs, kvcd_l2_item_t *it)
     }
     if (r) {
         kvcd_fs_sys->unlinkat(fs->tmp_fd, tmp, 0);
-        goto out;
+        return r;
     }
     if (fs->fsync_on && (c = sync_dir(fs, path)))
         kvcd_fs_err(fs, "store fsync dir", path, -c); /* the file is there */
+    return 0;
+}
+
+static int store_one(fs_t *fs, kvcd_l2_item_t *it)
+{
+    char path[REL_MAX];
+    uint8_t dig[16], trl[TRL_SIZE];
+    uint64_t fbytes = (uint64_t)it->len + tlen_of(fs), t;
+    struct stat st;
+    int r;
+
+    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
+        return r;
+    if (it->len && !it->buf)
+        return KVCD_EBADFIELD;
+    /* Published files are immutable and whole: the same name and length is the
+     * same object (a damaged one is caught and removed by the next load). */
+    if (fs->skip_existing &&
+        kvcd_fs_sys->fstatat(fs->base_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISREG(st.st_mode) && (uint64_t)st.st_size == fbytes) {
+        if (kvcd_fs_idx_touch(fs, path, fbytes))
+            kvcd_fs_reserve(fs, 0);
+        CNT(fs->store_skipped, 1);
+        return 0;
+    }
+    t = kvcd_fs_now_ms();
+    if (t >= LD(fs->next_sweep)) {
+        uint64_t ns = LD(fs->next_sweep);
+
+        if (atomic_compare_exchange_strong(&fs->next_sweep, &ns, t + fs->orphan_age_ms))
+            sweep_tmp(fs);
+    }
+    if (fs->tmp_fd < 0 && kvcd_fs_recover(fs) && fs->tmp_fd < 0) {
+        r = -(LD(fs->ro_errno) ? LD(fs->ro_errno) : ENOSPC); /* no temp dir: full disk */
+        kvcd_fs_store_failed(fs, -r);
+        return r;
+    }
+    if ((r = kvcd_fs_reserve(fs, fbytes)))
+        return r;
+    if (fs->checksum)
+        kvcd_obj_trl_build(trl, it->buf, it->len, dig);
+    r = publish(fs, it, path, trl);
+    /* Full although the floor held (a quota, floor 0, another writer): make
+     * room by evicting our least recently used files, and try once more. */
+    if ((r == -ENOSPC || r == -EDQUOT) && kvcd_fs_evict(fs, fbytes))
+        r = publish(fs, it, path, trl);
     kvcd_fs_unreserve(fs, fbytes);
-    if (kvcd_fs_idx_touch(fs, path, fbytes, false))
+    if (r) {
+        kvcd_fs_store_failed(fs, -r);
+        return r;
+    }
+    kvcd_fs_store_worked(fs);
+    if (kvcd_fs_idx_touch(fs, path, fbytes))
         kvcd_fs_reserve(fs, 0); /* replaced a file another daemon had made longer */
     CNT(fs->stores, 1);
     CNT(fs->store_bytes, it->len);
     it->size = it->len;
     return 0;
-out:
-    kvcd_fs_unreserve(fs, fbytes);
-    return r;
 }
 
 /* A file that failed verification: count it, and unlink it if the name still
@@ -264,7 +312,7 @@ static int lookup_one(fs_t *fs, kvcd_l2_item_t *it)
     struct stat st;
     int r;
 
-    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
         return r;
     CNT(fs->lookups, 1);
     if (kvcd_fs_sys->fstatat(fs->base_fd, path, &st, AT_SYMLINK_NOFOLLOW)) {
@@ -273,14 +321,16 @@ static int lookup_one(fs_t *fs, kvcd_l2_item_t *it)
         kvcd_fs_idx_drop(fs, path);
         return KVCD_ENOTFOUND;
     }
-    if (!S_ISREG(st.st_mode))
+    if (!S_ISREG(st.st_mode)) {
+        kvcd_fs_idx_drop(fs, path); /* not ours (any more): not accounted */
         return KVCD_ENOTFOUND;
+    }
     if ((uint64_t)st.st_size < tlen_of(fs)) {
         bad_file(fs, path, &st);
         return KVCD_ENOTFOUND;
     }
     it->size = (size_t)st.st_size - tlen_of(fs);
-    if (kvcd_fs_idx_touch(fs, path, (uint64_t)st.st_size, true))
+    if (kvcd_fs_idx_touch(fs, path, (uint64_t)st.st_size))
         kvcd_fs_reserve(fs, 0);
     CNT(fs->hits, 1);
     return 0;
@@ -295,11 +345,11 @@ static int load_one(fs_t *fs, kvcd_l2_item_t *it)
     size_t tlen = tlen_of(fs);
     int fd, r;
 
-    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
         return r;
     if (it->len && !it->buf)
         return KVCD_EBADFIELD;
-    fd = kvcd_fs_sys->openat(fs->base_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+    fd = kvcd_fs_sys->openat(fs->base_fd, path, OPEN_FILE, 0);
     if (fd < 0) {
         if (!is_miss(errno))
             return kvcd_fs_err(fs, "load open", path, errno);
@@ -311,6 +361,7 @@ static int load_one(fs_t *fs, kvcd_l2_item_t *it)
         goto out;
     }
     if (!S_ISREG(st.st_mode)) {
+        kvcd_fs_idx_drop(fs, path); /* a FIFO, device or directory: not ours, kept */
         r = KVCD_ENOTFOUND;
         goto out;
     }
@@ -334,7 +385,7 @@ static int load_one(fs_t *fs, kvcd_l2_item_t *it)
         goto out;
     }
     if (fs->checksum) {
-        if (!kvcd_fs_trl_verify(trl, plen, dig, it->buf)) {
+        if (!kvcd_obj_trl_verify(trl, plen, dig, it->buf)) {
             r = bad_file(fs, path, &st);
             goto out;
         }
@@ -343,7 +394,7 @@ static int load_one(fs_t *fs, kvcd_l2_item_t *it)
          * valid trailer for another key means the file is not ours to serve) */
         const uint8_t *t = (const uint8_t *)it->buf + plen - TRL_SIZE;
 
-        if (kvcd_fs_trl_sane(t, plen - TRL_SIZE)) {
+        if (kvcd_obj_trl_sane(t, plen - TRL_SIZE)) {
             if (memcmp(t + 32, dig, 16)) {
                 r = bad_file(fs, path, &st);
                 goto out;
@@ -353,12 +404,11 @@ static int load_one(fs_t *fs, kvcd_l2_item_t *it)
     }
     CNT(fs->loads, 1);
     CNT(fs->load_bytes, it->size);
-    if (kvcd_fs_idx_touch(fs, path, (uint64_t)st.st_size, false))
+    if (kvcd_fs_idx_touch(fs, path, (uint64_t)st.st_size))
         kvcd_fs_reserve(fs, 0);
     r = 0;
 out:
     kvcd_fs_sys->close(fd);
-    kvcd_fs_idx_unpin(fs, path);
     return r;
 }
 
@@ -368,7 +418,7 @@ static int remove_one(fs_t *fs, kvcd_l2_item_t *it)
     uint8_t dig[16];
     int r;
 
-    if ((r = kvcd_fs_name(fs->dir_levels, &it->key, path, dig)))
+    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
         return r;
     r = 0;
     if (kvcd_fs_sys->unlinkat(fs->base_fd, path, 0)) {
@@ -435,7 +485,7 @@ static void scan_dir(fs_t *fs, int pfd, const char *name, const char *rel, int d
 {
     struct dirent *de;
     DIR *d;
-    int fd = kvcd_fs_sys->openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+    int fd = kvcd_fs_sys->openat(pfd, name, OPEN_DIR | O_NOFOLLOW, 0);
 
     if (fd < 0)
         return;
@@ -493,8 +543,8 @@ static void scan_dir(fs_t *fs, int pfd, const char *name, const char *rel, int d
 }
 
 /* Sweep orphans, rebuild usage and recency from the directory, then evict down
- * to the bounds. Runs once on a worker after init; stores, lookups and loads
- * run meanwhile. */
+ * to the bounds; read-only since start, make room and probe again. Runs once on
+ * a worker after init; stores, lookups and loads run meanwhile. */
 static void fs_background(void *self)
 {
     fs_t *fs = self;
@@ -507,6 +557,8 @@ static void fs_background(void *self)
     kvcd_fs_idx_add_scanned(fs, v.v, v.n);
     free(v.v);
     kvcd_fs_reserve(fs, 0);
+    if (LD(fs->ro_errno))
+        kvcd_fs_recover(fs);
     atomic_store(&fs->scan_state, 2);
 }
 
@@ -527,6 +579,24 @@ static void nonce_init(void)
     proc_nonce = XXH3_64bits_withSeed(&ts, sizeof(ts), (uint64_t)getpid());
 }
 
+/* The boot and pid namespace this process runs in: with the host they say
+ * whether a temp file's pid means a process here. 0 / "0..0" when unknown. */
+static void boot_and_pidns(fs_t *fs)
+{
+    char id[64] = "";
+    struct stat st;
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+    uint64_t b = 0;
+
+    if (f) {
+        if (fgets(id, sizeof(id), f))
+            b = XXH3_64bits(id, strlen(id));
+        fclose(f);
+    }
+    snprintf(fs->boot, sizeof(fs->boot), "%016" PRIx64, b);
+    fs->pidns = stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
 static void fs_close(void *self);
 
 static int fs_init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, char *err,
@@ -538,20 +608,21 @@ static int fs_init(void *self, const json_t *spec, const kvcd_adapter_env_t *env
     size_t i;
     int r;
 
-    fs->base_fd = fs->tmp_fd = -1;
+    fs->base_fd = -1;
+    atomic_init(&fs->tmp_fd, -1);
     fs->tmp_dir = strdup(".tmp");
     fs->read_ahead = 65536;
     fs->checksum = true;
     fs->skip_existing = true;
     fs->file_mode = 0600;
     fs->dir_mode = 0700;
-    fs->pin_ms = 10000;
-    fs->orphan_age_ms = 600 * 1000;
+    fs->orphan_age_ms = 3600 * 1000;
     fs->health_window_ms = 5000;
     atomic_store(&fs->odirect_ok, true);
     /* until background has run, stores do not sweep (it sweeps first) */
     atomic_store(&fs->next_sweep, UINT64_MAX);
     pthread_mutex_init(&fs->mu, NULL);
+    pthread_mutex_init(&fs->rmu, NULL);
     fs->inited = true;
     if (kvcd_fs_idx_init(fs)) {
         snprintf(err, errlen, "base_path: out of memory");
@@ -570,12 +641,21 @@ static int fs_init(void *self, const json_t *spec, const kvcd_adapter_env_t *env
             host[i] = '-';
     memcpy(fs->host, host, sizeof(host));
     fs->pid = getpid();
+    boot_and_pidns(fs);
     pthread_once(&nonce_once, nonce_init);
     fs->nonce = proc_nonce;
-    snprintf(fs->ident, sizeof(fs->ident), "%s.%d.%" PRIx64, fs->host, (int)fs->pid, fs->nonce);
+    snprintf(fs->ident, sizeof(fs->ident), "%s.%s.%" PRIu64 ".%d.%016" PRIx64, fs->host, fs->boot,
+             fs->pidns, (int)fs->pid, fs->nonce);
 
     if ((r = kvcd_fs_open_dirs(fs, err, errlen)))
         goto fail;
+    if (LD(fs->ro_errno)) {
+        KVCD_LOG(KVCD_LOG_WARNING, "fs",
+                 "%s: %s; starting read-only: lookups and loads are served, stores fail until "
+                 "a write works again (on a full disk own files are evicted to make room)",
+                 env && env->instance ? env->instance : "fs", err);
+        err[0] = '\0';
+    }
     if (kvcd_fs_sys->fstatvfs(fs->base_fd, &sv) == 0) {
         atomic_store(&fs->fs_free, (uint64_t)sv.f_bavail * sv.f_frsize);
         atomic_store(&fs->fs_total, (uint64_t)sv.f_blocks * sv.f_frsize);
@@ -601,6 +681,7 @@ static void fs_close(void *self)
     free(fs->base_path);
     free(fs->tmp_dir);
     pthread_mutex_destroy(&fs->mu);
+    pthread_mutex_destroy(&fs->rmu);
     memset(fs, 0, sizeof(*fs));
 }
 
@@ -616,9 +697,9 @@ static void fs_status(void *self, json_t *out)
            *scan = json_object();
     uint64_t t = kvcd_fs_now_ms(), used, reserved, nent, streak = LD(fs->err_streak),
              total = LD(fs->fs_total), last_at;
-    char last[sizeof(fs->last_err)], mode[8];
-    bool healthy = streak == 0 || t - LD(fs->err_at) >= fs->health_window_ms;
-    int i;
+    char last[sizeof(fs->last_err)], mode[8], reason[sizeof(last) + 96];
+    bool recent = streak != 0 && t - LD(fs->err_at) < fs->health_window_ms;
+    int i, ro = LD(fs->ro_errno), wfail = LD(fs->wfail);
 
     pthread_mutex_lock(&fs->mu);
     used = fs->used;
@@ -628,7 +709,17 @@ static void fs_status(void *self, json_t *out)
     last_at = fs->last_err_at;
     pthread_mutex_unlock(&fs->mu);
 
-    JSET(out, "healthy", json_boolean(healthy));
+    if (ro)
+        snprintf(reason, sizeof(reason), "read-only: cannot write into base_path (%s)",
+                 kvcd_errname(-ro));
+    else if (wfail)
+        snprintf(reason, sizeof(reason), "stores fail: %s (last error: %s)", kvcd_errname(-wfail),
+                 last);
+    else if (recent)
+        snprintf(reason, sizeof(reason), "recent error: %s", last);
+    JSET(out, "healthy", json_boolean(!ro && !wfail && !recent));
+    JSET(out, "reason", ro || wfail || recent ? json_string(reason) : json_null());
+    JSET(out, "read_only", json_boolean(ro != 0));
     JSET(out, "base_path", json_string(fs->base_path));
     JSET(opt, "relative_tmp_dir", json_string(fs->tmp_dir));
     JSET(opt, "read_ahead_size", JU(fs->read_ahead));
@@ -644,7 +735,6 @@ static void fs_status(void *self, json_t *out)
     JSET(opt, "dir_mode", json_string(mode));
     JSET(opt, "dir_levels", JU(fs->dir_levels));
     JSET(opt, "skip_existing", json_boolean(fs->skip_existing));
-    JSET(opt, "lookup_pin_ms", JU(fs->pin_ms));
     JSET(opt, "orphan_tmp_age_s", JU(fs->orphan_age_ms / 1000));
     JSET(opt, "health_window_ms", JU(fs->health_window_ms));
     JSET(out, "options", opt);

@@ -6,7 +6,7 @@
  * {"type":"redis","cluster":true,"nodes":[{"host":"10.0.0.1","port":7000}]}
  *
  * Keys are key_prefix + the fs adapter's file name without ".data"; a value is
- * the payload followed by the fs adapter's 64-byte trailer (adapters/fs/name.h),
+ * the payload followed by the fs adapter's 64-byte trailer (adapters/object/format.h),
  * verified on every load. With several `nodes` each key lives on one of them,
  * chosen on a consistent-hash ring (adapters/redis/ring.h) from the key digest.
  *
@@ -84,7 +84,7 @@
 #include <hiredis/hiredis.h>
 
 #include "adapters/adapter.h"
-#include "adapters/fs/name.h"
+#include "adapters/object/format.h"
 #include "adapters/redis/cluster.h"
 #include "adapters/redis/ring.h"
 #include "daemon/log.h"
@@ -1374,7 +1374,7 @@ static void on_reply(op_t *op, redisReply *reply)
         } else if (op->len == 0) {
             op->rc = KVCD_ENOTFOUND;
         } else if (op->len < TRL || reply->len != TRL ||
-                   !kvcd_fs_trl_sane((const uint8_t *)reply->str, (uint64_t)(op->len - TRL))) {
+                   !kvcd_obj_trl_sane((const uint8_t *)reply->str, (uint64_t)(op->len - TRL))) {
             bad_value(op);
             op->rc = KVCD_ENOTFOUND;
         } else {
@@ -1388,8 +1388,8 @@ static void on_reply(op_t *op, redisReply *reply)
         } else if (reply->type != REDIS_REPLY_STRING) {
             op->rc = -EIO;
         } else if (reply->len < TRL ||
-                   !kvcd_fs_trl_verify((const uint8_t *)reply->str + reply->len - TRL,
-                                       reply->len - TRL, op->dig, reply->str)) {
+                   !kvcd_obj_trl_verify((const uint8_t *)reply->str + reply->len - TRL,
+                                        reply->len - TRL, op->dig, reply->str)) {
             bad_value(op);
             op->rc = KVCD_ECHECKSUM;
         } else if (reply->len - TRL > it->len) {
@@ -1507,7 +1507,7 @@ static int send_store(node_t *n, op_t *op, int ask)
     memcpy(n->rhead + hl, op->key, op->keylen);
     hl += (int)op->keylen;
     hl += snprintf(n->rhead + hl, sizeof(n->rhead) - (size_t)hl, "\r\n$%zu\r\n", it->len + TRL);
-    kvcd_fs_trl_build(n->rtail, it->buf, it->len, op->dig);
+    kvcd_obj_trl_build(n->rtail, it->buf, it->len, op->dig);
     memcpy(n->rtail + TRL, "\r\n", 2);
     if (rd->ttl) {
         int l = snprintf(ttl, sizeof(ttl), "%lld", rd->ttl);
@@ -1651,7 +1651,7 @@ static void submit(void *self, kvcd_l2_batch_t *b)
         memset(op, 0, offsetof(op_t, key));
         op->job = job;
         op->idx = i;
-        r = kvcd_fs_name(0, &b->items[i].key, name, op->dig);
+        r = kvcd_obj_name(0, &b->items[i].key, name, op->dig);
         if (r != 0) {
             op_done(op, r);
             continue;

@@ -372,6 +372,8 @@ static int fail_odirect;
 static size_t io_limit; /* max bytes per preadv/pwritev, 0 = no limit */
 static long long clock_skew_ms;
 static long long fake_avail = -1; /* bytes free reported by fstatvfs, -1 = real */
+/* A full disk: every write fails with ENOSPC until a .data file is deleted. */
+static int full_until_unlink;
 /* Calls counted since the test last zeroed them; the nth one (1-based) of each
  * kind fails once with *_fail_err when *_fail_at is n. */
 static int n_pwritev, n_preadv, w_fail_at, w_fail_err, r_fail_at, r_fail_err;
@@ -410,8 +412,8 @@ static ssize_t f_pwritev(int fd, const struct iovec *iov, int cnt, off_t off)
         errno = w_fail_err;
         return -1;
     }
-    if (fail_write) {
-        errno = fail_write;
+    if (fail_write || full_until_unlink) {
+        errno = fail_write ? fail_write : ENOSPC;
         return -1;
     }
     if (io_limit && cnt <= 8)
@@ -465,11 +467,16 @@ static int f_openat(int d, const char *p, int fl, mode_t m)
 
 static int f_unlinkat(int d, const char *p, int fl)
 {
+    int r;
+
     if (fail_unlink && strstr(p, ".data")) {
         errno = fail_unlink;
         return -1;
     }
-    return real->unlinkat(d, p, fl);
+    r = real->unlinkat(d, p, fl);
+    if (r == 0 && strstr(p, ".data"))
+        full_until_unlink = 0;
+    return r;
 }
 
 static int f_fcntl(int fd, int cmd, int arg)
@@ -510,7 +517,7 @@ static void faults_off(void)
 {
     kvcd_fs_set_syscalls(NULL);
     fail_write = fail_read = fail_sync = fail_rename = fail_create = fail_unlink = 0;
-    fail_odirect = 0;
+    fail_odirect = full_until_unlink = 0;
     n_pwritev = n_preadv = w_fail_at = w_fail_err = r_fail_at = r_fail_err = 0;
     io_limit = 0;
     clock_skew_ms = 0;
@@ -1220,7 +1227,7 @@ END_TEST
 
 static void touch(const char *name, time_t age_s)
 {
-    char p[1200];
+    char p[4096];
     int fd;
 
     snprintf(p, sizeof(p), "%s/.tmp/%s", base, name);
@@ -1240,58 +1247,12 @@ static void touch(const char *name, time_t age_s)
 
 static int tmp_exists(const char *name)
 {
-    char p[1200];
+    char p[4096];
     struct stat st;
 
     snprintf(p, sizeof(p), "%s/.tmp/%s", base, name);
     return stat(p, &st) == 0;
 }
-
-START_TEST(test_orphan_sweep)
-{
-    void *fs = open_fs("");
-    json_t *s = status(fs);
-    char prefix[200], host[80], n1[300], n2[300], n3[300], n4[300];
-    pid_t dead = fork();
-    int pid, stw;
-    unsigned long long nonce;
-
-    if (dead == 0)
-        _exit(0);
-    REQUIRE(waitpid(dead, &stw, 0) == dead);
-    snprintf(prefix, sizeof(prefix), "%s",
-             json_string_value(json_object_get(s, "tmp_name_prefix")));
-    json_decref(s);
-    REQUIRE(sscanf(prefix, "%79[^.].%d.%llx", host, &pid, &nonce) == 3);
-    REQUIRE_EQ(pid, getpid());
-
-    snprintf(n1, sizeof(n1), "%s.%d.%llx.5.1.tmp", host, (int)dead, nonce + 1);
-    touch(n1, 0); /* this host, writer gone */
-    snprintf(n2, sizeof(n2), "%s.%d.%llx.5.1.tmp", host, pid, nonce + 1);
-    touch(n2, 0); /* our pid, earlier life */
-    snprintf(n3, sizeof(n3), "%s.%d.%llx.5.1.tmp", host, pid, nonce);
-    touch(n3, 0); /* ours, in flight: kept */
-    snprintf(n4, sizeof(n4), "%s.1.%llx.5.1.tmp", host, nonce + 2);
-    touch(n4, 0);                            /* pid 1 lives: kept */
-    touch("otherhost.77.abc.1.1.tmp", 0);    /* other host, fresh: kept */
-    touch("otherhost.77.abc.1.2.tmp", 7200); /* other host, old: swept */
-    touch("junk", 7200);                     /* unknown, old: swept */
-    touch("junk2", 0);                       /* unknown, fresh: kept */
-
-    kvcd_adapter_fs.background(fs);
-    REQUIRE(!tmp_exists(n1));
-    REQUIRE(!tmp_exists(n2));
-    REQUIRE(tmp_exists(n3));
-    REQUIRE(tmp_exists(n4));
-    REQUIRE(tmp_exists("otherhost.77.abc.1.1.tmp"));
-    REQUIRE(!tmp_exists("otherhost.77.abc.1.2.tmp"));
-    REQUIRE(!tmp_exists("junk"));
-    REQUIRE(tmp_exists("junk2"));
-    REQUIRE_EQ(st_int(fs, "scan.orphans_removed"), 4);
-    REQUIRE_EQ(st_int(fs, "files"), 0); /* temp files are not cache files */
-    close_fs(fs);
-}
-END_TEST
 
 START_TEST(test_orphan_sweep_periodic)
 {
@@ -1316,6 +1277,16 @@ END_TEST
 
 #define CAP_SPEC ", \"max_capacity_gb\": 0.0009765625" /* 1 MiB */
 #define OBJ (64 * KiB - TRL)                           /* 64 KiB files */
+
+/* Store keys [from, from + n) of model, OBJ bytes each, seeded by number. */
+static void store_many(void *fs, const char *model, int from, int n)
+{
+    for (int i = from; i < from + n; i++) {
+        tkey_t k = key_n(model, (uint64_t)i);
+
+        store_ok(fs, &k, OBJ, (uint64_t)i);
+    }
+}
 
 START_TEST(test_capacity_bound)
 {
@@ -1380,62 +1351,13 @@ START_TEST(test_capacity_lru_order)
 }
 END_TEST
 
-START_TEST(test_capacity_pins)
-{
-    void *fs;
-    tkey_t k;
-    int i;
-
-    faults_on();
-    fs = open_fs(CAP_SPEC); /* lookup_pin_ms 10000 */
-    for (i = 0; i < 16; i++) {
-        k = key_n("org/pin", (uint64_t)i);
-        store_ok(fs, &k, OBJ, (uint64_t)i);
-    }
-    for (i = 0; i < 16; i++) { /* pin everything */
-        k = key_n("org/pin", (uint64_t)i);
-        REQUIRE_EQ(lookup_r(fs, &k), 0);
-    }
-    {
-        uint8_t *b = abuf(OBJ);
-
-        k = key_n("org/pin", 100);
-        REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, OBJ, NULL), -ENOSPC);
-        free(b);
-    }
-    k = key_n("org/pin", 5);
-    load_ok(fs, &k, OBJ, 5); /* load releases the pin (the lookup in load_ok re-pins) */
-    {
-        uint8_t *b = abuf(OBJ);
-
-        REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, OBJ, NULL), 0);
-        free(b);
-    }
-    k = key_n("org/pin", 100);
-    store_ok(fs, &k, OBJ, 100); /* evicts 5, the only unpinned file */
-    k = key_n("org/pin", 5);
-    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
-    k = key_n("org/pin", 0);
-    clock_skew_ms = 11000; /* pins expire */
-    k = key_n("org/pin", 101);
-    store_ok(fs, &k, OBJ, 101);
-    k = key_n("org/pin", 0); /* least recent lookup: evicted */
-    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
-    REQUIRE(walk().data_bytes <= MiB);
-    close_fs(fs);
-}
-END_TEST
-
 START_TEST(test_capacity_after_restart)
 {
     void *a = open_fs(""), *b;
     tkey_t k;
     int i;
 
-    for (i = 0; i < 24; i++) {
-        k = key_n("org/rs", (uint64_t)i);
-        store_ok(a, &k, OBJ, (uint64_t)i);
-    }
+    store_many(a, "org/rs", 0, 24);
     close_fs(a);
     /* recency comes back from file times: key i was used i seconds after 0 */
     for (i = 0; i < 24; i++) {
@@ -1566,14 +1488,21 @@ static void fault_case(int *knob, int err, const char *extra)
     REQUIRE_EQ(walk().tmp_files, 0);
     REQUIRE_EQ(walk().data_files, 1);
 
-    /* health also comes back by itself when no operation follows */
+    /* a transient error passes by itself when no operation follows; a full or
+     * read-only disk or missing permission lasts until a store succeeds */
     *knob = err;
     k = key_n("org/fault", 2);
     REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, 30000, NULL), -err);
     *knob = 0;
     REQUIRE_EQ(st_int(fs, "healthy"), 0);
     clock_skew_ms = 6000;
-    REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    if (err == EIO) {
+        REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    } else {
+        REQUIRE_EQ(st_int(fs, "healthy"), 0);
+        store_ok(fs, &k, 30000, 2);
+        REQUIRE_EQ(st_int(fs, "healthy"), 1);
+    }
     free(b);
     close_fs(fs);
 }
@@ -2047,6 +1976,354 @@ START_TEST(test_concurrent)
 }
 END_TEST
 
+/* ---- tests: regressions of issue 9, one per item ---------------------------- */
+
+/* Run a one-key load or lookup in a child process: its result, or a test
+ * failure when it has not returned after 10 s (it blocked). */
+static int op1_bounded(void *fs, kvcd_l2_op_t op, const tkey_t *t, size_t len)
+{
+    static const int codes[] = {0, KVCD_ENOTFOUND, KVCD_ECHECKSUM, KVCD_EINTERNAL};
+    pid_t c = fork();
+    int stw, i;
+
+    REQUIRE(c >= 0);
+    if (c == 0) {
+        int r = op1(fs, op, t, len ? abuf(len) : NULL, len, NULL);
+
+        for (i = 0; i < 3 && codes[i] != r; i++)
+            ;
+        _exit(i);
+    }
+    for (i = 0; i < 1000; i++) {
+        if (waitpid(c, &stw, WNOHANG) == c) {
+            REQUIRE(WIFEXITED(stw) && WEXITSTATUS(stw) < 4);
+            return codes[WEXITSTATUS(stw)];
+        }
+        usleep(10000);
+    }
+    kill(c, SIGKILL);
+    waitpid(c, &stw, 0);
+    ck_abort_msg("the %s did not return within 10 s: it blocked",
+                 op == KVCD_L2_LOAD ? "load" : "lookup");
+    return 0;
+}
+
+/* Item 3: a FIFO (or any non-regular file) where an object file should be is a
+ * miss that never blocks the worker, and is left alone. */
+START_TEST(test_item03_fifo_object_never_blocks)
+{
+    void *fs = open_fs("");
+    tkey_t k = key_n("org/fifo", 1);
+    char p[1200], q[1300];
+    struct stat st;
+
+    store_ok(fs, &k, 30000, 1);
+    the_file(p, sizeof(p));
+    REQUIRE(unlink(p) == 0);
+    REQUIRE(mkfifo(p, 0600) == 0); /* swapped in for the object file */
+    REQUIRE_EQ(op1_bounded(fs, KVCD_L2_LOOKUP, &k, 0), KVCD_ENOTFOUND);
+    REQUIRE_EQ(op1_bounded(fs, KVCD_L2_LOAD, &k, 30000), KVCD_ENOTFOUND);
+    REQUIRE(stat(p, &st) == 0 && S_ISFIFO(st.st_mode)); /* not provably ours: kept */
+    REQUIRE_EQ(st_int(fs, "checksum_failures"), 0);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND); /* here, not in a child: */
+    REQUIRE_EQ(st_int(fs, "files"), 0);           /* no longer accounted */
+
+    /* the start-up scan and the temp sweep pass FIFOs by */
+    snprintf(q, sizeof(q), "%s/.tmp/otherhost.1.2.3.4.tmp", base);
+    REQUIRE(mkfifo(q, 0600) == 0);
+    kvcd_adapter_fs.background(fs);
+    REQUIRE_EQ(st_int(fs, "files"), 0);
+    REQUIRE(stat(q, &st) == 0 && S_ISFIFO(st.st_mode));
+
+    /* a store of the key publishes a regular file over it */
+    store_ok(fs, &k, 30000, 1);
+    load_ok(fs, &k, 30000, 1);
+    close_fs(fs);
+}
+END_TEST
+
+/* Item 9: keys looked up again and again (here: past a gap in the prefix, as
+ * kvcd's LOOKUP asks about them) and never loaded stay evictable, and the
+ * capacity bound holds; a file evicted between lookup and load is a miss. */
+START_TEST(test_item09_lookups_do_not_pin)
+{
+    kvcd_l2_item_t it[17];
+    kvcd_l2_batch_t b = {.op = KVCD_L2_LOOKUP, .items = it, .n = 17};
+    tkey_t t[17], k;
+    void *fs;
+    int i, round;
+
+    faults_on();
+    fs = open_fs(CAP_SPEC);
+    t[0] = key_n("org/pin", 999); /* never stored: the gap */
+    for (i = 1; i < 17; i++) {
+        t[i] = key_n("org/pin", (uint64_t)i);
+        store_ok(fs, &t[i], OBJ, (uint64_t)i); /* 16 x 64 KiB: full */
+    }
+    for (round = 0; round < 4; round++) {
+        memset(it, 0, sizeof(it));
+        for (i = 0; i < 17; i++) {
+            it[i].key = mk(&t[i]);
+            it[i].result = KVCD_EINTERNAL;
+        }
+        kvcd_adapter_fs.lookup(fs, &b);
+        REQUIRE_EQ(it[0].result, KVCD_ENOTFOUND);
+        for (i = 1; i < 17; i++)
+            REQUIRE_EQ(it[i].result, 0);
+        clock_skew_ms += 5000; /* looked up again well within 10 s */
+    }
+    for (i = 0; i < 16; i++) {
+        k = key_n("org/new", (uint64_t)i);
+        store_ok(fs, &k, OBJ, (uint64_t)i);
+        REQUIRE(walk().data_bytes <= MiB);
+        REQUIRE(st_int(fs, "used_bytes") <= (long long)MiB);
+    }
+    for (i = 1; i < 17; i++)
+        REQUIRE_EQ(lookup_r(fs, &t[i]), KVCD_ENOTFOUND);
+    REQUIRE_EQ(st_int(fs, "counters.evictions"), 16);
+
+    /* evicted after its lookup, before its load: a miss */
+    k = key_n("org/new", 15);
+    REQUIRE_EQ(lookup_r(fs, &k), 0);
+    store_many(fs, "org/newer", 0, 16);
+    {
+        uint8_t *buf = abuf(OBJ);
+
+        REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, buf, OBJ, NULL), KVCD_ENOTFOUND);
+        free(buf);
+    }
+    REQUIRE(walk().data_bytes <= MiB);
+    close_fs(fs);
+}
+END_TEST
+
+/* String at a key of the status object ("" if absent or not a string). */
+static void st_str(void *fs, const char *key, char *out, size_t n)
+{
+    json_t *o = status(fs), *v = json_object_get(o, key);
+
+    snprintf(out, n, "%s", json_is_string(v) ? json_string_value(v) : "");
+    json_decref(o);
+}
+
+/* Unhealthy, and the reason names errno e. */
+static void unhealthy_for(void *fs, int e)
+{
+    char reason[400];
+
+    REQUIRE_EQ(st_int(fs, "healthy"), 0);
+    st_str(fs, "reason", reason, sizeof(reason));
+    if (!strstr(reason, kvcd_errname(-e)))
+        ck_abort_msg("reason \"%s\" does not name %s", reason, kvcd_errname(-e));
+}
+
+static void healthy_again(void *fs)
+{
+    json_t *o = status(fs);
+
+    REQUIRE(json_is_true(json_object_get(o, "healthy")));
+    REQUIRE(json_is_false(json_object_get(o, "read_only")));
+    REQUIRE(json_is_null(json_object_get(o, "reason")));
+    json_decref(o);
+}
+
+/* Item 16a: a full disk at start-up: start read-only, serve reads, evict our
+ * own files to make room, writable again once a write succeeds. */
+START_TEST(test_item16_full_disk_starts_and_evicts)
+{
+    void *fs = open_fs(", \"use_odirect\": true");
+    long long direct = st_int(fs, "odirect_fallbacks.supported");
+    tkey_t k;
+
+    store_many(fs, "org/full", 0, 4);
+    close_fs(fs);
+
+    faults_on();
+    full_until_unlink = 1; /* no write succeeds until one of our files goes */
+    fs = open_fs(", \"use_odirect\": true");
+    REQUIRE_EQ(st_int(fs, "read_only"), 1);
+    unhealthy_for(fs, ENOSPC);
+    k = key_n("org/full", 3);
+    load_ok(fs, &k, OBJ, 3); /* lookups and loads are served */
+    REQUIRE_EQ(st_int(fs, "counters.evictions"), 0);
+
+    kvcd_adapter_fs.background(fs); /* scan, then evict to make room */
+    REQUIRE_EQ(st_int(fs, "counters.evictions"), 1);
+    healthy_again(fs);
+    REQUIRE_EQ(st_int(fs, "odirect_fallbacks.supported"), direct); /* not the disk's fault */
+    k = key_n("org/full", 10);
+    store_ok(fs, &k, OBJ, 10);
+    load_ok(fs, &k, OBJ, 10);
+    REQUIRE_EQ(walk().data_files, 4);
+    REQUIRE_EQ(walk().tmp_files, 0);
+    close_fs(fs);
+}
+END_TEST
+
+/* Item 16a: full with nothing of ours to evict: read-only-degraded until a
+ * write succeeds; permissions are still a start-up error naming base_path. */
+START_TEST(test_item16_full_disk_nothing_to_evict)
+{
+    char err[512];
+    void *fs;
+    tkey_t k = key_n("org/full", 1);
+    uint8_t *b = abuf(OBJ);
+
+    faults_on();
+    fail_create = EACCES;
+    REQUIRE_EQ(try_init(&fs, err, sizeof(err), SPEC("")), KVCD_ECONFIG);
+    if (strncmp(err, "base_path:", 10))
+        ck_abort_msg("EACCES at start: \"%s\" does not name base_path", err);
+    fail_create = 0;
+
+    full_until_unlink = 1;
+    fs = open_fs("");
+    REQUIRE_EQ(st_int(fs, "read_only"), 1);
+    kvcd_adapter_fs.background(fs);
+    REQUIRE_EQ(st_int(fs, "read_only"), 1);
+    unhealthy_for(fs, ENOSPC);
+    REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k, b, OBJ, NULL), -ENOSPC);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    unhealthy_for(fs, ENOSPC);
+    REQUIRE_EQ(walk().tmp_files, 0);
+    full_until_unlink = 0; /* space came back */
+    store_ok(fs, &k, OBJ, 1);
+    healthy_again(fs);
+    load_ok(fs, &k, OBJ, 1);
+    free(b);
+    close_fs(fs);
+
+    fail_create = EROFS; /* a read-only mount is served read-only */
+    fs = open_fs("");
+    REQUIRE_EQ(st_int(fs, "read_only"), 1);
+    unhealthy_for(fs, EROFS);
+    load_ok(fs, &k, OBJ, 1);
+    close_fs(fs);
+}
+END_TEST
+
+/* Item 16b: stores failing for a persistent cause keep the adapter unhealthy
+ * (with a reason) whatever lookups do and however long it takes, until a store
+ * succeeds. */
+START_TEST(test_item16_failing_stores_are_unhealthy)
+{
+    static const int causes[] = {EROFS, EACCES, EDQUOT, ENOSPC};
+    const long long floor = 204800000; /* 5% of the fake 4 GB filesystem */
+    void *fs;
+    tkey_t k0 = key_n("org/ill", 0), k1 = key_n("org/ill", 1), k2;
+    uint8_t *b = abuf(OBJ);
+    size_t i;
+
+    faults_on();
+    fs = open_fs("");
+    kvcd_adapter_fs.background(fs);
+    for (i = 0; i < sizeof(causes) / sizeof(causes[0]); i++) {
+        k2 = key_n("org/ill", 10 + i);
+        store_ok(fs, &k0, OBJ, 0); /* the one a full disk's store evicts first */
+        store_ok(fs, &k1, OBJ, 1);
+        if (causes[i] == ENOSPC)
+            fake_avail = floor - 100 * (long long)MiB; /* eviction cannot help */
+        else if (causes[i] == EDQUOT)
+            fail_write = EDQUOT; /* evicts k0, fails again */
+        else
+            fail_create = causes[i];
+        REQUIRE_EQ(op1(fs, KVCD_L2_STORE, &k2, b, OBJ, NULL), -causes[i]);
+        REQUIRE_EQ(lookup_r(fs, &k1), 0); /* reads still work... */
+        unhealthy_for(fs, causes[i]);     /* ...but the adapter is not healthy */
+        clock_skew_ms += 60000;
+        unhealthy_for(fs, causes[i]);
+        fail_create = fail_write = 0;
+        fake_avail = -1;
+        store_ok(fs, &k2, OBJ, 2);
+        healthy_again(fs);
+    }
+    free(b);
+    close_fs(fs);
+}
+END_TEST
+
+/* The temp-name host part, as the adapter writes it. */
+static void my_host(char *h, size_t n)
+{
+    REQUIRE(gethostname(h, n) == 0);
+    h[n - 1] = '\0';
+    for (size_t i = 0; h[i]; i++)
+        if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') ||
+              (h[i] >= '0' && h[i] <= '9') || h[i] == '-'))
+            h[i] = '-';
+}
+
+/* Item 17: temp files are swept at once only when they provably belong to a
+ * dead daemon of this host, boot and pid namespace; a young file of any other
+ * owner (another namespace, another boot, an old-style name) is kept until it
+ * is an hour old. */
+START_TEST(test_item17_tmp_sweep_spares_other_namespaces)
+{
+    void *fs;
+    char host[64], prefix[200], h2[80], boot[20], n[12][300];
+    unsigned long long ns, nonce;
+    pid_t dead = fork(), me = getpid();
+    int pid, stw, i;
+    tkey_t k = key_n("m", 1);
+
+    if (dead == 0)
+        _exit(0);
+    REQUIRE(waitpid(dead, &stw, 0) == dead);
+    my_host(host, sizeof(host));
+    faults_on();
+    fs = open_fs("");
+
+    /* first sweep: names that carry no namespace (older daemons, or a daemon
+     * in another pid namespace on this hostname) and files of unknown owners */
+    snprintf(n[0], sizeof(n[0]), "%s.%d.%llx.5.1.tmp", host, (int)dead, 0x1234ull);
+    touch(n[0], 0); /* pid unknown here: may be alive elsewhere */
+    snprintf(n[1], sizeof(n[1]), "%s.%d.%llx.5.1.tmp", host, (int)me, 0x1234ull);
+    touch(n[1], 0);                           /* "our" pid, in some namespace */
+    touch("otherhost.77.abc.1.1.tmp", 0);     /* other host, fresh: kept */
+    touch("otherhost.77.abc.1.2.tmp", 7200);  /* other host, old: swept */
+    touch("junk", 7200);                      /* unknown, old: swept */
+    touch("junk2", 0);                        /* unknown, fresh: kept */
+    touch("junk3", 1800);                     /* unknown, half an hour: kept */
+    kvcd_adapter_fs.background(fs);
+    REQUIRE(tmp_exists(n[0]));
+    REQUIRE(tmp_exists(n[1]));
+    REQUIRE(tmp_exists("otherhost.77.abc.1.1.tmp"));
+    REQUIRE(!tmp_exists("otherhost.77.abc.1.2.tmp"));
+    REQUIRE(!tmp_exists("junk"));
+    REQUIRE(tmp_exists("junk2"));
+    REQUIRE(tmp_exists("junk3"));
+    REQUIRE_EQ(st_int(fs, "scan.orphans_removed"), 2);
+    REQUIRE_EQ(st_int(fs, "options.orphan_tmp_age_s"), 3600);
+
+    /* second sweep (periodic, from a store): names of this daemon's format */
+    st_str(fs, "tmp_name_prefix", prefix, sizeof(prefix));
+    if (sscanf(prefix, "%79[^.].%16[0-9a-f].%llu.%d.%llx", h2, boot, &ns, &pid, &nonce) != 5)
+        ck_abort_msg("tmp_name_prefix \"%s\" is not host.boot.pidns.pid.nonce", prefix);
+    REQUIRE(!strcmp(h2, host));
+    REQUIRE_EQ(pid, me);
+    REQUIRE(ns > 0);
+#define TMPN(i, b, s, p, c)                                                                        \
+    snprintf(n[i], sizeof(n[i]), "%s.%s.%llu.%d.%llx.5.1.tmp", host, b, s, p, c)
+    TMPN(2, boot, ns, (int)dead, nonce + 1);      /* this namespace, writer gone: swept */
+    TMPN(3, boot, ns, (int)me, nonce + 1);        /* our pid, earlier life: swept */
+    TMPN(4, boot, ns, (int)me, nonce);            /* ours, in flight: kept */
+    TMPN(5, boot, ns, 1, nonce + 2);              /* pid 1 lives: kept */
+    TMPN(6, boot, ns + 1, (int)dead, nonce + 1);  /* another namespace: kept */
+    TMPN(7, boot, ns + 1, (int)me, nonce + 1);    /* another namespace, our pid: kept */
+    TMPN(8, "00000000deadbeef", ns, (int)dead, nonce + 1); /* another boot (or host): kept */
+#undef TMPN
+    for (i = 2; i <= 8; i++)
+        touch(n[i], 0);
+    clock_skew_ms = 3601 * 1000; /* the next store sweeps */
+    store_ok(fs, &k, 10, 1);
+    for (i = 0; i <= 8; i++)
+        if (tmp_exists(n[i]) != (i != 2 && i != 3))
+            ck_abort_msg("%s was %s", n[i], tmp_exists(n[i]) ? "kept" : "swept");
+    REQUIRE_EQ(st_int(fs, "scan.orphans_removed"), 4);
+    close_fs(fs);
+}
+END_TEST
+
 static Suite *fs_suite(void)
 {
     Suite *s = suite_create("fs");
@@ -2077,11 +2354,9 @@ static Suite *fs_suite(void)
     tcase_add_test(tc, test_corrupt_foreign_file);
     tcase_add_test(tc, test_corrupt_tiny);
     tcase_add_test(tc, test_checksum_none);
-    tcase_add_test(tc, test_orphan_sweep);
     tcase_add_test(tc, test_orphan_sweep_periodic);
     tcase_add_test(tc, test_capacity_bound);
     tcase_add_test(tc, test_capacity_lru_order);
-    tcase_add_test(tc, test_capacity_pins);
     tcase_add_test(tc, test_capacity_after_restart);
     tcase_add_test(tc, test_capacity_shared_discovery);
     tcase_add_test(tc, test_free_floor);
@@ -2102,6 +2377,12 @@ static Suite *fs_suite(void)
     tcase_add_test(tc, test_bad_specs);
     tcase_add_test(tc, test_status_fields);
     tcase_add_test(tc, test_concurrent);
+    tcase_add_test(tc, test_item03_fifo_object_never_blocks);
+    tcase_add_test(tc, test_item09_lookups_do_not_pin);
+    tcase_add_test(tc, test_item16_full_disk_starts_and_evicts);
+    tcase_add_test(tc, test_item16_full_disk_nothing_to_evict);
+    tcase_add_test(tc, test_item16_failing_stores_are_unhealthy);
+    tcase_add_test(tc, test_item17_tmp_sweep_spares_other_namespaces);
     suite_add_tcase(s, tc);
     return s;
 }

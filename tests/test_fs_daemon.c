@@ -1,8 +1,10 @@
 /*
  * test_fs_daemon.c - the fs adapter behind the real daemon: persistence across
- * restarts, two daemons sharing one directory, files and modes on disk.
+ * restarts, two daemons sharing one directory, files and modes on disk, and
+ * eviction of files that LOOKUP asked about but never loaded.
  */
 #include <check.h>
+#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,6 +243,66 @@ START_TEST(unwritable_base_path_is_a_clear_error)
 }
 END_TEST
 
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    return remove(p);
+}
+
+/* Item 9 (issue 9): LOOKUP asks L2 about every key after its first miss and
+ * loads only the prefix; the files of those keys must stay evictable, so that
+ * stores past the capacity bound still reach the directory, within the bound. */
+START_TEST(item09_lookups_past_a_gap_leave_files_evictable)
+{
+    enum { M = 16 };
+    char dir[64] = "/tmp/kvcd-test-fsd-XXXXXX", spec[400];
+    const char *args[] = {"--l2-adapter", spec, "--l1-size-gb", "0.0625",
+                          "--l2-store-policy", "skip_l1", NULL};
+    const size_t len = MiB - 64; /* files of exactly 1 MiB: 16 fill the bound */
+    uint8_t hh[2 * M + 1][8];
+    kvcd_bytes_t K[2 * M + 1];
+    const void *bufs[M];
+    size_t lens[M], prefix, i;
+    int res[M], round;
+    void *payload = chunk(0);
+    kvcd_proc_t a;
+    kvcd_client_t *c;
+
+    keys();
+    ck_assert(mkdtemp(dir) != NULL);
+    snprintf(spec, sizeof(spec),
+             "{\"type\":\"fs\",\"base_path\":\"%s/l2\",\"max_capacity_gb\":0.015625}", dir);
+    for (i = 0; i < 2 * M + 1; i++)
+        K[i] = kvcd_test_hash(hh[i], 0x900 + i);
+    for (i = 0; i < M; i++) {
+        bufs[i] = payload;
+        lens[i] = len;
+    }
+    kvcd_test_start(&a, &c, args);
+    ck_assert_int_eq(kvcd_client_store(c, &base, K + 1, M, bufs, lens, res), 0);
+    settle(c);
+    ck_assert_uint_eq(count_files(dir, "*.data", 0), M);
+    for (round = 0; round < 5; round++) { /* K[0] was never stored: the gap */
+        ck_assert_int_eq(kvcd_client_lookup(c, &base, K, M + 1, &prefix, NULL), 0);
+        ck_assert_uint_eq(prefix, 0);
+    }
+    ck_assert_int_eq(kvcd_client_store(c, &base, K + M + 1, M, bufs, lens, res), 0);
+    for (i = 0; i < M; i++)
+        ck_assert_int_eq(res[i], 0);
+    settle(c);
+    /* the new keys reached the directory, evicting the looked-up files */
+    ck_assert_int_eq(stat_of(c, "storage", "write_behind_failed"), 0);
+    ck_assert_int_eq(stat_of(c, "storage", "skip_l1_dropped"), 2 * M);
+    ck_assert_int_eq(kvcd_client_lookup(c, &base, K + M + 1, M, &prefix, NULL), 0);
+    ck_assert_uint_eq(prefix, M);
+    ck_assert_uint_eq(count_files(dir, "*.data", 0), M);
+    ck_assert_int_eq(kvcd_client_lookup(c, &base, K + 1, M, &prefix, NULL), 0);
+    ck_assert_uint_eq(prefix, 0);
+    kvcd_test_stop(&a, &c);
+    free(payload);
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("fs_daemon");
@@ -250,6 +312,7 @@ int main(void)
     tcase_add_test(tc, restart_keeps_chunks);
     tcase_add_test(tc, two_daemons_share_a_directory);
     tcase_add_test(tc, unwritable_base_path_is_a_clear_error);
+    tcase_add_test(tc, item09_lookups_past_a_gap_leave_files_evictable);
     suite_add_tcase(s, tc);
     return kvcd_test_run(s);
 }

@@ -25,7 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "adapters/fs/name.h"
+#include "adapters/object/format.h"
 #include "daemon/l2.h"
 #include "tests/l2_support.h"
 #include "tests/redis_support.h"
@@ -639,7 +639,7 @@ static int redis_corrupt(const char *d, const kvcd_key_t *k)
     long long len;
     int ok = 0;
 
-    if (kvcd_fs_name(0, k, name, dig) != 0)
+    if (kvcd_obj_name(0, k, name, dig) != 0)
         return -1;
     kl = strlen(name) - strlen(KVCD_OBJ_NAME_SUFFIX);
     len = kvcd_redis_int(&redis, "STRLEN %b", name, kl);

@@ -28,7 +28,7 @@
 
 #include <jansson.h>
 
-#include "adapters/fs/name.h"
+#include "adapters/object/format.h"
 #include "adapters/redis/ring.h"
 #include "daemon/l2.h"
 #include "protocol/client.h"
@@ -302,7 +302,7 @@ static size_t redis_key(const kvcd_key_t *k, char *name)
 {
     uint8_t dig[16];
 
-    ck_assert_int_eq(kvcd_fs_name(0, k, name, dig), 0);
+    ck_assert_int_eq(kvcd_obj_name(0, k, name, dig), 0);
     return strlen(name) - strlen(KVCD_OBJ_NAME_SUFFIX);
 }
 
@@ -365,10 +365,10 @@ START_TEST(key_and_value_format)
            rs.sock);
     round_trip(o, 2);
 
-    ck_assert_int_eq(kvcd_fs_name(0, &o[1].key.k, name, dig), 0);
+    ck_assert_int_eq(kvcd_obj_name(0, &o[1].key.k, name, dig), 0);
     kl = strlen(name) - 5;
     snprintf(key, sizeof(key), "kv:%.*s", (int)kl, name);
-    kvcd_fs_trl_build(trl, o[1].data, o[1].len, dig);
+    kvcd_obj_trl_build(trl, o[1].data, o[1].len, dig);
     c = kvcd_redis_connect(&rs);
     ck_assert_ptr_nonnull(c);
     rep = redisCommand(c, "GET %s", key);
@@ -1084,11 +1084,11 @@ START_TEST(redis_killed_during_store_batch)
 
             k.hash = hb[i];
             k.hash_len = 8;
-            kvcd_fs_name(0, &k, name, dig);
+            kvcd_obj_name(0, &k, name, dig);
             ck_assert_uint_eq(rep->len, chunk_len(i) + KVCD_OBJ_TRL_SIZE);
             ck_assert_msg(memcmp(rep->str, want, chunk_len(i)) == 0, "key %zu: wrong bytes", i);
-            ck_assert(kvcd_fs_trl_verify((const uint8_t *)rep->str + chunk_len(i), chunk_len(i),
-                                         dig, rep->str));
+            ck_assert(kvcd_obj_trl_verify((const uint8_t *)rep->str + chunk_len(i), chunk_len(i),
+                                          dig, rep->str));
             free(want);
             direct++;
         } else {

@@ -32,7 +32,7 @@
 
 #include <jansson.h>
 
-#include "adapters/fs/name.h"
+#include "adapters/object/format.h"
 #include "adapters/redis/cluster.h"
 #include "daemon/l2.h"
 #include "protocol/client.h"
@@ -608,7 +608,7 @@ START_TEST(ask_and_moved_for_one_slot)
     start_cluster();
     create_cluster_instance("\"cluster_refresh_ms\":600000");
     wait_health(1, 5000);
-    ck_assert_int_eq(kvcd_fs_name(0, &o[0].key.k, name, dig), 0);
+    ck_assert_int_eq(kvcd_obj_name(0, &o[0].key.k, name, dig), 0);
     kl = strlen(name) - strlen(KVCD_OBJ_NAME_SUFFIX);
     slot = kvcd_cluster_slot(name, kl);
     src = owner_on(0, slot);
@@ -926,7 +926,7 @@ START_TEST(two_daemons_share_the_cluster)
     for (i = 0; i < NKEYS; i += 97) {
         k.hash = hb[i];
         k.hash_len = 8;
-        ck_assert_int_eq(kvcd_fs_name(0, &k, name, dig), 0);
+        ck_assert_int_eq(kvcd_obj_name(0, &k, name, dig), 0);
         kl = strlen(name) - strlen(KVCD_OBJ_NAME_SUFFIX);
         ck_assert_int_eq(kvcd_redis_int(&cl.node[0], "CLUSTER KEYSLOT %b", name, kl),
                          (long long)kvcd_cluster_slot(name, kl));

@@ -8,7 +8,14 @@
  * publishing a probe file the way a store does, which also finds out whether
  * O_DIRECT works there.
  *
- * Loop thread (init).
+ * A directory that can be read but not written because its disk is full (or
+ * over quota, or mounted read-only) is not a start-up error: the instance
+ * starts read-only (ro_errno) and serves lookups and loads; kvcd_fs_recover
+ * (background task, stores) evicts its own files to make room and probes again.
+ * No permission (EACCES, EPERM) or a base_path that is not a directory is a
+ * start-up error naming base_path.
+ *
+ * Loop thread (init); kvcd_fs_recover on any worker.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +29,7 @@
 #include <unistd.h>
 
 #include "adapters/fs/fs_int.h"
+#include "daemon/log.h"
 
 #define GIB 1073741824.0
 
@@ -47,10 +55,10 @@ const kvcd_adapter_field_t kvcd_fs_fields[] = {
      "0 = flat (LMCache layout), 1 or 2 = levels of 256 hash-prefix subdirectories"},
     {"skip_existing", "boolean", "true",
      "a store of a key whose file exists with the same length writes nothing"},
-    {"lookup_pin_ms", "integer", "10000",
-     "a lookup hit is safe from eviction until loaded or this many ms passed"},
-    {"orphan_tmp_age_s", "integer", "600",
-     "temp files of other hosts older than this are swept as orphans"},
+    {"lookup_pin_ms", "integer", "unset",
+     "no effect (accepted for old specs): lookups do not pin, L1 holds what LOOKUP loads"},
+    {"orphan_tmp_age_s", "integer", "3600",
+     "temp files whose writer is not provably dead are swept once older than this"},
     {"health_window_ms", "integer", "5000",
      "unhealthy while the last operation failed less than this long ago"},
     {NULL, NULL, NULL, NULL},
@@ -181,8 +189,13 @@ int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen)
                 return cfg_err(err, errlen, "skip_existing: must be a boolean");
             fs->skip_existing = json_is_true(v);
         } else if (!strcmp(k, "lookup_pin_ms")) {
-            if (parse_u64(v, 0, &fs->pin_ms))
+            uint64_t unused;
+
+            if (parse_u64(v, 0, &unused))
                 return cfg_err(err, errlen, "lookup_pin_ms: must be an integer >= 0");
+            KVCD_LOG(KVCD_LOG_WARNING, "fs",
+                     "%s: lookup_pin_ms has no effect any more (lookups do not pin files)",
+                     fs->base_path ? fs->base_path : "fs");
         } else if (!strcmp(k, "orphan_tmp_age_s")) {
             if (parse_u64(v, 1, &fs->orphan_age_ms))
                 return cfg_err(err, errlen, "orphan_tmp_age_s: must be an integer >= 1");
@@ -245,8 +258,7 @@ static int mkdir_p(fs_t *fs, const char *path)
             *s = '\0';
             if (kvcd_fs_sys->mkdirat(AT_FDCWD, p, fs->dir_mode) == 0) {
                 if (fs->chmod_dirs) {
-                    int fd =
-                        kvcd_fs_sys->openat(AT_FDCWD, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+                    int fd = kvcd_fs_sys->openat(AT_FDCWD, p, OPEN_DIR, 0);
 
                     if (fd >= 0) {
                         kvcd_fs_sys->fchmod(fd, fs->dir_mode);
@@ -267,13 +279,15 @@ static int mkdir_p(fs_t *fs, const char *path)
 }
 
 /* Open (creating) relative_tmp_dir one component at a time without following
- * symlinks, and check it lives on base_path's filesystem. */
-static int open_tmp(fs_t *fs, char *err, size_t errlen)
+ * symlinks, and check it lives on base_path's filesystem. On failure *eno is
+ * the errno of why a component is missing or cannot be opened (0 if none). */
+static int open_tmp(fs_t *fs, char *err, size_t errlen, int *eno)
 {
     char *p = strdup(fs->tmp_dir), *save = NULL, *c;
     struct stat bs, ts;
     int fd, dfd = fs->base_fd, first = 1, r = 0;
 
+    *eno = 0;
     if (!p)
         return cfg_err(err, errlen, "relative_tmp_dir: out of memory");
     if (!*p || *p == '/') {
@@ -289,21 +303,24 @@ static int open_tmp(fs_t *fs, char *err, size_t errlen)
                         c);
             goto out;
         }
-        if (first)
+        if (first && !fs->tmp_top[0]) /* read by the scan once set: set it once */
             snprintf(fs->tmp_top, sizeof(fs->tmp_top), "%s", c);
         first = 0;
-        if (kvcd_fs_sys->mkdirat(dfd, c, fs->dir_mode) == 0 && fs->chmod_dirs) {
-            int x = kvcd_fs_sys->openat(dfd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+        if (kvcd_fs_sys->mkdirat(dfd, c, fs->dir_mode) == 0) {
+            int x = fs->chmod_dirs ? kvcd_fs_sys->openat(dfd, c, OPEN_DIR | O_NOFOLLOW, 0) : -1;
 
             if (x >= 0) {
                 kvcd_fs_sys->fchmod(x, fs->dir_mode);
                 kvcd_fs_sys->close(x);
             }
+        } else if (errno != EEXIST) {
+            *eno = errno;
         }
-        fd = kvcd_fs_sys->openat(dfd, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+        fd = kvcd_fs_sys->openat(dfd, c, OPEN_DIR | O_NOFOLLOW, 0);
         if (fd < 0) {
-            int e = errno;
+            int e = errno == ENOENT && *eno ? *eno : errno;
 
+            *eno = e;
             r = cfg_err(err, errlen, "relative_tmp_dir: cannot open '%s' in base_path: %s%s",
                         fs->tmp_dir, strerror(e),
                         e == ELOOP || e == ENOTDIR ? " (must be a directory, not a symlink)" : "");
@@ -317,12 +334,14 @@ static int open_tmp(fs_t *fs, char *err, size_t errlen)
         r = cfg_err(err, errlen, "relative_tmp_dir: must name a directory below base_path");
         goto out;
     }
-    fs->tmp_fd = dfd;
-    dfd = fs->base_fd;
-    if (kvcd_fs_sys->fstat(fs->base_fd, &bs) || kvcd_fs_sys->fstat(fs->tmp_fd, &ts))
+    if (kvcd_fs_sys->fstat(fs->base_fd, &bs) || kvcd_fs_sys->fstat(dfd, &ts)) {
         r = cfg_err(err, errlen, "relative_tmp_dir: stat: %s", strerror(errno));
-    else if (bs.st_dev != ts.st_dev)
+    } else if (bs.st_dev != ts.st_dev) {
         r = cfg_err(err, errlen, "relative_tmp_dir: not on base_path's filesystem");
+    } else {
+        fs->tmp_fd = dfd; /* published whole: stores may be reading it */
+        dfd = fs->base_fd;
+    }
 out:
     if (dfd != fs->base_fd)
         kvcd_fs_sys->close(dfd);
@@ -330,62 +349,122 @@ out:
     return r;
 }
 
+/* A cause of "cannot write" that lets the instance start read-only. */
+static bool ro_cause(int e)
+{
+    return e == ENOSPC || e == EDQUOT || e == EROFS;
+}
+
 /* Write a probe through the temp dir into base_path: proves both writable, the
- * rename atomic (same mount), and finds out whether O_DIRECT works here. */
-static int probe(fs_t *fs, char *err, size_t errlen)
+ * rename atomic (same mount), and finds out whether O_DIRECT works here.
+ * 0 or -errno, *stage says which step failed. */
+static int probe(fs_t *fs, const char **stage)
 {
     char tmp[192], fin[256];
     void *blk = aligned_alloc(DIO_ALIGN, DIO_ALIGN);
     struct iovec v = {blk, DIO_ALIGN};
     int fd, r = 0;
 
+    *stage = "create a temp file";
     if (!blk)
-        return cfg_err(err, errlen, "base_path: out of memory");
+        return -ENOMEM;
     memset(blk, 0, DIO_ALIGN);
     if ((fd = kvcd_fs_tmp_create(fs, tmp, sizeof(tmp))) < 0) {
         free(blk);
-        return cfg_err(err, errlen, "relative_tmp_dir: not writable: %s", strerror(-fd));
+        return fd;
     }
     if (fs->odirect) {
         int e = kvcd_fs_direct_on(fs, fd);
 
         if (!e && (e = -kvcd_fs_io_full(fd, &v, 1, 0, true)) == EINVAL)
             atomic_store(&fs->odirect_ok, false);
+        if (ro_cause(e)) { /* a full disk says nothing about O_DIRECT */
+            *stage = "write";
+            kvcd_fs_sys->close(fd);
+            kvcd_fs_sys->unlinkat(fs->tmp_fd, tmp, 0);
+            free(blk);
+            return -e;
+        }
         if (e) {
             kvcd_fs_odf_note(fs, ODF_UNSUPPORTED, e);
             atomic_store(&fs->odirect_ok, false);
             kvcd_fs_sys->fcntl(fd, F_SETFL, 0);
         }
     }
-    if ((r = kvcd_fs_io_full(fd, &v, 1, 0, true)) != 0)
-        r = cfg_err(err, errlen, "base_path: cannot write: %s", strerror(r < 0 ? -r : EIO));
-    kvcd_fs_sys->close(fd);
+    *stage = "write";
+    r = kvcd_fs_io_full(fd, &v, 1, 0, true);
+    if (kvcd_fs_sys->close(fd) && !r)
+        r = -errno;
     free(blk);
     snprintf(fin, sizeof(fin), ".probe.%s", fs->ident);
-    if (!r && kvcd_fs_sys->renameat(fs->tmp_fd, tmp, fs->base_fd, fin))
-        r = cfg_err(err, errlen, "%s: cannot rename into base_path: %s",
-                    errno == EXDEV ? "relative_tmp_dir" : "base_path", strerror(errno));
+    if (!r && kvcd_fs_sys->renameat(fs->tmp_fd, tmp, fs->base_fd, fin)) {
+        *stage = "rename into base_path";
+        r = -errno;
+    }
     kvcd_fs_sys->unlinkat(fs->tmp_fd, tmp, 0);
     kvcd_fs_sys->unlinkat(fs->base_fd, fin, 0);
+    return r;
+}
+
+#define RECOVER_EVICTIONS 8 /* files evicted at most per recovery to make room */
+
+int kvcd_fs_recover(fs_t *fs)
+{
+    const char *stage;
+    char err[256];
+    int r = 0, e, i;
+
+    if (pthread_mutex_trylock(&fs->rmu))
+        return -EBUSY;
+    for (i = 0; i <= RECOVER_EVICTIONS; i++) {
+        if (fs->tmp_fd < 0 && open_tmp(fs, err, sizeof(err), &e))
+            r = -(e ? e : EIO);
+        else
+            r = probe(fs, &stage);
+        if (r == 0) {
+            kvcd_fs_store_worked(fs);
+            break;
+        }
+        atomic_store(&fs->ro_errno, -r);
+        if ((r != -ENOSPC && r != -EDQUOT) || kvcd_fs_evict(fs, 1) == 0)
+            break;
+    }
+    pthread_mutex_unlock(&fs->rmu);
     return r;
 }
 
 int kvcd_fs_open_dirs(fs_t *fs, char *err, size_t errlen)
 {
     mode_t um = read_umask();
-    int r;
+    const char *stage;
+    int r, e;
 
     fs->chmod_files = (fs->file_mode & um) != 0;
     fs->chmod_dirs = (fs->dir_mode & um) != 0;
     if ((r = mkdir_p(fs, fs->base_path)))
         return cfg_err(err, errlen, "base_path: cannot create '%s': %s", fs->base_path,
                        strerror(-r));
-    fs->base_fd =
-        kvcd_fs_sys->openat(AT_FDCWD, fs->base_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    fs->base_fd = kvcd_fs_sys->openat(AT_FDCWD, fs->base_path, OPEN_DIR, 0);
     if (fs->base_fd < 0)
         return cfg_err(err, errlen, "base_path: cannot open '%s': %s", fs->base_path,
                        strerror(errno));
-    if ((r = open_tmp(fs, err, errlen)))
-        return r;
-    return probe(fs, err, errlen);
+    if ((r = open_tmp(fs, err, errlen, &e))) {
+        if (!ro_cause(e))
+            return r;
+        atomic_store(&fs->ro_errno, e); /* err says why, for the warning */
+        return 0;
+    }
+    if ((r = probe(fs, &stage)) == 0)
+        return 0;
+    if (ro_cause(-r)) {
+        atomic_store(&fs->ro_errno, -r);
+        snprintf(err, errlen, "base_path '%s': cannot %s: %s", fs->base_path, stage,
+                 strerror(-r));
+        return 0;
+    }
+    if (r == -EXDEV)
+        return cfg_err(err, errlen, "relative_tmp_dir: cannot rename into base_path: %s",
+                       strerror(-r));
+    return cfg_err(err, errlen, "base_path: '%s' is not writable (cannot %s): %s",
+                   fs->base_path, stage, strerror(-r));
 }

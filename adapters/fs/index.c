@@ -6,9 +6,17 @@
  * as this instance has seen: its own stores, lookups and loads that found a
  * file, the start-up scan), how long they are, and in which order they were
  * used. A store reserves its bytes here before writing, evicting least recently
- * used files until the capacity bound and the free-space floor both hold. A
- * lookup hit pins its file for lookup_pin_ms or until the load, since the ABI
- * has no "release": eviction skips pinned files.
+ * used files until the capacity bound and the free-space floor both hold.
+ *
+ * Nothing is pinned: every file in the index is evictable. A lookup hit only
+ * refreshes recency. Pinning lookup hits until their load (the ABI has no
+ * "release") leaked: kvcd's LOOKUP asks L2 about every key after the first
+ * miss and loads only the prefix, so keys past a gap were pinned again and
+ * again and never loaded, and a directory of them could not be evicted. No pin
+ * is needed for correctness either: kvcd loads the L2 hits of a prefix into L1
+ * before it answers LOOKUP, and the L1 pin covers the client's LOAD; a file
+ * evicted between this adapter's lookup and load is an ENOTFOUND miss, never
+ * wrong bytes (the load opens the name and verifies the trailer).
  *
  * Threading: everything under fs->mu; unlink() of a victim runs outside it.
  */
@@ -113,13 +121,12 @@ ent_t *kvcd_fs_ent_new(const char *path, uint64_t bytes)
     return e;
 }
 
-/* path is in use now, `bytes` long: insert or refresh, most recent; pin it
- * against eviction for pin_ms when asked (a lookup hit awaiting its load).
+/* path is in use now, `bytes` long: insert or refresh, most recent.
  * Returns true when that put usage over the capacity bound (a file another
  * daemon wrote, found by a lookup): the caller enforces the bound. */
-bool kvcd_fs_idx_touch(fs_t *fs, const char *path, uint64_t bytes, bool pin)
+bool kvcd_fs_idx_touch(fs_t *fs, const char *path, uint64_t bytes)
 {
-    uint64_t h = XXH3_64bits(path, strlen(path)), t = pin ? kvcd_fs_now_ms() : 0;
+    uint64_t h = XXH3_64bits(path, strlen(path));
     ent_t *e, *ne = NULL;
     bool over;
 
@@ -148,29 +155,11 @@ bool kvcd_fs_idx_touch(fs_t *fs, const char *path, uint64_t bytes, bool pin)
             lru_unlink(e);
             lru_head(fs, e);
         }
-        if (pin && fs->pin_ms) {
-            if (t >= e->stamp)
-                e->pins = 0;
-            e->pins++;
-            e->stamp = t + fs->pin_ms;
-        }
     }
     over = fs->capacity && fs->used + fs->reserved > fs->capacity;
     pthread_mutex_unlock(&fs->mu);
     free(ne);
     return over;
-}
-
-void kvcd_fs_idx_unpin(fs_t *fs, const char *path)
-{
-    uint64_t h = XXH3_64bits(path, strlen(path));
-    ent_t *e;
-
-    pthread_mutex_lock(&fs->mu);
-    e = idx_find(fs, path, h);
-    if (e && e->pins && --e->pins == 0)
-        e->stamp = 0;
-    pthread_mutex_unlock(&fs->mu);
 }
 
 void kvcd_fs_idx_drop(fs_t *fs, const char *path)
@@ -186,15 +175,40 @@ void kvcd_fs_idx_drop(fs_t *fs, const char *path)
     free(e);
 }
 
-/* Least recently used entry that no lookup has pinned. Under mu. */
-static ent_t *lru_victim(fs_t *fs, uint64_t t)
+/* Evict the least recently used file: false if the index is empty. Called and
+ * returns with mu held; the unlink runs outside it. *freed grows by its bytes. */
+static bool evict_lru(fs_t *fs, uint64_t *freed)
 {
-    ent_t *e;
+    ent_t *v = fs->lru.prev;
 
-    for (e = fs->lru.prev; e != &fs->lru; e = e->prev)
-        if (e->pins == 0 || t >= e->stamp)
-            return e;
-    return NULL;
+    if (v == &fs->lru)
+        return false;
+    idx_unlink(fs, v);
+    *freed += v->bytes;
+    pthread_mutex_unlock(&fs->mu);
+    if (kvcd_fs_sys->unlinkat(fs->base_fd, v->path, 0) == 0) {
+        CNT(fs->evictions, 1);
+        CNT(fs->evicted_bytes, v->bytes);
+    } else if (errno != ENOENT) {
+        /* dropped from the index anyway, so one undeletable file cannot
+         * stop eviction; its bytes are no longer accounted */
+        CNT(fs->evict_errors, 1);
+        kvcd_fs_err(fs, "evict", v->path, errno);
+    }
+    free(v);
+    pthread_mutex_lock(&fs->mu);
+    return true;
+}
+
+uint64_t kvcd_fs_evict(fs_t *fs, uint64_t bytes)
+{
+    uint64_t freed = 0;
+
+    pthread_mutex_lock(&fs->mu);
+    while (freed < bytes && evict_lru(fs, &freed))
+        ;
+    pthread_mutex_unlock(&fs->mu);
+    return freed;
 }
 
 /* The free-space floor for a filesystem of `total` bytes. */
@@ -208,13 +222,14 @@ uint64_t kvcd_fs_floor_of(const fs_t *fs, uint64_t total)
 /* Reserve `need` bytes for a store, evicting least recently used files until
  * the capacity bound and the free-space floor both hold. need 0 just enforces
  * the bounds. 0 or -ENOSPC (nothing evicted when the bound cannot be met even
- * by evicting all we know of). */
+ * by evicting all we know of). A store refused for the floor is a full disk
+ * (unhealthy, kvcd_fs_store_failed); one larger than the capacity bound is a
+ * refusal of that object only. */
 int kvcd_fs_reserve(fs_t *fs, uint64_t need)
 {
     struct statvfs sv;
     uint64_t avail = 0, fl = 0, freed = 0, t = kvcd_fs_now_ms();
-    bool floor_on = fs->floor_abs > 0 || fs->floor_pct > 0;
-    ent_t *v;
+    bool floor_on = fs->floor_abs > 0 || fs->floor_pct > 0, floor_ok = true;
 
     if (fs->capacity && need > fs->capacity)
         goto nospace;
@@ -235,8 +250,8 @@ int kvcd_fs_reserve(fs_t *fs, uint64_t need)
         bool cap_ok = !fs->capacity || fs->used + fs->reserved + need <= fs->capacity;
         /* in-flight reservations have not all reached the disk yet: count them */
         uint64_t want = fl + need + fs->reserved, have = avail + freed;
-        bool floor_ok = !floor_on || have >= want;
 
+        floor_ok = !floor_on || have >= want;
         if (cap_ok && floor_ok) {
             fs->reserved += need;
             pthread_mutex_unlock(&fs->mu);
@@ -244,25 +259,12 @@ int kvcd_fs_reserve(fs_t *fs, uint64_t need)
         }
         if (!floor_ok && want - have > fs->used)
             break; /* evicting everything we know of would not be enough */
-        v = lru_victim(fs, t);
-        if (!v)
+        if (!evict_lru(fs, &freed))
             break;
-        idx_unlink(fs, v);
-        freed += v->bytes;
-        pthread_mutex_unlock(&fs->mu);
-        if (kvcd_fs_sys->unlinkat(fs->base_fd, v->path, 0) == 0) {
-            CNT(fs->evictions, 1);
-            CNT(fs->evicted_bytes, v->bytes);
-        } else if (errno != ENOENT) {
-            /* dropped from the index anyway, so one undeletable file cannot
-             * stop eviction; its bytes are no longer accounted */
-            CNT(fs->evict_errors, 1);
-            kvcd_fs_err(fs, "evict", v->path, errno);
-        }
-        free(v);
-        pthread_mutex_lock(&fs->mu);
     }
     pthread_mutex_unlock(&fs->mu);
+    if (need && !floor_ok)
+        kvcd_fs_store_failed(fs, ENOSPC);
 nospace:
     if (need)
         CNT(fs->nospace, 1);

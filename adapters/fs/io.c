@@ -244,8 +244,9 @@ int kvcd_fs_read_obj(fs_t *fs, int fd, void *buf, size_t plen, uint8_t *trl, siz
     }
 }
 
-/* Create a temp file with a name no other writer uses (host, pid, instance
- * nonce, thread, counter). fd or -errno; the name goes into tmp. */
+/* Create a temp file with a name no other writer uses (fs->ident: host, boot,
+ * pid namespace, pid, process nonce; then thread, counter). fd or -errno; the
+ * name goes into tmp. */
 int kvcd_fs_tmp_create(fs_t *fs, char *tmp, size_t tmplen)
 {
     int fd, tries;
@@ -253,8 +254,10 @@ int kvcd_fs_tmp_create(fs_t *fs, char *tmp, size_t tmplen)
     for (tries = 0; tries < 8; tries++) {
         snprintf(tmp, tmplen, "%s.%d.%" PRIu64 ".tmp", fs->ident, (int)gettid(),
                  CNT(fs->tmp_seq, 1));
-        fd = kvcd_fs_sys->openat(
-            fs->tmp_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, fs->file_mode);
+        /* O_EXCL: never an existing name (a FIFO planted there cannot block) */
+        fd = kvcd_fs_sys->openat(fs->tmp_fd, tmp,
+                                 O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                                 fs->file_mode);
         if (fd >= 0) {
             if (fs->chmod_files && kvcd_fs_sys->fchmod(fd, fs->file_mode)) {
                 int e = errno;

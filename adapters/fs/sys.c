@@ -3,8 +3,11 @@
  *
  * Every system call of the adapter goes through kvcd_fs_sys so that tests can
  * replace it (adapters/fs.h) and make a call fail. kvcd_fs_err is the one place
- * a failed call is counted by errno and turns the adapter unhealthy; workers
- * never log (the loop thread reports what status shows).
+ * a failed call is counted by errno and turns the adapter unhealthy for
+ * health_window_ms; kvcd_fs_store_failed keeps it unhealthy while stores fail
+ * for a cause that does not pass by itself (a full or read-only disk, no
+ * permission) until kvcd_fs_store_worked. Workers never log (the loop thread
+ * reports what status shows).
  *
  * Any thread.
  */
@@ -93,4 +96,18 @@ void kvcd_fs_odf_note(fs_t *fs, int cause, int e)
     CNT(fs->odf[cause].count, 1);
     if (!atomic_exchange(&fs->odf[cause].logged, true))
         atomic_store(&fs->odf[cause].first_errno, e);
+}
+
+void kvcd_fs_store_failed(fs_t *fs, int e)
+{
+    if (kvcd_fs_persistent(e))
+        atomic_store(&fs->wfail, e);
+}
+
+void kvcd_fs_store_worked(fs_t *fs)
+{
+    if (LD(fs->wfail))
+        atomic_store(&fs->wfail, 0);
+    if (LD(fs->ro_errno))
+        atomic_store(&fs->ro_errno, 0);
 }

@@ -56,7 +56,7 @@
 #include <jansson.h>
 #include <uv.h>
 #include <xxhash.h>
-/* Time the payload checksum the fs adapter computes (adapters/fs/name.c). */
+/* Time the payload checksum the fs adapter computes (adapters/object/format.c). */
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(KVCD_NO_XXH_DISPATCH) &&                \
     defined(__has_include)
 #if __has_include(<xxh_x86dispatch.h>)

@@ -1,5 +1,6 @@
 /*
- * name.c - file names and the trailer of the fs adapter. Pure functions.
+ * format.c - the kvcd object format: names and the trailer, as the fs adapter
+ * writes them into files and the redis adapter into values. Pure functions.
  *
  * Name: LMCache's `<model>@0x<kv_rank %08x>@<group %x>@<hash hex>[@<salt>].data`
  * with "/" in the model written "-SEP-". Unlike LMCache the encoding is
@@ -18,7 +19,6 @@
  * big-endian), 8 bytes 0, u64 XXH3-64 of trailer bytes 0..55.
  * docs/ADAPTERS.md has the same, with examples.
  */
-#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -39,7 +39,13 @@
 #define payload_hash XXH3_64bits
 #endif
 
-#include "adapters/fs/fs_int.h"
+#include "adapters/object/format.h"
+#include "protocol/kvcd_err.h"
+
+#define TRL_SIZE KVCD_OBJ_TRL_SIZE
+#define TRL_VERSION 1
+#define NAME_LIMIT KVCD_OBJ_NAME_LIMIT
+#define SHORT_PREFIX 216 /* kept bytes of a shortened name: 216+2+32+5 = 255 */
 
 #define FULL_MAX (KVCD_MODEL_MAX * 5 + KVCD_SALT_MAX * 3 + KVCD_HASH_MAX * 2 + 64)
 
@@ -81,7 +87,7 @@ static size_t esc(char *o, const char *s, size_t n, bool model)
 
 /* The path of k's file relative to base_path, and the key digest (XXH3-128 of
  * the full, unshortened file name, canonical byte order). 0 or KVCD_EBADFIELD. */
-int kvcd_fs_name(int dir_levels, const kvcd_key_t *k, char *path, uint8_t dig[16])
+int kvcd_obj_name(int dir_levels, const kvcd_key_t *k, char *path, uint8_t dig[16])
 {
     char full[FULL_MAX];
     size_t n, p = 0, i;
@@ -153,7 +159,7 @@ static uint64_t get64(const uint8_t *p)
     return v;
 }
 
-void kvcd_fs_trl_build(uint8_t *t, const void *buf, size_t len, const uint8_t dig[16])
+void kvcd_obj_trl_build(uint8_t *t, const void *buf, size_t len, const uint8_t dig[16])
 {
     memset(t, 0, TRL_SIZE);
     memcpy(t, trl_magic, 8);
@@ -168,29 +174,17 @@ void kvcd_fs_trl_build(uint8_t *t, const void *buf, size_t len, const uint8_t di
 }
 
 /* Is t a well-formed trailer for a payload of plen bytes? */
-bool kvcd_fs_trl_sane(const uint8_t *t, uint64_t plen)
+bool kvcd_obj_trl_sane(const uint8_t *t, uint64_t plen)
 {
     return !memcmp(t, trl_magic, 8) && t[8] == TRL_VERSION && t[9] == 0 && t[10] == TRL_SIZE &&
            t[11] == 0 && t[12] == 1 && t[13] == 1 && get64(t + 56) == XXH3_64bits(t, 56) &&
            get64(t + 16) == plen;
 }
 
-bool kvcd_fs_is_hex2(const char *s)
-{
-    return isxdigit((unsigned char)s[0]) && !isupper((unsigned char)s[0]) &&
-           isxdigit((unsigned char)s[1]) && !isupper((unsigned char)s[1]) && !s[2];
-}
-
-bool kvcd_fs_is_data(const char *s)
-{
-    size_t n = strlen(s);
-
-    return n > 5 && !strcmp(s + n - 5, ".data");
-}
-
 /* Does t vouch for this payload of plen bytes under the key with digest dig? */
-bool kvcd_fs_trl_verify(const uint8_t *t, uint64_t plen, const uint8_t dig[16], const void *payload)
+bool kvcd_obj_trl_verify(const uint8_t *t, uint64_t plen, const uint8_t dig[16],
+                         const void *payload)
 {
-    return kvcd_fs_trl_sane(t, plen) && !memcmp(t + 32, dig, 16) &&
+    return kvcd_obj_trl_sane(t, plen) && !memcmp(t + 32, dig, 16) &&
            get64(t + 24) == payload_hash(plen ? payload : "", (size_t)plen);
 }
