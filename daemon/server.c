@@ -26,6 +26,7 @@
 
 #include "daemon/l1.h"
 #include "daemon/log.h"
+#include "daemon/peer.h"
 #include "daemon/segment.h"
 #include "daemon/server.h"
 #include "daemon/storage.h"
@@ -740,22 +741,40 @@ static const void *ident_of(call_t *call, size_t *len)
     return zmq_msg_data(&call->ident);
 }
 
-static void op_register_segment(call_t *call)
+/* The kernel's word on who sent the call (peer.h): only a verified peer of
+ * kvcd's own user may share memory. */
+static void peer_of(call_t *call, kvcd_peer_t *peer)
 {
-    char msg[256];
-    uint64_t id;
-    size_t ilen;
-    const void *ident = ident_of(call, &ilen);
-    kvcd_wbuf_t w;
-    int rc = kvcd_segtab_register(call->srv->segs, ident, ilen, call->req.seg_pid,
-                                  call->req.seg_fd, call->req.seg_size, &id, msg,
-                                  sizeof(msg));
+    kvcd_peer_from_msg(&call->hdr, call->srv->opt->endpoint, peer);
+}
 
-    if (rc != 0)
-        return reply_error(call, rc, msg);
+/* Registration completes off the loop (segment.c); the call waits for it. */
+static void register_done(void *data, int status, uint64_t id, const char *msg)
+{
+    call_t *call = data;
+    kvcd_wbuf_t w;
+
+    if (status != 0)
+        return reply_error(call, status, msg);
     kvcd_wbuf_init(&w);
     kvcd_proto_encode_segment(&w, call->req.id, id);
     send_reply(call, &w, NULL, 0);
+}
+
+static void op_register_segment(call_t *call)
+{
+    char msg[256];
+    size_t ilen;
+    const void *ident = ident_of(call, &ilen);
+    kvcd_peer_t peer;
+    int rc;
+
+    peer_of(call, &peer);
+    rc = kvcd_segtab_register(call->srv->segs, &peer, ident, ilen, call->req.seg_pid,
+                              call->req.seg_fd, call->req.seg_size, register_done, call,
+                              msg, sizeof(msg));
+    if (rc != 0)
+        reply_error(call, rc, msg);
 }
 
 static void op_unregister_segment(call_t *call)
@@ -763,10 +782,13 @@ static void op_unregister_segment(call_t *call)
     char msg[256];
     size_t ilen;
     const void *ident = ident_of(call, &ilen);
+    kvcd_peer_t peer;
     kvcd_wbuf_t w;
-    int rc = kvcd_segtab_unregister(call->srv->segs, ident, ilen, call->req.segment, msg,
-                                    sizeof(msg));
+    int rc;
 
+    peer_of(call, &peer);
+    rc = kvcd_segtab_unregister(call->srv->segs, &peer, ident, ilen, call->req.segment, msg,
+                                sizeof(msg));
     if (rc != 0)
         return reply_error(call, rc, msg);
     kvcd_wbuf_init(&w);
@@ -782,8 +804,12 @@ static int shm_acquire(call_t *call, const char *lname)
     char msg[256];
     size_t ilen, i;
     const void *ident = ident_of(call, &ilen);
-    int rc = kvcd_segtab_acquire(srv->segs, ident, ilen, call->req.segment, &call->seg, msg,
-                                 sizeof(msg));
+    kvcd_peer_t peer;
+    int rc;
+
+    peer_of(call, &peer);
+    rc = kvcd_segtab_acquire(srv->segs, &peer, ident, ilen, call->req.segment, &call->seg,
+                             msg, sizeof(msg));
 
     if (rc != 0) {
         reply_error(call, rc, msg);

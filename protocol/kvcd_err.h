@@ -33,7 +33,8 @@
     X(EUNAVAIL, 1017, "EUNAVAIL", "adapter unavailable")                       \
     X(ESEGMENT, 1018, "ESEGMENT", "bad shared-memory segment reference")       \
     X(ECANCELED, 1019, "ECANCELED", "operation canceled")                      \
-    X(ECONNECT, 1020, "ECONNECT", "cannot reach server")
+    X(ECONNECT, 1020, "ECONNECT", "cannot reach server")                      \
+    X(EPEERUNVERIFIED, 1021, "EPEERUNVERIFIED", "peer's user cannot be verified for shared memory")
 
 enum {
 #define KVCD_ERR_ENUM(sym, code, name, msg) KVCD_##sym = -(code),
