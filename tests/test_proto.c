@@ -2829,14 +2829,14 @@ START_TEST(test_item18_launch_uses_config_endpoint)
     ck_assert_ptr_nonnull(f);
     fprintf(f, "{\"endpoint\": \"ipc://%s/from-config.sock\", \"l1_size_gb\": 0.01}\n", dir);
     fclose(f);
+    setenv("KVCD_BIN", kvcd_test_bin(), 1);
+    setenv("KVCDCTL_BIN", kvcd_test_ctl(), 1);
     pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         fd = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 1);
         dup2(fd, 2);
-        setenv("KVCD_BIN", kvcd_test_bin(), 1);
-        setenv("KVCDCTL_BIN", kvcd_test_ctl(), 1);
         execl("/bin/sh", "sh", script, "--pid-file", pidf, "--wait-timeout", "8", "--",
               "--config", cfg, (char *)NULL);
         _exit(127);

@@ -614,26 +614,32 @@ START_TEST(test_item14_other_user_refused)
 {
     /* Needs root: a child running as nobody connects over ipc:// (we open the
      * socket to it) and registers a memfd of its own: kvcd (root) could open
-     * it, but the peer is not kvcd's user. */
+     * it, but the peer is not kvcd's user. The child is forked before this
+     * process starts any ZeroMQ thread (a fork of a threaded process may
+     * inherit a locked allocator) and gets the endpoint through a pipe. */
     char sock[400];
-    int status;
+    int go[2], status;
     pid_t child;
 
     if (geteuid() != 0) {
         fprintf(stderr, "test_item14_other_user_refused: skipped (needs root)\n");
         return;
     }
-    start(NULL);
-    snprintf(sock, sizeof(sock), "%s/kvcd.sock", proc.dir);
-    ck_assert_int_eq(chmod(proc.dir, 0711), 0);
-    ck_assert_int_eq(chmod(sock, 0777), 0);
+    ck_assert_int_eq(pipe(go), 0);
     child = fork_nobody();
     if (child == 0) {
+        char endpoint[sizeof(proc.endpoint)];
         kvcd_client_t *c;
         kvcd_segment_t *seg = NULL;
+        ssize_t n;
         int rc;
 
-        if (kvcd_client_connect(proc.endpoint, 10000, &c) != 0)
+        close(go[1]);
+        n = read(go[0], endpoint, sizeof(endpoint) - 1);
+        if (n <= 0)
+            _exit(9);
+        endpoint[n] = '\0';
+        if (kvcd_client_connect(endpoint, 10000, &c) != 0)
             _exit(3);
         rc = kvcd_client_ping(c, NULL, NULL, 0);
         if (rc != 0) {
@@ -649,6 +655,14 @@ START_TEST(test_item14_other_user_refused)
         kvcd_client_close(c);
         _exit(0);
     }
+    close(go[0]);
+    start(NULL);
+    snprintf(sock, sizeof(sock), "%s/kvcd.sock", proc.dir);
+    ck_assert_int_eq(chmod(proc.dir, 0711), 0);
+    ck_assert_int_eq(chmod(sock, 0777), 0);
+    ck_assert_int_eq(write(go[1], proc.endpoint, strlen(proc.endpoint)),
+                     (ssize_t)strlen(proc.endpoint));
+    close(go[1]);
     ck_assert_int_eq(waitpid(child, &status, 0), child);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d",
                   WIFEXITED(status) ? WEXITSTATUS(status) : -1);
@@ -1052,8 +1066,10 @@ START_TEST(unregister_while_store_waits_for_space)
         bufs[i] = buf;
         lens[i] = MiB;
     }
-    ck_assert_int_eq(kvcd_client_store(cli, &base, h, N, bufs, lens, res), 0);
+    /* Register first: registration runs on the threadpool, which the slow
+     * write-behind below occupies for 1.5 s. */
     ck_assert_int_eq(kvcd_client_segment_create(cli, 8 * MiB, &seg), 0);
+    ck_assert_int_eq(kvcd_client_store(cli, &base, h, N, bufs, lens, res), 0);
     shm.segment = seg->id;
     shm.offsets = &off;
     shm.lengths = &len;
