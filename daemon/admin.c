@@ -67,7 +67,7 @@ json_t *kvcd_server_status(kvcd_server_t *srv)
         "capacity", (json_int_t)st.capacity,
         "used", (json_int_t)st.used,
         "objects", (json_int_t)st.objects,
-        "eviction_policy", srv->opt->eviction_policy == KVCD_EVICT_LRU ? "LRU" : "noop",
+        "eviction_policy", kvcd_options_evict_name(srv->opt->eviction_policy),
         "high_watermark", st.high_watermark,
         "low_watermark", st.low_watermark,
         "largest_free", (json_int_t)st.largest_free,

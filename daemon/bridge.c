@@ -33,6 +33,7 @@
 struct kvcd_conn_s {
     uint32_t refs;
     zmq_msg_t ident;
+    kvcd_peer_t peer;
 };
 
 typedef struct rel_s {
@@ -46,6 +47,7 @@ typedef struct rel_s {
 
 struct kvcd_bridge_s {
     uv_loop_t *loop;
+    const char *endpoint;
     void *zctx;
     void *sock;
     size_t max_frames;
@@ -88,6 +90,11 @@ void kvcd_conn_unref(kvcd_conn_t *c)
         return;
     zmq_msg_close(&c->ident);
     free(c);
+}
+
+void kvcd_conn_peer(const kvcd_conn_t *c, kvcd_peer_t *out)
+{
+    *out = c->peer;
 }
 
 const void *kvcd_conn_ident(const kvcd_conn_t *c, size_t *len)
@@ -286,6 +293,7 @@ static int recv_one(kvcd_bridge_t *b)
         kvcd_conn_unref(conn);
         return -1;
     }
+
     /* The rest of a multipart message is already here (ZeroMQ delivers whole
      * messages), so these receives do not block. */
     more = zmq_msg_more(&conn->ident);
@@ -314,6 +322,9 @@ static int recv_one(kvcd_bridge_t *b)
         else
             n++;
     }
+    /* The kernel's credentials ride on every frame ZeroMQ received (peer.h). */
+    if (n > 0 && frames[0].owner)
+        kvcd_peer_from_msg(frames[0].owner, b->endpoint, &conn->peer);
     if (n == 0) {
         /* A message without a header still gets an answer (EMALFORMED). */
         free(frames);
@@ -411,6 +422,7 @@ int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_fr
         return -ENOMEM;
     }
     b->loop = loop;
+    b->endpoint = opt->endpoint;
     b->max_frames = max_frames;
     b->cb = cb;
     b->cb_data = data;

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "conf/options.h"
+#include "daemon/peer.h"
 
 typedef struct kvcd_bridge_s kvcd_bridge_t;
 typedef struct kvcd_conn_s kvcd_conn_t;
@@ -82,5 +83,8 @@ void kvcd_conn_unref(kvcd_conn_t *c);
 /* Bytes that identify the peer for as long as it is connected (segment
  * ownership). */
 const void *kvcd_conn_ident(const kvcd_conn_t *c, size_t *len);
+/* Who the peer is, as far as the kernel says (peer.h): verified only for a
+ * local peer whose credentials the transport read from the socket. */
+void kvcd_conn_peer(const kvcd_conn_t *c, kvcd_peer_t *out);
 
 #endif

@@ -183,7 +183,7 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
 
     memset(&l1cfg, 0, sizeof(l1cfg));
     l1cfg.capacity = (size_t)(opt->l1_size_gb * (double)(1ull << 30));
-    l1cfg.policy = opt->eviction_policy;
+    l1cfg.policy = opt->eviction_policy == KVCD_OPT_EVICT_NOOP ? KVCD_EVICT_NOOP : KVCD_EVICT_LRU;
     l1cfg.high_watermark = opt->high_watermark;
     l1cfg.low_watermark = opt->low_watermark;
     l1cfg.hugepages = opt->hugepages;
@@ -231,7 +231,7 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
     KVCD_LOG(KVCD_LOG_INFO, "server",
              "kvcd %s listening on %s (L1 %.3f GiB %s, chunk size %" PRIu64 ", %d workers)",
              KVCD_VERSION, opt->endpoint, opt->l1_size_gb,
-             opt->eviction_policy == KVCD_EVICT_LRU ? "LRU" : "noop", opt->chunk_size,
+             kvcd_options_evict_name(opt->eviction_policy), opt->chunk_size,
              opt->max_workers);
     *out = srv;
     return 0;

@@ -34,6 +34,7 @@
     X(ESEGMENT, 1018, "ESEGMENT", "bad shared-memory segment reference")       \
     X(ECANCELED, 1019, "ECANCELED", "operation canceled")                      \
     X(ECONNECT, 1020, "ECONNECT", "cannot reach server")                       \
+    X(EPEERUNVERIFIED, 1021, "EPEERUNVERIFIED", "peer's user cannot be verified for shared memory") \
     X(EQUEUEFULL, 1022, "EQUEUEFULL", "work queue full")
 
 enum {
