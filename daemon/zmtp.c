@@ -221,6 +221,12 @@ static size_t put_header(unsigned char *p, unsigned flags, uint64_t len)
     return 9;
 }
 
+/* Closing, or waiting for its writes before closing: read nothing more. */
+static int dead(const kvcd_zconn_t *c)
+{
+    return c->closing || c->lingering;
+}
+
 static int effective_paused(const kvcd_zconn_t *c)
 {
     return c->ready && (c->paused || (c->srv && c->srv->paused_all));
@@ -477,6 +483,7 @@ static int send_ready(kvcd_zconn_t *c)
 }
 
 static void ttl_timer_cb(uv_timer_t *t);
+static void arm_pause_check(kvcd_zsrv_t *srv);
 
 /* The peer's READY: properties name(1+n) value(4+n). 0 or -1 (closed). */
 static int handle_ready(kvcd_zconn_t *c, const unsigned char *p, size_t len)
@@ -518,8 +525,11 @@ static int handle_ready(kvcd_zconn_t *c, const unsigned char *p, size_t len)
     c->srv->st.handshakes++;
     if (c->srv->cb.on_connect)
         c->srv->cb.on_connect(c);
-    if (!c->closing)
-        update_reading(c);
+    if (dead(c))
+        return -1;
+    update_reading(c);
+    if (effective_paused(c))
+        arm_pause_check(c->srv);
     return 0;
 }
 
@@ -574,7 +584,7 @@ static int handle_command(kvcd_zconn_t *c, const unsigned char *p, size_t len)
     }
     if (nl == 4 && memcmp(name, "PING", 4) == 0) {
         handle_ping(c, body, blen);
-        return c->closing ? -1 : 0;
+        return dead(c) ? -1 : 0;
     }
     if (nl == 5 && (memcmp(name, "READY", 5) == 0 || memcmp(name, "ERROR", 5) == 0))
         return reject(c, "READY or ERROR after the handshake"), -1;
@@ -609,13 +619,13 @@ static void begin_frame(kvcd_zconn_t *c, uint64_t size)
         void *buf = srv->cb.frame_alloc(c, index, (size_t)size, &owner);
 
         if (!buf) {
-            if (!c->closing)
+            if (!dead(c))
                 start_discard(c, KVCD_ZLIMIT_ALLOC, index);
             return;
         }
-        if (c->closing || push_frame(c, buf, (size_t)size, owner) < 0) {
+        if (dead(c) || push_frame(c, buf, (size_t)size, owner) < 0) {
             srv->cb.frame_free(c, buf, (size_t)size, owner);
-            if (!c->closing)
+            if (!dead(c))
                 start_discard(c, KVCD_ZLIMIT_ALLOC, index);
             return;
         }
@@ -627,7 +637,7 @@ static void begin_frame(kvcd_zconn_t *c, uint64_t size)
  * is paused (after the handshake) or closing. */
 static void parse(kvcd_zconn_t *c)
 {
-    while (!c->closing && c->rd < c->wr) {
+    while (!dead(c) && c->rd < c->wr) {
         unsigned char *p = c->stage + c->rd;
         size_t avail = c->wr - c->rd;
 
@@ -683,7 +693,7 @@ static void parse(kvcd_zconn_t *c)
                 }
                 c->more = flags & F_MORE;
                 begin_frame(c, size);
-                if (c->closing)
+                if (dead(c))
                     return;
                 if (size == 0)
                     frame_done(c);
@@ -775,7 +785,7 @@ static void kick_cb(uv_idle_t *idle)
 
         list = c->kick_next;
         c->kicked = 0;
-        if (c->closing || effective_paused(c)) {
+        if (dead(c) || effective_paused(c)) {
             kvcd_zconn_unref(c);
             continue;
         }
@@ -792,7 +802,7 @@ static void update_reading(kvcd_zconn_t *c)
     if (want && !c->reading) {
         if (c->rd < c->wr && c->ready) {
             /* staged bytes first, from the loop, not inside this call */
-            if (!c->kicked && c->srv) {
+            if (!c->kicked && c->srv && !c->srv->closing) {
                 c->kicked = 1;
                 kvcd_zconn_ref(c);
                 c->kick_next = c->srv->kick_head;
@@ -814,14 +824,20 @@ static void update_reading(kvcd_zconn_t *c)
 
 static void pause_timer_cb(uv_timer_t *t);
 
+static void arm_pause_check(kvcd_zsrv_t *srv)
+{
+    if (!srv->closing && !uv_is_active((uv_handle_t *)&srv->pause_timer))
+        uv_timer_start(&srv->pause_timer, pause_timer_cb, PAUSE_CHECK_MS, PAUSE_CHECK_MS);
+}
+
 void kvcd_zconn_pause(kvcd_zconn_t *c)
 {
     if (c->closed)
         return;
     c->paused = 1;
     update_reading(c);
-    if (c->srv && effective_paused(c) && !uv_is_active((uv_handle_t *)&c->srv->pause_timer))
-        uv_timer_start(&c->srv->pause_timer, pause_timer_cb, PAUSE_CHECK_MS, PAUSE_CHECK_MS);
+    if (c->srv && effective_paused(c))
+        arm_pause_check(c->srv);
 }
 
 void kvcd_zconn_resume(kvcd_zconn_t *c)
@@ -843,7 +859,7 @@ static void pause_timer_cb(uv_timer_t *t)
         uv_os_fd_t fd;
 
         next = c->next;
-        if (c->closing || !effective_paused(c))
+        if (dead(c) || !effective_paused(c))
             continue;
         any = 1;
         if (uv_fileno((uv_handle_t *)&c->h.stream, &fd) < 0)
@@ -852,7 +868,7 @@ static void pause_timer_cb(uv_timer_t *t)
         if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)))
             conn_close(c);
     }
-    if (!any)
+    if (!any && !srv->paused_all)
         uv_timer_stop(t);
 }
 
@@ -861,8 +877,7 @@ void kvcd_zsrv_pause_all(kvcd_zsrv_t *srv)
     srv->paused_all = 1;
     for (kvcd_zconn_t *c = srv->conns; c; c = c->next)
         update_reading(c);
-    if (!uv_is_active((uv_handle_t *)&srv->pause_timer))
-        uv_timer_start(&srv->pause_timer, pause_timer_cb, PAUSE_CHECK_MS, PAUSE_CHECK_MS);
+    arm_pause_check(srv);
 }
 
 void kvcd_zsrv_resume_all(kvcd_zsrv_t *srv)
@@ -1456,6 +1471,15 @@ const void *kvcd_zconn_identity(const kvcd_zconn_t *c, size_t *len)
 {
     *len = c->identity_len;
     return c->identity_len ? c->identity : NULL;
+}
+
+size_t kvcd_zconn_pending(const kvcd_zconn_t *c, void *const **frames, const size_t **lens,
+                          void *const **owners)
+{
+    *frames = c->frames;
+    *lens = c->lens;
+    *owners = c->owners;
+    return c->discarding ? 0 : c->nframes;
 }
 
 const char *kvcd_zconn_socket_type(const kvcd_zconn_t *c)

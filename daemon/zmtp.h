@@ -232,6 +232,14 @@ int kvcd_zconn_peer(const kvcd_zconn_t *c, kvcd_zcred_t *out);
  * with *len = 0 if none. Points into c. */
 const void *kvcd_zconn_identity(const kvcd_zconn_t *c, size_t *len);
 
+/* Inside frame_alloc: the frames already received of the message being
+ * received (index 0 .. n-1), so the allocator can read frame 0 (the request
+ * header) to decide where frame `index` goes. Returns n; the arrays and
+ * buffers stay the transport's. Outside frame_alloc the result is
+ * meaningless. */
+size_t kvcd_zconn_pending(const kvcd_zconn_t *c, void *const **frames, const size_t **lens,
+                          void *const **owners);
+
 /* "DEALER" or "REQ". Points into static storage. */
 const char *kvcd_zconn_socket_type(const kvcd_zconn_t *c);
 

@@ -59,6 +59,9 @@ struct harness_s {
     atomic_long messages, discards, connects, closes;
     atomic_long send_cbs, send_errors;
     size_t refuse_above; /* frame_alloc returns NULL for index >= 1 and len > this */
+    long close_after;    /* on_message closes the connection after this many */
+    int pause_each;      /* on_message pauses the connection after each */
+    atomic_long pending_ok, pending_bad; /* kvcd_zconn_pending seen from frame_alloc */
     kvcd_zdiscard_t last_disc;
     kvcd_zcred_t last_cred;
     kvcd_zconn_t *last_conn; /* referenced */
@@ -82,6 +85,17 @@ static void *h_alloc(kvcd_zconn_t *c, size_t index, size_t len, void **owner)
 
     if (H.refuse_above && index >= 1 && len > H.refuse_above)
         return NULL;
+    if (c) {
+        void *const *f, *const *o;
+        const size_t *l;
+        size_t n = kvcd_zconn_pending(c, &f, &l, &o);
+
+        /* every earlier frame of the message is visible, complete */
+        if (n == index && (index == 0 || l[0] == 0 || f[0] != NULL))
+            atomic_fetch_add(&H.pending_ok, 1);
+        else
+            atomic_fetch_add(&H.pending_bad, 1);
+    }
     p = malloc(len);
     if (p)
         track((long)len);
@@ -151,8 +165,13 @@ static void *dup_frame(const void *p, size_t len)
 
 static void h_message(kvcd_zconn_t *c, void **frames, const size_t *lens, void **owners, size_t n)
 {
-    atomic_fetch_add(&H.messages, 1);
+    long k = atomic_fetch_add(&H.messages, 1) + 1;
+
     reply(c, frames, lens, n); /* echo */
+    if (H.close_after && k == H.close_after)
+        kvcd_zconn_close(c);
+    if (H.pause_each)
+        kvcd_zconn_pause(c);
 }
 
 static void h_discard(kvcd_zconn_t *c, const kvcd_zdiscard_t *d, void **frames,
@@ -286,6 +305,7 @@ static void h_stop(void)
     }
     ck_assert_int_eq(uv_loop_close(&H.loop), 0);
     ck_assert_int_eq(atomic_load(&H.live_bytes), 0);
+    ck_assert_int_eq(atomic_load(&H.pending_bad), 0);
     ck_assert_int_eq(atomic_load(&H.connects), atomic_load(&H.closes));
     if (strncmp(H.endpoint, "ipc://", 6) == 0)
         ck_assert_int_eq(access(H.endpoint + 6, F_OK), -1); /* socket file removed */
@@ -600,6 +620,7 @@ static void frames_1_to_200(const char *kind)
     zterm();
     h_stop();
     ck_assert_int_eq(atomic_load(&H.messages), 6);
+    ck_assert_int_gt(atomic_load(&H.pending_ok), 200);
 }
 
 START_TEST(echo_frames_ipc)
@@ -1284,6 +1305,101 @@ START_TEST(pyzmq_dealer)
 }
 END_TEST
 
+static void job_set_close_after(harness_t *h, void *arg)
+{
+    h->close_after = *(long *)arg;
+}
+
+/* kvcd_zconn_close from inside on_message: the reply already queued is
+ * flushed, the messages behind it in the same read are not delivered. */
+START_TEST(close_inside_on_message)
+{
+    long three = 3;
+    int fd;
+    unsigned char burst[10 * 3], *body;
+    uint64_t len;
+
+    h_start("ipc", NULL);
+    run_on_loop(job_set_close_after, &three);
+    fd = raw_peer();
+    for (int i = 0; i < 10; i++) {
+        burst[3 * i] = 0;
+        burst[3 * i + 1] = 1;
+        burst[3 * i + 2] = (unsigned char)('0' + i);
+    }
+    raw_write(fd, burst, sizeof(burst)); /* one write: one read on the server */
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(raw_frame(fd, &body, &len), 0);
+        ck_assert_uint_eq(len, 1);
+        ck_assert_int_eq(body[0], '0' + i);
+        free(body);
+    }
+    ck_assert(raw_closed_by_server(fd));
+    close(fd);
+    wait_count(&H.closes, 1);
+    ck_assert_int_eq(atomic_load(&H.messages), 3);
+    h_stop();
+}
+END_TEST
+
+static void job_pause_each(harness_t *h, void *arg)
+{
+    h->pause_each = 1;
+}
+
+/* Pausing from inside on_message stops at that message; each resume
+ * delivers the next one from the staging buffer. */
+START_TEST(pause_inside_on_message)
+{
+    unsigned char burst[5 * 3], *body;
+    uint64_t len;
+    int fd;
+
+    h_start("ipc", NULL);
+    run_on_loop(job_pause_each, NULL);
+    fd = raw_peer();
+    for (int i = 0; i < 5; i++) {
+        burst[3 * i] = 0;
+        burst[3 * i + 1] = 1;
+        burst[3 * i + 2] = (unsigned char)('a' + i);
+    }
+    raw_write(fd, burst, sizeof(burst));
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_eq(raw_frame(fd, &body, &len), 0);
+        ck_assert_int_eq(body[0], 'a' + i);
+        free(body);
+        sleep_ms(50);
+        ck_assert_int_eq(atomic_load(&H.messages), i + 1); /* no more while paused */
+        run_on_loop(job_pause_conn, NULL);                 /* resume */
+    }
+    close(fd);
+    wait_count(&H.closes, 1);
+    h_stop();
+}
+END_TEST
+
+START_TEST(max_conns_refused)
+{
+    kvcd_zsrv_opts_t o = {.max_conns = 2};
+    int a, b, c;
+
+    h_start("ipc", &o);
+    a = raw_peer();
+    b = raw_peer();
+    c = raw_connect();
+    ck_assert(raw_closed_by_server(c));
+    close(c);
+    ck_assert_uint_eq(stats().refused, 1);
+    raw_write(a, "\x00\x01x", 3);
+    raw_write(b, "\x00\x01y", 3);
+    wait_count(&H.messages, 2);
+    close(a);
+    close(b);
+    wait_count(&H.closes, 2);
+    h_stop();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("zmtp");
@@ -1310,6 +1426,9 @@ static Suite *suite(void)
     tcase_add_test(tc, close_with_pending_sends);
     tcase_add_test(tc, endpoints);
     tcase_add_test(tc, pyzmq_dealer);
+    tcase_add_test(tc, close_inside_on_message);
+    tcase_add_test(tc, pause_inside_on_message);
+    tcase_add_test(tc, max_conns_refused);
     suite_add_tcase(s, tc);
     return s;
 }
