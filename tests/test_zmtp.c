@@ -70,10 +70,16 @@ struct harness_s {
 
 static harness_t H;
 
+/* A plain read of a counter, so failed assertions print readably. */
+static long get(atomic_long *v)
+{
+    return atomic_load(v);
+}
+
 static void track(long delta)
 {
     long now = atomic_fetch_add(&H.live_bytes, delta) + delta;
-    long peak = atomic_load(&H.peak_bytes);
+    long peak = get(&H.peak_bytes);
 
     while (now > peak && !atomic_compare_exchange_weak(&H.peak_bytes, &peak, now))
         ;
@@ -304,9 +310,9 @@ static void h_stop(void)
         H.last_conn = NULL;
     }
     ck_assert_int_eq(uv_loop_close(&H.loop), 0);
-    ck_assert_int_eq(atomic_load(&H.live_bytes), 0);
-    ck_assert_int_eq(atomic_load(&H.pending_bad), 0);
-    ck_assert_int_eq(atomic_load(&H.connects), atomic_load(&H.closes));
+    ck_assert_int_eq(get(&H.live_bytes), 0);
+    ck_assert_int_eq(get(&H.pending_bad), 0);
+    ck_assert_int_eq(get(&H.connects), get(&H.closes));
     if (strncmp(H.endpoint, "ipc://", 6) == 0)
         ck_assert_int_eq(access(H.endpoint + 6, F_OK), -1); /* socket file removed */
     rmdir(H.dir);
@@ -335,9 +341,9 @@ static void sleep_ms(long ms)
 /* Wait (up to 10 s) for an atomic counter to reach at least `want`. */
 static void wait_count(atomic_long *v, long want)
 {
-    for (int i = 0; i < 1000 && atomic_load(v) < want; i++)
+    for (int i = 0; i < 1000 && get(v) < want; i++)
         sleep_ms(10);
-    ck_assert_int_ge(atomic_load(v), want);
+    ck_assert_int_ge(get(v), want);
 }
 
 /* ---- libzmq clients ------------------------------------------------------- */
@@ -619,8 +625,8 @@ static void frames_1_to_200(const char *kind)
     zclose(s);
     zterm();
     h_stop();
-    ck_assert_int_eq(atomic_load(&H.messages), 6);
-    ck_assert_int_gt(atomic_load(&H.pending_ok), 200);
+    ck_assert_int_eq(get(&H.messages), 6);
+    ck_assert_int_gt(get(&H.pending_ok), 200);
 }
 
 START_TEST(echo_frames_ipc)
@@ -700,12 +706,12 @@ START_TEST(pipelined_8_dealers)
             ck_assert_uint_eq(zmq_msg_size(&m[1]), (size_t)(i % 100));
             zfree(m, 2);
         }
-    ck_assert_int_eq(atomic_load(&H.connects), D);
+    ck_assert_int_eq(get(&H.connects), D);
     for (int d = 0; d < D; d++)
         zclose(s[d]);
     zterm();
     h_stop();
-    ck_assert_int_eq(atomic_load(&H.messages), D * N);
+    ck_assert_int_eq(get(&H.messages), D * N);
 }
 END_TEST
 
@@ -792,7 +798,7 @@ START_TEST(bad_peers_closed)
             echo_small(s, bad[i].name);
         }
         ck_assert_uint_eq(stats().rejected, nb);
-        ck_assert_int_eq(atomic_load(&H.connects), 1);
+        ck_assert_int_eq(get(&H.connects), 1);
         zclose(s);
         zterm();
         h_stop();
@@ -828,7 +834,7 @@ START_TEST(curve_client_rejected)
     zclose(good);
     zterm();
     h_stop();
-    ck_assert_int_eq(atomic_load(&H.connects), 1);
+    ck_assert_int_eq(get(&H.connects), 1);
 }
 END_TEST
 
@@ -890,7 +896,7 @@ START_TEST(limits_discard_and_resync)
             if (i == 0 && cases[k].lens[0] == 1)
                 ((char *)f[0])[0] = 'A';
         }
-        atomic_store(&H.peak_bytes, atomic_load(&H.live_bytes));
+        atomic_store(&H.peak_bytes, get(&H.live_bytes));
         zsend(s, f, cases[k].lens, cases[k].n);
         ck_assert_uint_eq(zrecv(s, m, 4), 3);
         ck_assert_int_eq(memcmp(zmq_msg_data(&m[0]), "ERR", 3), 0);
@@ -904,14 +910,14 @@ START_TEST(limits_discard_and_resync)
         ck_assert_int_eq(H.last_disc.limit, cases[k].limit);
         ck_assert_uint_eq(H.last_disc.frames, cases[k].n);
         /* the dropped bytes were never held: at most what fits the limit */
-        ck_assert_int_le(atomic_load(&H.peak_bytes), (long)(MiB + 64));
+        ck_assert_int_le(get(&H.peak_bytes), (long)(MiB + 64));
         for (size_t i = 0; i < cases[k].n; i++)
             free(f[i]);
         echo_small(s, "next message works");
     }
-    ck_assert_int_eq(atomic_load(&H.discards), 5);
+    ck_assert_int_eq(get(&H.discards), 5);
     ck_assert_uint_eq(stats().discarded, 5);
-    ck_assert_int_eq(atomic_load(&H.connects), 1);
+    ck_assert_int_eq(get(&H.connects), 1);
     zclose(s);
     zterm();
     h_stop();
@@ -931,13 +937,13 @@ START_TEST(disconnect_mid_message)
     raw_write(fd, h, header(h, 0, MiB));
     raw_write(fd, junk, 100 * KiB);
     wait_count(&H.connects, 1);
-    for (int i = 0; i < 500 && atomic_load(&H.live_bytes) < (long)(MiB + 3); i++)
+    for (int i = 0; i < 500 && get(&H.live_bytes) < (long)(MiB + 3); i++)
         sleep_ms(10);
-    ck_assert_int_eq(atomic_load(&H.live_bytes), (long)(MiB + 3));
+    ck_assert_int_eq(get(&H.live_bytes), (long)(MiB + 3));
     close(fd);
     wait_count(&H.closes, 1);
-    ck_assert_int_eq(atomic_load(&H.live_bytes), 0);
-    ck_assert_int_eq(atomic_load(&H.messages), 0);
+    ck_assert_int_eq(get(&H.live_bytes), 0);
+    ck_assert_int_eq(get(&H.messages), 0);
     free(junk);
     h_stop();
 }
@@ -1005,8 +1011,8 @@ START_TEST(heartbeats_keep_alive)
     sleep_ms(2000);
     echo_small(s, "two");
     ck_assert_uint_ge(stats().pings, 5);
-    ck_assert_int_eq(atomic_load(&H.connects), 1); /* never reconnected */
-    ck_assert_int_eq(atomic_load(&H.closes), 0);
+    ck_assert_int_eq(get(&H.connects), 1); /* never reconnected */
+    ck_assert_int_eq(get(&H.closes), 0);
     zclose(s);
     zterm();
     h_stop();
@@ -1077,7 +1083,7 @@ START_TEST(pause_resume)
             run_on_loop(job_pause_conn, (void *)1);
         else
             run_on_loop(job_pause_all, (void *)1);
-        before = atomic_load(&H.messages);
+        before = get(&H.messages);
         for (int i = 0; i < N; i++) {
             unsigned v = (unsigned)i;
 
@@ -1085,7 +1091,7 @@ START_TEST(pause_resume)
             ck_assert_int_eq(zmq_send(s, big, sizeof(big), ZMQ_DONTWAIT), (int)sizeof(big));
         }
         sleep_ms(300);
-        ck_assert_int_eq(atomic_load(&H.messages), before); /* nothing read */
+        ck_assert_int_eq(get(&H.messages), before); /* nothing read */
         run_on_loop(job_send_hello, NULL);
         ck_assert_uint_eq(zrecv(s, m, 3), 1); /* a paused connection still sends */
         ck_assert_int_eq(memcmp(zmq_msg_data(&m[0]), "hello", 5), 0);
@@ -1204,8 +1210,8 @@ START_TEST(close_with_pending_sends)
     kvcd_zconn_ref(H.last_conn); /* keep it past the close */
     kvcd_zconn_t *c = H.last_conn;
     h_stop();
-    ck_assert_int_eq(atomic_load(&H.send_cbs), 9);
-    ck_assert_int_ge(atomic_load(&H.send_errors), 1);
+    ck_assert_int_eq(get(&H.send_cbs), 9);
+    ck_assert_int_ge(get(&H.send_errors), 1);
     H.last_conn = c;
     /* after close: sends fail synchronously, no callback */
     rc = kvcd_zconn_send(c, &(uv_buf_t){.base = "x", .len = 1}, 1, NULL, NULL);
@@ -1299,7 +1305,7 @@ START_TEST(pyzmq_dealer)
              H.endpoint);
     rc = system(cmd);
     ck_assert_int_eq(rc, 0);
-    ck_assert_int_eq(atomic_load(&H.messages), 3);
+    ck_assert_int_eq(get(&H.messages), 3);
     wait_count(&H.closes, 1);
     h_stop();
 }
@@ -1337,7 +1343,7 @@ START_TEST(close_inside_on_message)
     ck_assert(raw_closed_by_server(fd));
     close(fd);
     wait_count(&H.closes, 1);
-    ck_assert_int_eq(atomic_load(&H.messages), 3);
+    ck_assert_int_eq(get(&H.messages), 3);
     h_stop();
 }
 END_TEST
@@ -1369,7 +1375,7 @@ START_TEST(pause_inside_on_message)
         ck_assert_int_eq(body[0], 'a' + i);
         free(body);
         sleep_ms(50);
-        ck_assert_int_eq(atomic_load(&H.messages), i + 1); /* no more while paused */
+        ck_assert_int_eq(get(&H.messages), i + 1); /* no more while paused */
         run_on_loop(job_pause_conn, NULL);                 /* resume */
     }
     close(fd);
