@@ -1278,20 +1278,29 @@ static int bind_tcp(listener_t *l, const char *endpoint, char *err, size_t errle
     rc = parse_tcp(endpoint, endpoint + 6, &ss, &any, err, errlen);
     if (rc < 0)
         return rc;
-    rc = uv_tcp_init(l->srv->loop, &l->h.tcp);
+    /* "*": one IPv6 socket that also takes IPv4 (IPV6_V6ONLY off whatever the
+     * system default), or IPv4 only where there is no IPv6 */
+    rc = any ? uv_tcp_init_ex(l->srv->loop, &l->h.tcp, AF_INET6) : UV_EAFNOSUPPORT;
+    if (rc == 0) {
+        uv_os_fd_t fd;
+        int off = 0;
+
+        if (uv_fileno((uv_handle_t *)&l->h.tcp, &fd) == 0)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+    } else if (any) {
+        int port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+
+        memset(&ss, 0, sizeof(ss));
+        uv_ip4_addr("0.0.0.0", port, (struct sockaddr_in *)&ss);
+        rc = uv_tcp_init(l->srv->loop, &l->h.tcp);
+    } else {
+        rc = uv_tcp_init(l->srv->loop, &l->h.tcp);
+    }
     if (rc < 0)
         return rc;
     l->h.stream.data = l;
     l->srv->handles++;
     rc = uv_tcp_bind(&l->h.tcp, (struct sockaddr *)&ss, 0);
-    if (rc == UV_EAFNOSUPPORT && any) {
-        /* no IPv6 on this system: all IPv4 interfaces */
-        int port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-
-        memset(&ss, 0, sizeof(ss));
-        uv_ip4_addr("0.0.0.0", port, (struct sockaddr_in *)&ss);
-        rc = uv_tcp_bind(&l->h.tcp, (struct sockaddr *)&ss, 0);
-    }
     if (rc == 0)
         rc = uv_tcp_getsockname(&l->h.tcp, (struct sockaddr *)&ss, &sl);
     if (rc < 0)
@@ -1301,9 +1310,10 @@ static int bind_tcp(listener_t *l, const char *endpoint, char *err, size_t errle
 
         l->port = ntohs(a->sin6_port);
         uv_ip6_name(a, ip, sizeof(ip));
-        if (any)
-            snprintf(ip, sizeof(ip), "::1"); /* connectable, not "::" */
-        snprintf(l->endpoint, sizeof(l->endpoint), "tcp://[%s]:%d", ip, l->port);
+        if (any) /* connectable by a client without ZMQ_IPV6, unlike "::" */
+            snprintf(l->endpoint, sizeof(l->endpoint), "tcp://127.0.0.1:%d", l->port);
+        else
+            snprintf(l->endpoint, sizeof(l->endpoint), "tcp://[%s]:%d", ip, l->port);
     } else {
         struct sockaddr_in *a = (struct sockaddr_in *)&ss;
 

@@ -353,7 +353,7 @@ static void *zctx;
 static void *dealer(int type)
 {
     void *s;
-    int tmo = 20000, zero = 0;
+    int tmo = 20000, zero = 0, one = 1;
 
     if (!zctx)
         zctx = zmq_ctx_new();
@@ -362,6 +362,7 @@ static void *dealer(int type)
     zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof(tmo));
     zmq_setsockopt(s, ZMQ_SNDTIMEO, &tmo, sizeof(tmo));
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(s, ZMQ_IPV6, &one, sizeof(one));
     ck_assert_int_eq(zmq_connect(s, H.endpoint), 0);
     return s;
 }
@@ -1267,6 +1268,7 @@ START_TEST(endpoints)
     ck_assert_int_eq(kvcd_zsrv_bind(srv, ep, err, sizeof(err)), -EADDRINUSE);
     ck_assert_int_eq(kvcd_zsrv_bind(srv, "tcp://*:0", err, sizeof(err)), 0);
     ck_assert_int_gt(kvcd_zsrv_port(srv, 1), 0);
+    ck_assert_int_eq(strncmp(kvcd_zsrv_endpoint(srv, 1), "tcp://127.0.0.1:", 16), 0);
     rc = kvcd_zsrv_bind(srv, "tcp://[::1]:0", err, sizeof(err));
     ck_assert_msg(rc == 0 || rc == UV_EADDRNOTAVAIL || rc == UV_EAFNOSUPPORT, "[::1]: %s", err);
     if (rc == 0)
@@ -1406,6 +1408,37 @@ START_TEST(max_conns_refused)
 }
 END_TEST
 
+/* "*" takes IPv4 clients (dual stack); an IPv6 literal works where the
+ * machine has IPv6. */
+START_TEST(tcp_wildcard_and_ipv6)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM, 0), have6;
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    void *s;
+
+    have6 = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (fd >= 0)
+        close(fd);
+    h_start("tcp://*:0", NULL);
+    ck_assert_int_eq(strncmp(H.endpoint, "tcp://127.0.0.1:", 16), 0);
+    s = dealer(ZMQ_DEALER);
+    echo_small(s, "v4 via *");
+    zclose(s);
+    zterm();
+    h_stop();
+    if (!have6)
+        return;
+    h_start("tcp://[::1]:0", NULL);
+    ck_assert_int_eq(strncmp(H.endpoint, "tcp://[::1]:", 12), 0);
+    s = dealer(ZMQ_DEALER);
+    echo_small(s, "v6");
+    ck_assert_int_eq(strncmp(H.last_cred.addr, "[::1]:", 6), 0);
+    zclose(s);
+    zterm();
+    h_stop();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("zmtp");
@@ -1435,6 +1468,7 @@ static Suite *suite(void)
     tcase_add_test(tc, close_inside_on_message);
     tcase_add_test(tc, pause_inside_on_message);
     tcase_add_test(tc, max_conns_refused);
+    tcase_add_test(tc, tcp_wildcard_and_ipv6);
     suite_add_tcase(s, tc);
     return s;
 }
