@@ -812,9 +812,10 @@ static void update_reading(kvcd_zconn_t *c)
             if (c->kicked)
                 return;
         }
-        if (uv_read_start(&c->h.stream, alloc_cb, read_cb) == 0)
+        if (uv_read_start(&c->h.stream, alloc_cb, read_cb) == 0) {
             c->reading = 1;
-        else
+            c->last_rx = uv_now(c->h.stream.loop); /* a pause is not silence */
+        } else
             conn_close(c);
     } else if (!want && c->reading) {
         uv_read_stop(&c->h.stream);

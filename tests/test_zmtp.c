@@ -1408,6 +1408,46 @@ START_TEST(max_conns_refused)
 }
 END_TEST
 
+/* Peers that finish the handshake and then send random bytes (some starting
+ * with a plausible frame header): the server survives, gives every buffer back
+ * and keeps serving a good client. */
+START_TEST(fuzz_after_handshake)
+{
+    kvcd_zsrv_opts_t o = {.max_frame = MiB, .max_message = 4 * MiB};
+    unsigned char buf[2048];
+    uint32_t x = 12345;
+    void *s;
+
+    h_start("ipc", &o);
+    s = dealer(ZMQ_DEALER);
+    for (int i = 0; i < 300; i++) {
+        int fd = raw_peer();
+        size_t len;
+
+        x = x * 1103515245u + 12345u;
+        len = 1 + (x >> 8) % sizeof(buf);
+        fill(buf, len, x);
+        if (i % 3 == 0)
+            buf[0] &= 0x07; /* a valid flags byte */
+        raw_write(fd, buf, len);
+        if (i % 2)
+            close(fd); /* mid-whatever */
+        else {
+            shutdown(fd, SHUT_WR);
+            raw_closed_by_server(fd); /* or it waits for more: we hang up */
+            close(fd);
+        }
+        if (i % 50 == 0)
+            echo_small(s, "still serving");
+    }
+    echo_small(s, "after fuzz");
+    wait_count(&H.closes, 300);
+    zclose(s);
+    zterm();
+    h_stop();
+}
+END_TEST
+
 /* "*" takes IPv4 clients (dual stack); an IPv6 literal works where the
  * machine has IPv6. */
 START_TEST(tcp_wildcard_and_ipv6)
@@ -1469,6 +1509,7 @@ static Suite *suite(void)
     tcase_add_test(tc, pause_inside_on_message);
     tcase_add_test(tc, max_conns_refused);
     tcase_add_test(tc, tcp_wildcard_and_ipv6);
+    tcase_add_test(tc, fuzz_after_handshake);
     suite_add_tcase(s, tc);
     return s;
 }
