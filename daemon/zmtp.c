@@ -174,6 +174,8 @@ typedef struct {
     unsigned char hdr[];
 } wreq_t;
 
+void *(*kvcd_zmtp_calloc)(size_t n, size_t size) = calloc;
+
 static void conn_close(kvcd_zconn_t *c);
 static void update_reading(kvcd_zconn_t *c);
 static void srv_maybe_done(kvcd_zsrv_t *srv);
@@ -990,6 +992,40 @@ void kvcd_zconn_close(kvcd_zconn_t *c)
         conn_linger(c, CLOSE_LINGER_MS);
 }
 
+static void dropped_closed(uv_handle_t *h)
+{
+    kvcd_zsrv_t *srv = h->data;
+
+    free(h);
+    srv->handles--;
+    srv_maybe_done(srv);
+}
+
+/* No memory for a connection: accept it into a bare handle and hang up, since
+ * libuv stops watching a listener whose pending connection is not accepted. */
+static void drop_pending(listener_t *l)
+{
+    kvcd_zsrv_t *srv = l->srv;
+    uv_handle_t *h = malloc(l->is_ipc ? sizeof(uv_pipe_t) : sizeof(uv_tcp_t));
+    int rc;
+
+    srv->st.refused++;
+    KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "zmtp", 1000, "%s: no memory for a connection",
+                         l->endpoint);
+    if (!h)
+        return;
+    rc = l->is_ipc ? uv_pipe_init(srv->loop, (uv_pipe_t *)h, 0)
+                   : uv_tcp_init(srv->loop, (uv_tcp_t *)h);
+    if (rc < 0) {
+        free(h);
+        return;
+    }
+    h->data = srv;
+    srv->handles++;
+    uv_accept(&l->h.stream, (uv_stream_t *)h);
+    uv_close(h, dropped_closed);
+}
+
 static void on_accept(uv_stream_t *ls, int status)
 {
     listener_t *l = ls->data;
@@ -1006,9 +1042,11 @@ static void on_accept(uv_stream_t *ls, int status)
                              uv_strerror(status));
         return;
     }
-    c = calloc(1, sizeof(*c) + srv->o.stage_size);
-    if (!c)
-        return; /* the pending connection stays in the backlog */
+    c = kvcd_zmtp_calloc(1, sizeof(*c) + srv->o.stage_size);
+    if (!c) {
+        drop_pending(l);
+        return;
+    }
     c->stage_size = srv->o.stage_size;
     c->srv = srv;
     c->refs = 1;
@@ -1017,6 +1055,7 @@ static void on_accept(uv_stream_t *ls, int status)
     rc = l->is_ipc ? uv_pipe_init(srv->loop, &c->h.pipe, 0) : uv_tcp_init(srv->loop, &c->h.tcp);
     if (rc < 0) {
         free(c);
+        drop_pending(l);
         return;
     }
     uv_timer_init(srv->loop, &c->timer);

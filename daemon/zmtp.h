@@ -121,7 +121,7 @@ typedef struct {
     uint64_t rejected;      /* closed during the handshake (by us or the peer): bad greeting, version,
                                mechanism, socket type, ERROR, timeout, garbage */
     uint64_t protocol_errors; /* closed after the handshake for a protocol error */
-    uint64_t refused;       /* closed at once because of max_conns */
+    uint64_t refused;       /* closed at once: max_conns reached, or no memory */
     uint64_t heartbeat_timeouts; /* closed because a PING's TTL expired */
     uint64_t pings;         /* PINGs answered with PONG */
     uint64_t messages;      /* messages delivered */
@@ -247,5 +247,9 @@ const char *kvcd_zconn_socket_type(const kvcd_zconn_t *c);
  * (frame_free, synchronously), flush queued sends for at most 1 s, then
  * close; on_close runs later. Idempotent; nothing happens after on_close. */
 void kvcd_zconn_close(kvcd_zconn_t *c);
+
+/* How a connection's memory (struct and staging buffer) is allocated;
+ * calloc. Tests swap it to make accepting fail. Loop thread only. */
+extern void *(*kvcd_zmtp_calloc)(size_t n, size_t size);
 
 #endif

@@ -1448,6 +1448,40 @@ START_TEST(fuzz_after_handshake)
 }
 END_TEST
 
+static void *no_calloc(size_t n, size_t size)
+{
+    return NULL;
+}
+
+static void job_calloc(harness_t *h, void *arg)
+{
+    kvcd_zmtp_calloc = arg ? no_calloc : calloc;
+}
+
+/* No memory for a new connection: it is hung up, and the listener keeps
+ * accepting once memory is back (libuv would stop watching it otherwise). */
+START_TEST(accept_without_memory)
+{
+    void *s;
+    int fd;
+
+    h_start("ipc", NULL);
+    run_on_loop(job_calloc, (void *)1);
+    for (int i = 0; i < 3; i++) {
+        fd = raw_connect();
+        ck_assert(raw_closed_by_server(fd));
+        close(fd);
+    }
+    ck_assert_uint_eq(stats().refused, 3);
+    run_on_loop(job_calloc, NULL);
+    s = dealer(ZMQ_DEALER);
+    echo_small(s, "memory is back");
+    zclose(s);
+    zterm();
+    h_stop();
+}
+END_TEST
+
 /* "*" takes IPv4 clients (dual stack); an IPv6 literal works where the
  * machine has IPv6. */
 START_TEST(tcp_wildcard_and_ipv6)
@@ -1510,6 +1544,7 @@ static Suite *suite(void)
     tcase_add_test(tc, max_conns_refused);
     tcase_add_test(tc, tcp_wildcard_and_ipv6);
     tcase_add_test(tc, fuzz_after_handshake);
+    tcase_add_test(tc, accept_without_memory);
     suite_add_tcase(s, tc);
     return s;
 }
