@@ -16,10 +16,12 @@
  *                 is what the daemon has to do with a libzmq message.
  *
  * Reported: MB/s seen by the client (decimal MB) and the server child's CPU
- * seconds per GB (user+sys from wait4, every thread included). The pool is
- * written once before timing so that page faults do not count.
+ * seconds per GB (user+sys from wait4, every thread included), each the
+ * median of REPS runs; the three servers take turns (zmtp, zmq, zmq+copy,
+ * zmtp, ...) so that they see the same noise. The pool is written once before
+ * timing so that page faults do not count.
  *
- * Usage: bench_zmtp [MiB per run, default 1024]
+ * Usage: bench_zmtp [MiB per run, default 1024] [repetitions, default 3]
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -259,12 +261,29 @@ static result_t run(const char *server, const char *kind, size_t total)
     return r;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return v[n / 2];
+}
+
 int main(int argc, char **argv)
 {
     static const size_t sizes[] = {1, 4, 32};
     static const char *servers[] = {"zmtp", "zmq", "zmq+copy"};
     static const char *kinds[] = {"ipc", "tcp"};
     size_t total = (argc > 1 ? (size_t)atol(argv[1]) : 1024) * MIB;
+    int reps = argc > 2 ? atoi(argv[2]) : 3;
+
+    if (reps < 1 || reps > 99)
+        die("repetitions: 1..99");
 
     pool = malloc(SLOTS * 32 * MIB);
     if (!pool)
@@ -272,14 +291,20 @@ int main(int argc, char **argv)
     printf("%-4s %6s  %-9s %10s %14s\n", "kind", "chunk", "server", "MB/s", "server CPU s/GB");
     for (size_t k = 0; k < 2; k++)
         for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-            chunk = sizes[i] * MIB;
-            for (size_t j = 0; j < 3; j++) {
-                result_t r = run(servers[j], kinds[k], total < 8 * chunk ? 8 * chunk : total);
+            double mbs[3][99], cpu[3][99];
 
+            chunk = sizes[i] * MIB;
+            for (int rep = 0; rep < reps; rep++)
+                for (size_t j = 0; j < 3; j++) {
+                    result_t r = run(servers[j], kinds[k], total < 8 * chunk ? 8 * chunk : total);
+
+                    mbs[j][rep] = r.mbs;
+                    cpu[j][rep] = r.cpu_per_gb;
+                }
+            for (size_t j = 0; j < 3; j++)
                 printf("%-4s %4zuMiB  %-9s %10.0f %14.3f\n", kinds[k], sizes[i], servers[j],
-                       r.mbs, r.cpu_per_gb);
-                fflush(stdout);
-            }
+                       median(mbs[j], reps), median(cpu[j], reps));
+            fflush(stdout);
         }
     free(pool);
     return 0;
