@@ -972,8 +972,16 @@ static void handshake_timeout_cb(uv_timer_t *t)
 /* Stop reading and close once the writes are out, or after linger_ms. */
 static void conn_linger(kvcd_zconn_t *c, unsigned linger_ms)
 {
-    if (c->closing || c->lingering)
+    if (c->closing)
         return;
+    if (c->lingering) {
+        /* already lingering (kvcd_zconn_close): a shorter deadline wins */
+        if (linger_ms == 0)
+            conn_close(c);
+        else if (linger_ms < uv_timer_get_due_in(&c->timer))
+            uv_timer_start(&c->timer, linger_cb, linger_ms, 0);
+        return;
+    }
     if (!c->ready || c->nwrites == 0 || linger_ms == 0) {
         conn_close(c);
         return;

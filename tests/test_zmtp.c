@@ -61,6 +61,7 @@ struct harness_s {
     size_t refuse_above; /* frame_alloc returns NULL for index >= 1 and len > this */
     long close_after;    /* on_message closes the connection after this many */
     int pause_each;      /* on_message pauses the connection after each */
+    int stop_inside;     /* a "STOP" message closes the server from on_message */
     atomic_long pending_ok, pending_bad; /* kvcd_zconn_pending seen from frame_alloc */
     kvcd_zdiscard_t last_disc;
     kvcd_zcred_t last_cred;
@@ -169,11 +170,19 @@ static void *dup_frame(const void *p, size_t len)
     return b;
 }
 
+static void closed_cb(kvcd_zsrv_t *srv, void *data);
+
 static void h_message(kvcd_zconn_t *c, void **frames, const size_t *lens, void **owners, size_t n)
 {
     long k = atomic_fetch_add(&H.messages, 1) + 1;
 
+    int stop = n == 1 && lens[0] == 4 && memcmp(frames[0], "STOP", 4) == 0;
+
     reply(c, frames, lens, n); /* echo */
+    if (stop && H.stop_inside) {
+        kvcd_zsrv_close(H.srv, 500, closed_cb, NULL);
+        uv_close((uv_handle_t *)&H.async, NULL);
+    }
     if (H.close_after && k == H.close_after)
         kvcd_zconn_close(c);
     if (H.pause_each)
@@ -1482,6 +1491,44 @@ START_TEST(accept_without_memory)
 }
 END_TEST
 
+static void job_stop_inside(harness_t *h, void *arg)
+{
+    h->stop_inside = 1;
+}
+
+/* kvcd_zsrv_close from inside on_message: the reply already queued is
+ * flushed, nothing more is delivered, the loop ends with no handle left. */
+START_TEST(server_close_inside_on_message)
+{
+    unsigned char msgs[6 + 5 * 3], *body;
+    uint64_t len;
+    int fd;
+
+    h_start("ipc", NULL);
+    run_on_loop(job_stop_inside, NULL);
+    fd = raw_peer();
+    memcpy(msgs, "\x00\x04STOP", 6);
+    for (int i = 0; i < 5; i++)
+        memcpy(msgs + 6 + 3 * i, "\x00\x01z", 3);
+    raw_write(fd, msgs, sizeof(msgs));
+    ck_assert_int_eq(raw_frame(fd, &body, &len), 0);
+    ck_assert_uint_eq(len, 4);
+    ck_assert_int_eq(memcmp(body, "STOP", 4), 0);
+    free(body);
+    ck_assert(raw_closed_by_server(fd));
+    close(fd);
+    pthread_join(H.th, NULL);
+    ck_assert_int_eq(H.closed, 1);
+    ck_assert_int_eq(get(&H.messages), 1);
+    kvcd_zconn_unref(H.last_conn);
+    ck_assert_int_eq(uv_loop_close(&H.loop), 0);
+    ck_assert_int_eq(get(&H.live_bytes), 0);
+    ck_assert_int_eq(get(&H.closes), 1);
+    ck_assert_int_eq(access(H.endpoint + 6, F_OK), -1);
+    rmdir(H.dir);
+}
+END_TEST
+
 /* "*" takes IPv4 clients (dual stack); an IPv6 literal works where the
  * machine has IPv6. */
 START_TEST(tcp_wildcard_and_ipv6)
@@ -1545,6 +1592,7 @@ static Suite *suite(void)
     tcase_add_test(tc, tcp_wildcard_and_ipv6);
     tcase_add_test(tc, fuzz_after_handshake);
     tcase_add_test(tc, accept_without_memory);
+    tcase_add_test(tc, server_close_inside_on_message);
     suite_add_tcase(s, tc);
     return s;
 }
