@@ -934,6 +934,38 @@ START_TEST(limits_discard_and_resync)
 }
 END_TEST
 
+/* The case that libzmq cannot handle: a 3,000-frame, 3 GB STORE. The
+ * transport holds at most max_message of it, then streams the rest through
+ * the staging buffer and reports it. */
+START_TEST(hostile_3000_frames)
+{
+    kvcd_zsrv_opts_t o = {.max_frames = 4096, .max_message = 64 * MiB};
+    unsigned char *chunk = calloc(1, MiB);
+    zmq_msg_t m[4];
+    void *s;
+
+    h_start("ipc", &o);
+    s = dealer(ZMQ_DEALER);
+    atomic_store(&H.peak_bytes, 0);
+    ck_assert_int_eq(zmq_send(s, "H", 1, ZMQ_SNDMORE), 1);
+    for (int i = 0; i < 3000; i++)
+        ck_assert_int_eq(zmq_send_const(s, chunk, MiB, i + 1 < 3000 ? ZMQ_SNDMORE : 0), (int)MiB);
+    ck_assert_uint_eq(zrecv(s, m, 4), 3);
+    ck_assert_int_eq(memcmp(zmq_msg_data(&m[1]), "ETOOLARGE", 9), 0);
+    ck_assert_int_eq(memcmp(zmq_msg_data(&m[2]), "H", 1), 0);
+    zfree(m, 3);
+    ck_assert_int_eq(H.last_disc.limit, KVCD_ZLIMIT_MESSAGE);
+    ck_assert_uint_eq(H.last_disc.frames, 3001);
+    ck_assert_uint_eq(H.last_disc.bytes, 3000 * (uint64_t)MiB + 1);
+    ck_assert_int_le(get(&H.peak_bytes), (long)(64 * MiB + 64));
+    echo_small(s, "the connection is in sync");
+    zclose(s);
+    zterm();
+    h_stop();
+    free(chunk);
+}
+END_TEST
+
 /* The peer goes away in the middle of a frame: its buffers come back. */
 START_TEST(disconnect_mid_message)
 {
@@ -1576,6 +1608,7 @@ static Suite *suite(void)
     tcase_add_test(tc, curve_client_rejected);
     tcase_add_test(tc, handshake_timeout);
     tcase_add_test(tc, limits_discard_and_resync);
+    tcase_add_test(tc, hostile_3000_frames);
     tcase_add_test(tc, disconnect_mid_message);
     tcase_add_test(tc, byte_by_byte);
     tcase_add_test(tc, heartbeats_keep_alive);
