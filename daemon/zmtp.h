@@ -86,7 +86,7 @@ typedef struct {
      * now on. n >= 1. Required. */
     void (*on_message)(kvcd_zconn_t *c, void **frames, const size_t *lens, void **owners,
                        size_t n);
-    /* A message was dropped (see kvcd_zdiscard_t); runs once the message's
+    /* A message was dropped (d, valid during the call, says why); runs once the message's
      * last frame has been read, so the connection is in sync again. What the
      * transport kept of it is passed like in on_message: frame 0 if it had been
      * received whole (n = 1), else nothing (n = 0); the user owns those
