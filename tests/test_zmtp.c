@@ -584,16 +584,25 @@ static void raw_command(int fd, const void *body, size_t len)
     raw_write(fd, body, len);
 }
 
-/* A raw peer that completes the handshake as a DEALER. */
+static int raw_peer_v(int minor, const char *type);
+
+/* A raw ZMTP 3.1 peer that completes the handshake as a DEALER. */
 static int raw_peer(void)
 {
-    static const unsigned char ready[] = "\x05READY\x0bSocket-Type\x00\x00\x00\x06"
-                                         "DEALER";
-    unsigned char g[64], mine[64], *body;
+    return raw_peer_v(1, "DEALER");
+}
+
+static int raw_peer_v(int minor, const char *type)
+{
+    unsigned char ready[64], g[64], mine[64], *body;
+    size_t rl = strlen(type);
     uint64_t len;
     int fd = raw_connect(), flags;
 
-    greeting(mine, 3, 1, "NULL");
+    memcpy(ready, "\x05READY\x0bsocket-type\x00\x00\x00", 21); /* names: any case */
+    ready[21] = (unsigned char)rl;
+    memcpy(ready + 22, type, rl);
+    greeting(mine, 3, minor, "NULL");
     raw_write(fd, mine, 64);
     ck_assert_int_eq(raw_read(fd, g, 64), 0);
     ck_assert_int_eq(g[0], 0xFF);
@@ -601,7 +610,7 @@ static int raw_peer(void)
     ck_assert_int_eq(g[10], 3);
     ck_assert_int_eq(g[11], 1);
     ck_assert_int_eq(memcmp(g + 12, "NULL\0", 5), 0);
-    raw_command(fd, ready, sizeof(ready) - 1);
+    raw_command(fd, ready, 22 + rl);
     flags = raw_frame(fd, &body, &len);
     ck_assert_int_eq(flags, 4);
     ck_assert_uint_ge(len, 6);
@@ -1030,6 +1039,31 @@ START_TEST(byte_by_byte)
     free(body);
     close(fd);
     wait_count(&H.closes, 1);
+    h_stop();
+}
+END_TEST
+
+/* A ZMTP 3.0 peer (libzmq 4.1) and a REQ peer speaking raw ZMTP. */
+START_TEST(zmtp30_and_req_raw)
+{
+    unsigned char *body;
+    uint64_t len;
+    int fd;
+
+    h_start("ipc", NULL);
+    for (int k = 0; k < 2; k++) {
+        fd = raw_peer_v(k ? 1 : 0, k ? "REQ" : "DEALER");
+        raw_write(fd, "\x01\x00\x00\x02hi", 6); /* REQ style: empty delimiter, body */
+        ck_assert_int_eq(raw_frame(fd, &body, &len), 1);
+        ck_assert_uint_eq(len, 0);
+        free(body);
+        ck_assert_int_eq(raw_frame(fd, &body, &len), 0);
+        ck_assert_uint_eq(len, 2);
+        free(body);
+        close(fd);
+    }
+    wait_count(&H.closes, 2);
+    ck_assert_uint_eq(stats().handshakes, 2);
     h_stop();
 }
 END_TEST
@@ -1611,6 +1645,7 @@ static Suite *suite(void)
     tcase_add_test(tc, hostile_3000_frames);
     tcase_add_test(tc, disconnect_mid_message);
     tcase_add_test(tc, byte_by_byte);
+    tcase_add_test(tc, zmtp30_and_req_raw);
     tcase_add_test(tc, heartbeats_keep_alive);
     tcase_add_test(tc, ping_ttl_expires);
     tcase_add_test(tc, pause_resume);
