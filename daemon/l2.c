@@ -30,7 +30,8 @@
 #include "daemon/log.h"
 
 #define DEFAULT_TIMEOUT_MS 10000 /* when neither the request nor the instance sets one */
-#define UNHEALTHY_AFTER 3        /* consecutive failed calls */
+#define UNHEALTHY_AFTER 3        /* consecutive failed calls of one operation */
+#define HEALTH_WINDOW_MS 10000   /* a streak without a new failure this long ends */
 #define LOG_INTERVAL_MS 5000
 
 #define bad kvcd_adapter_config_error
@@ -91,6 +92,7 @@ struct kvcd_l2_s {
     kvcd_hist_t latency[4]; /* submit to results, per operation */
     uint64_t failures, timeouts, late, consecutive, rejected;
     uint64_t streak[4];  /* consecutive failed calls, per operation */
+    uint64_t last_fail_ms[4];
     json_t *item_errors; /* error name -> count of item results */
 };
 
@@ -144,6 +146,29 @@ static void count_item_error(kvcd_l2_t *l2, int result)
     json_object_set_new(l2->item_errors, nm, json_integer(v ? json_integer_value(v) + 1 : 1));
 }
 
+/* The longest failure streak of an operation that failed within the health
+ * window decides: unhealthy at UNHEALTHY_AFTER. A streak ends when that
+ * operation works again, or when it has not failed for HEALTH_WINDOW_MS (an
+ * operation nobody calls any more cannot keep a recovered tier unhealthy). */
+static void update_health(kvcd_l2_t *l2)
+{
+    uint64_t now = uv_now(l2->loop);
+    size_t i;
+
+    l2->consecutive = 0;
+    for (i = 0; i < 4; i++)
+        if (l2->streak[i] > l2->consecutive && now - l2->last_fail_ms[i] < HEALTH_WINDOW_MS)
+            l2->consecutive = l2->streak[i];
+    if (l2->healthy && l2->consecutive >= UNHEALTHY_AFTER) {
+        l2->healthy = 0;
+        KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: unhealthy after %llu consecutive failed calls",
+                 l2->name, (unsigned long long)l2->consecutive);
+    } else if (!l2->healthy && l2->consecutive < UNHEALTHY_AFTER) {
+        KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: healthy again", l2->name);
+        l2->healthy = 1;
+    }
+}
+
 /* Health and counters for a call whose results are final (loop thread). */
 static void account(kvcd_l2_t *l2, kvcd_l2_req_t *req, int timed_out, uint64_t t0)
 {
@@ -182,21 +207,11 @@ static void account(kvcd_l2_t *l2, kvcd_l2_req_t *req, int timed_out, uint64_t t
     if (failed) {
         l2->failures++;
         l2->streak[req->op]++;
+        l2->last_fail_ms[req->op] = uv_now(l2->loop);
     } else {
         l2->streak[req->op] = 0;
     }
-    l2->consecutive = 0;
-    for (i = 0; i < 4; i++)
-        if (l2->streak[i] > l2->consecutive)
-            l2->consecutive = l2->streak[i];
-    if (l2->healthy && l2->consecutive >= UNHEALTHY_AFTER) {
-        l2->healthy = 0;
-        KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: unhealthy after %llu consecutive failed calls",
-                 l2->name, (unsigned long long)l2->consecutive);
-    } else if (!l2->healthy && l2->consecutive < UNHEALTHY_AFTER) {
-        KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: healthy again", l2->name);
-        l2->healthy = 1;
-    }
+    update_health(l2);
 }
 
 static void timer_closed_cb(uv_handle_t *h)
@@ -672,8 +687,9 @@ const char *kvcd_l2_name(const kvcd_l2_t *l2)
     return l2->name;
 }
 
-int kvcd_l2_healthy(const kvcd_l2_t *l2)
+int kvcd_l2_healthy(kvcd_l2_t *l2)
 {
+    update_health(l2);
     return l2->healthy;
 }
 
@@ -685,6 +701,7 @@ json_t *kvcd_l2_status(kvcd_l2_t *l2)
     int adapter_healthy = 1;
     size_t i;
 
+    update_health(l2);
     if (l2->a->status)
         l2->a->status(l2->self, o);
     h = json_object_get(o, "healthy");

@@ -78,7 +78,7 @@ size_t kvcd_l2_inflight(const kvcd_l2_t *l2);
 
 const kvcd_adapter_t *kvcd_l2_adapter(const kvcd_l2_t *l2);
 const char *kvcd_l2_name(const kvcd_l2_t *l2);   /* e.g. "#1 (fs)" */
-int kvcd_l2_healthy(const kvcd_l2_t *l2);
+int kvcd_l2_healthy(kvcd_l2_t *l2);
 
 /* A new JSON object: the adapter's own status plus the runner's counters
  * (calls, failures, timeouts, consecutive_failures, healthy, inflight). */

@@ -10,8 +10,9 @@
  *   flushing  write-behind drains to the L2 adapters; arrivals still get
  *             ESHUTDOWN; --nothing written behind and SHUTDOWN_QUIET_MS without
  *             an arrival-->  closing
- *   closing   what is queued in the socket is answered ESHUTDOWN, the socket
- *             closes (queued replies get LINGER_MS), storage closes the
+ *   closing   the socket closes (queued replies get LINGER_MS; a message
+ *             still being received then is lost with its connection, which
+ *             the quiet window makes rare), storage closes the
  *             adapters once nothing can call them, the copy executor closes
  *             once idle; then no handle is left and uv_run returns.
  *
@@ -115,8 +116,6 @@ static void begin_closing(kvcd_server_t *srv)
     if (srv->state == KVCD_STATE_CLOSING)
         return;
     srv->state = KVCD_STATE_CLOSING;
-    /* Everything still queued in the socket is answered ESHUTDOWN now. */
-    kvcd_bridge_drain_all(srv->bridge);
     kvcd_call_retry_parked(srv, 1);
     kvcd_storage_stop(srv->storage);
     kvcd_segtab_stop(srv->segs);

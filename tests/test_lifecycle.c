@@ -21,7 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <zmq.h>
+
 #include "protocol/client.h"
+#include "protocol/proto.h"
 #include "protocol/kvcd_err.h"
 #include "tests/support.h"
 
@@ -583,6 +586,125 @@ START_TEST(stress_pipelined_mixed_ops)
 }
 END_TEST
 
+
+/* VmHWM (peak resident set) of a process, in bytes. */
+static uint64_t peak_rss(pid_t pid)
+{
+    char path[64], line[256];
+    uint64_t kb = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmHWM: %llu kB", (unsigned long long *)&kb) == 1)
+            break;
+    fclose(f);
+    return kb * 1024;
+}
+
+/* Item 5 and the hostile-peer evidence: one client offers 1 GiB in one
+ * message, another never reads its replies. ZeroMQ used to buffer the whole
+ * message (3 GB RSS for 3,000 x 1 MiB) and the unread replies grew without
+ * bound. Now the daemon's peak RSS stays below L1 + the budget + a fixed
+ * overhead (64 MiB; 768 MiB under the sanitizers, whose allocator keeps a
+ * quarantine of freed memory and shadow pages), the 1 GiB message is answered
+ * ETOOLARGE, and a third client's PINGs keep answering within 100 ms. */
+START_TEST(test_item05_hostile_peers_bounded)
+{
+    const char *args[] = {"--l1-size-gb", "0.0625", "--max-request-mb", "64",
+                          "--max-frame-mb", "8", "--max-pending-mb", "128",
+                          "--max-unsent-mb", "16", "--max-keys", "2048", NULL};
+    const uint64_t l1 = 64 * MiB, budget = 128 * MiB;
+    const int sanitized = strstr(getenv("KVCD_BUILD") ? getenv("KVCD_BUILD") : "", "san") != NULL;
+    const uint64_t overhead = sanitized ? 768 * MiB : 64 * MiB;
+    enum { BIG = 1024, LOADS = 3000 };
+    kvcd_client_t *b = NULL, *c = NULL;
+    void *ctx = zmq_ctx_new(), *a = zmq_socket(ctx, ZMQ_DEALER);
+    static char one[MiB];
+    kvcd_wbuf_t w;
+    kvcd_bytes_t *hs = calloc(BIG, sizeof(*hs));
+    uint8_t (*hbig)[8] = calloc(BIG, 8);
+    uint64_t id, t_end, worst = 0, pings = 0, slow = 0, hwm;
+    size_t i, len;
+    char *hdr, rbuf[4096];
+    int linger = 0, rc, more = 0;
+    size_t msz = sizeof(more);
+
+    start(args);
+    for (i = 0; i < 16; i++)
+        ck_assert_int_eq(store_one(cli, i), 0);
+    /* A: one STORE of 1024 x 1 MiB = 1 GiB, sent without copying. */
+    for (i = 0; i < BIG; i++)
+        hs[i] = kvcd_test_hash(hbig[i], 100000 + i);
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, 77, KVCD_OP_STORE, &base, hs, BIG);
+    hdr = kvcd_wbuf_release(&w, &len);
+    zmq_setsockopt(a, ZMQ_LINGER, &linger, sizeof(linger));
+    ck_assert_int_eq(zmq_connect(a, proc.endpoint), 0);
+    ck_assert_int_eq(zmq_send(a, hdr, len, ZMQ_SNDMORE), (int)len);
+    for (i = 0; i < BIG; i++)
+        ck_assert_int_eq(zmq_send_const(a, one, MiB, i + 1 < BIG ? ZMQ_SNDMORE : 0), (int)MiB);
+    free(hdr);
+    /* B: thousands of 1 MiB LOADs whose replies it never reads. */
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &b), 0);
+    for (i = 0; i < LOADS; i++)
+        ck_assert_int_eq(kvcd_client_send(b, KVCD_OP_LOAD, &base, &H[i % 16], 1, NULL, NULL, &id),
+                         0);
+    /* C: PING while both go on. */
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c), 0);
+    t_end = now_ms() + 4000;
+    while (now_ms() < t_end) {
+        uint64_t t0 = now_ms(), dt;
+        kvcd_ping_t pi;
+        char pb[128];
+
+        ck_assert_int_eq(kvcd_client_ping(c, &pi, pb, sizeof(pb)), 0);
+        dt = now_ms() - t0;
+        worst = dt > worst ? dt : worst;
+        slow += dt > 100;
+        pings++;
+        usleep(20 * 1000);
+    }
+    /* A gets its answer: ETOOLARGE, the bulk never held. */
+    rc = zmq_recv(a, rbuf, sizeof(rbuf), 0);
+    ck_assert_int_gt(rc, 0);
+    {
+        kvcd_reply_hdr_t rh;
+
+        ck_assert_int_eq(kvcd_proto_decode_reply(rbuf, (size_t)rc, &rh), 0);
+        ck_assert_uint_eq(rh.id, 77);
+        ck_assert_int_eq(rh.err, KVCD_ETOOLARGE);
+        kvcd_proto_reply_free(&rh);
+    }
+    zmq_getsockopt(a, ZMQ_RCVMORE, &more, &msz);
+    ck_assert_int_eq(more, 0);
+    hwm = peak_rss(proc.pid);
+    printf("hostile peers: peak RSS %llu MiB (bound %llu MiB), %llu PINGs, worst %llu ms, "
+           "%llu over 100 ms\n",
+           (unsigned long long)(hwm >> 20), (unsigned long long)((l1 + budget + overhead) >> 20),
+           (unsigned long long)pings, (unsigned long long)worst, (unsigned long long)slow);
+    ck_assert_uint_gt(hwm, 0);
+    ck_assert_msg(hwm < l1 + budget + overhead, "peak RSS %llu MiB",
+                  (unsigned long long)(hwm >> 20));
+    ck_assert_msg(slow == 0, "%llu of %llu PINGs took over 100 ms (worst %llu ms)",
+                  (unsigned long long)slow, (unsigned long long)pings,
+                  (unsigned long long)worst);
+    ck_assert_int_ge(kvcd_test_stat(c, "admission", "connection_pauses"), 1);
+    ck_assert_int_ge(kvcd_test_stat(c, "admission", "dropped_messages"), 1);
+    zmq_close(a);
+    zmq_ctx_term(ctx);
+    kvcd_client_close(b);
+    kvcd_client_close(c);
+    free(hs);
+    free(hbig);
+    ck_assert_int_eq(stop_within(20000), 0);
+    end();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("lifecycle");
@@ -594,6 +716,7 @@ static Suite *suite(void)
     tcase_add_test(t, test_item03_shutdown_bounded_slow_call);
     tcase_add_test(t, test_item03_shutdown_bounded_stuck_call);
     tcase_add_test(t, test_item04_copies_not_behind_slow_l2);
+    tcase_add_test(t, test_item05_hostile_peers_bounded);
     tcase_add_test(t, test_item06_remove_not_resurrected);
     tcase_add_test(t, test_item07_clear_frees_pinned);
     tcase_add_test(t, test_item07_remove_frees_pinned);

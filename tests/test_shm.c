@@ -23,7 +23,6 @@
 
 #include <jansson.h>
 
-#include "daemon/peer.h"
 #include "protocol/client.h"
 #include "tests/support.h"
 
@@ -671,26 +670,6 @@ START_TEST(test_item14_other_user_refused)
 }
 END_TEST
 
-START_TEST(test_item14_peer_parse)
-{
-    kvcd_peer_t p;
-
-    ck_assert_int_eq(kvcd_peer_parse("localhost:1000:100:4242", &p), 0);
-    ck_assert(p.verified && p.uid == 1000 && p.gid == 100 && p.pid == 4242);
-    ck_assert_int_eq(kvcd_peer_parse("127.0.0.1", &p), -1);
-    ck_assert(!p.verified);
-    ck_assert_int_eq(kvcd_peer_parse("::1", &p), -1);
-    ck_assert_int_eq(kvcd_peer_parse(":1:2:x", &p), -1);
-    ck_assert_int_eq(kvcd_peer_parse("1:2:3", &p), -1);
-    ck_assert_int_eq(kvcd_peer_parse("h:0:0:0", &p), -1);
-    ck_assert_int_eq(kvcd_peer_parse("h:99999999999:0:1", &p), -1);
-    ck_assert_int_eq(kvcd_peer_parse(NULL, &p), -1);
-    /* An IPv6 address can look like credentials: only the transport decides,
-     * and kvcd_peer_from_msg trusts nothing but ipc://. */
-    ck_assert_int_eq(kvcd_peer_parse("fe80::1000:0:4", &p), 0);
-}
-END_TEST
-
 /* ---- item 13: registration never blocks the loop ---- */
 
 /* Send REGISTER_SEGMENT without waiting for its reply. */
@@ -1116,7 +1095,6 @@ static Suite *suite(void)
     tcase_add_test(tc, test_item14_tcp_peer_refused);
     tcase_add_test(tc, test_item14_ipc_other_pid_refused);
     tcase_add_test(tc, test_item14_other_user_refused);
-    tcase_add_test(tc, test_item14_peer_parse);
     suite_add_tcase(s, tc);
     return s;
 }
