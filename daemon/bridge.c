@@ -72,6 +72,7 @@ struct kvcd_bridge_s {
     int closed;
     size_t unsent;
     uint64_t held;            /* bytes of frames allocated and not freed */
+    size_t unsent_paused;     /* of unsent: of connections paused for it */
     uint64_t discarded, unanswerable, self_pauses;
     char why[160];            /* the last dropped message's reason */
 };
@@ -79,10 +80,13 @@ struct kvcd_bridge_s {
 /* ---- admission ---- */
 
 /* Bytes of frames held plus bulk bytes of unsent replies against the budget:
- * above it no connection is read. Called after every change. */
+ * above it no connection is read. The replies of a peer paused for not
+ * reading them count against its own bound instead (they are L1 memory, not
+ * extra memory), so one slow reader never stalls the others. Called after
+ * every change. */
 static void admit(kvcd_bridge_t *b)
 {
-    int over = b->held + b->unsent > b->budget;
+    int over = b->held + (b->unsent - b->unsent_paused) > b->budget;
 
     if (b->closed || over == b->paused)
         return;
@@ -287,8 +291,11 @@ static void rel_done(rel_t *r)
     free(r->hdr);
     b->unsent -= r->bytes;
     c->unsent -= r->bytes;
+    if (c->self_paused)
+        b->unsent_paused -= r->bytes;
     if (c->self_paused && c->unsent <= b->max_unsent) {
         c->self_paused = 0;
+        b->unsent_paused -= c->unsent;
         kvcd_zconn_resume(c->z);
     }
     if (r->sent)
@@ -365,6 +372,8 @@ int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_
     kvcd_conn_ref(conn);
     b->unsent += bytes;
     conn->unsent += bytes;
+    if (conn->self_paused)
+        b->unsent_paused += bytes;
     bufs[0].base = hdr;
     bufs[0].len = hdr_len;
     for (i = 0; i < nbulk; i++) {
@@ -382,7 +391,8 @@ int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_
     if (!conn->self_paused && conn->unsent > b->max_unsent) {
         /* This peer does not read its replies: read no more requests from it. */
         conn->self_paused = 1;
-        conn->b->self_pauses++;
+        b->unsent_paused += conn->unsent;
+        b->self_pauses++;
         kvcd_zconn_pause(conn->z);
     }
     admit(b);
@@ -435,8 +445,10 @@ int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_fr
     b->loop = loop;
     b->cb = cb;
     b->cb_data = data;
-    b->max_unsent = opt->max_unsent;
     b->budget = opt->max_pending;
+    /* Below the budget, or one slow reader could spend all of it before it is
+     * paused by itself. */
+    b->max_unsent = opt->max_unsent < b->budget / 2 ? opt->max_unsent : b->budget / 2;
     memset(&zo, 0, sizeof(zo));
     /* Larger frames and messages are read and dropped, never buffered. */
     zo.max_frame = opt->max_frame > HEADER_MAX ? opt->max_frame : HEADER_MAX;

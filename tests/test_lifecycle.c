@@ -587,6 +587,70 @@ START_TEST(stress_pipelined_mixed_ops)
 END_TEST
 
 
+/* Item 18: STATUS showed the configured low watermark (0 = "default") while L1
+ * used another; the EFRAMES message miscounted. */
+START_TEST(test_item18_status_watermarks_in_effect)
+{
+    const char *args[] = {"--l1-high-watermark", "0.5", "--l1-low-watermark", "0", NULL};
+    json_t *st;
+
+    start(args);
+    st = kvcd_test_status(cli);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(json_object_get(st, "l1"),
+                                                            "high_watermark")), 0.5, 1e-9);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(json_object_get(st, "l1"),
+                                                            "low_watermark")), 0.5, 1e-9);
+    json_decref(st);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
+static void raw_store(void *s, size_t nkeys, size_t nframes, char *msg, size_t msglen, int *err)
+{
+    kvcd_wbuf_t w;
+    char *hdr, rbuf[4096];
+    size_t len, i;
+    int rc;
+    kvcd_reply_hdr_t rh;
+
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, 5, KVCD_OP_STORE, &base, H, nkeys);
+    hdr = kvcd_wbuf_release(&w, &len);
+    ck_assert_int_eq(zmq_send(s, hdr, len, nframes ? ZMQ_SNDMORE : 0), (int)len);
+    for (i = 0; i < nframes; i++)
+        ck_assert_int_eq(zmq_send(s, "abcd", 4, i + 1 < nframes ? ZMQ_SNDMORE : 0), 4);
+    free(hdr);
+    rc = zmq_recv(s, rbuf, sizeof(rbuf), 0);
+    ck_assert_int_gt(rc, 0);
+    ck_assert_int_eq(kvcd_proto_decode_reply(rbuf, (size_t)rc, &rh), 0);
+    *err = rh.err;
+    snprintf(msg, msglen, "%s", rh.msg);
+    kvcd_proto_reply_free(&rh);
+}
+
+START_TEST(test_item18_eframes_message_counts)
+{
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, err = 0;
+    char msg[256];
+
+    start(NULL);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
+    ck_assert_int_eq(zmq_connect(s, proc.endpoint), 0);
+    raw_store(s, 2, 3, msg, sizeof(msg), &err);
+    ck_assert_int_eq(err, KVCD_EFRAMES);
+    ck_assert_str_eq(msg, "STORE expects 2 bulk frames, got 3");
+    raw_store(s, 3, 1, msg, sizeof(msg), &err);
+    ck_assert_int_eq(err, KVCD_EFRAMES);
+    ck_assert_str_eq(msg, "STORE expects 3 bulk frames, got 1");
+    raw_store(s, 1, 1, msg, sizeof(msg), &err);
+    ck_assert_int_eq(err, 0);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
 /* VmHWM (peak resident set) of a process, in bytes. */
 static uint64_t peak_rss(pid_t pid)
 {
@@ -611,15 +675,18 @@ static uint64_t peak_rss(pid_t pid)
  * bound. Now the daemon's peak RSS stays below L1 + the budget + a fixed
  * overhead (64 MiB; 768 MiB under the sanitizers, whose allocator keeps a
  * quarantine of freed memory and shadow pages), the 1 GiB message is answered
- * ETOOLARGE, and a third client's PINGs keep answering within 100 ms. */
+ * ETOOLARGE, and a third client's PINGs keep answering within 100 ms (300 ms
+ * under the sanitizers, which slow the daemon down about threefold). */
 START_TEST(test_item05_hostile_peers_bounded)
 {
+    /* The budget is the default, 2 x --max-request-mb = 128 MiB; the
+     * per-connection bound too (256 MiB): the old daemon takes these flags. */
     const char *args[] = {"--l1-size-gb", "0.0625", "--max-request-mb", "64",
-                          "--max-frame-mb", "8", "--max-pending-mb", "128",
-                          "--max-unsent-mb", "16", "--max-keys", "2048", NULL};
+                          "--max-frame-mb", "8", "--max-keys", "2048", NULL};
     const uint64_t l1 = 64 * MiB, budget = 128 * MiB;
     const int sanitized = strstr(getenv("KVCD_BUILD") ? getenv("KVCD_BUILD") : "", "san") != NULL;
     const uint64_t overhead = sanitized ? 768 * MiB : 64 * MiB;
+    const uint64_t ping_ms = sanitized ? 300 : 100;
     enum { BIG = 1024, LOADS = 3000 };
     kvcd_client_t *b = NULL, *c = NULL;
     void *ctx = zmq_ctx_new(), *a = zmq_socket(ctx, ZMQ_DEALER);
@@ -664,7 +731,7 @@ START_TEST(test_item05_hostile_peers_bounded)
         ck_assert_int_eq(kvcd_client_ping(c, &pi, pb, sizeof(pb)), 0);
         dt = now_ms() - t0;
         worst = dt > worst ? dt : worst;
-        slow += dt > 100;
+        slow += dt > ping_ms;
         pings++;
         usleep(20 * 1000);
     }
@@ -683,15 +750,15 @@ START_TEST(test_item05_hostile_peers_bounded)
     ck_assert_int_eq(more, 0);
     hwm = peak_rss(proc.pid);
     printf("hostile peers: peak RSS %llu MiB (bound %llu MiB), %llu PINGs, worst %llu ms, "
-           "%llu over 100 ms\n",
+           "%llu over the bound\n",
            (unsigned long long)(hwm >> 20), (unsigned long long)((l1 + budget + overhead) >> 20),
            (unsigned long long)pings, (unsigned long long)worst, (unsigned long long)slow);
     ck_assert_uint_gt(hwm, 0);
     ck_assert_msg(hwm < l1 + budget + overhead, "peak RSS %llu MiB",
                   (unsigned long long)(hwm >> 20));
-    ck_assert_msg(slow == 0, "%llu of %llu PINGs took over 100 ms (worst %llu ms)",
+    ck_assert_msg(slow == 0, "%llu of %llu PINGs took over %llu ms (worst %llu ms)",
                   (unsigned long long)slow, (unsigned long long)pings,
-                  (unsigned long long)worst);
+                  (unsigned long long)ping_ms, (unsigned long long)worst);
     ck_assert_int_ge(kvcd_test_stat(c, "admission", "connection_pauses"), 1);
     ck_assert_int_ge(kvcd_test_stat(c, "admission", "dropped_messages"), 1);
     zmq_close(a);
@@ -723,6 +790,8 @@ static Suite *suite(void)
     tcase_add_test(t, test_item08_lookup_deadline_in_prefetch_queue);
     tcase_add_test(t, test_item10_present_for_trimmed_l2_keys);
     tcase_add_test(t, test_item11_load_shm_capacity_bounded);
+    tcase_add_test(t, test_item18_status_watermarks_in_effect);
+    tcase_add_test(t, test_item18_eframes_message_counts);
     tcase_add_test(t, hung_tier_keeps_l1_serving_and_exit_bounded);
     tcase_add_test(t, stress_pipelined_mixed_ops);
     suite_add_tcase(s, t);
