@@ -10,10 +10,9 @@
  *    dropped by the transport without being buffered; its header, if it had
  *    arrived, still comes here so the request is answered ETOOLARGE;
  *  - `held` counts the bytes of frames allocated and not yet freed (requests
- *    being received and requests not finished); with the bulk bytes of
- *    unsent replies it is what the admission switch compares against the
- *    budget (request.c): above it every connection is paused, so the peers'
- *    kernels block them;
+ *    being received and requests not finished); with the headers of unsent
+ *    replies it is what the admission switch compares against the budget:
+ *    above it every connection is paused, so the peers' kernels block them;
  *  - a connection whose unsent replies exceed --max-unsent-mb is paused by
  *    itself (a peer that does not read cannot make the daemon queue more),
  *    and resumed when its replies drain.
@@ -52,6 +51,7 @@ typedef struct {
     kvcd_bridge_t *b;
     kvcd_conn_t *conn;
     void *hdr;
+    size_t hdr_len;
     size_t bytes;
     void (*sent)(void *arg);
     void *arg;
@@ -72,21 +72,22 @@ struct kvcd_bridge_s {
     int closed;
     size_t unsent;
     uint64_t held;            /* bytes of frames allocated and not freed */
-    size_t unsent_paused;     /* of unsent: of connections paused for it */
+    size_t unsent_hdr;        /* header bytes of unsent replies (malloc'd) */
     uint64_t discarded, unanswerable, self_pauses;
     char why[160];            /* the last dropped message's reason */
 };
 
 /* ---- admission ---- */
 
-/* Bytes of frames held plus bulk bytes of unsent replies against the budget:
- * above it no connection is read. The replies of a peer paused for not
- * reading them count against its own bound instead (they are L1 memory, not
- * extra memory), so one slow reader never stalls the others. Called after
- * every change. */
+/* Memory held for peers against the budget: the frames of requests being
+ * received or not yet finished, and the headers of unsent replies. Above it
+ * no connection is read. The bulk of a reply is L1 memory sent in place, not
+ * extra memory: it is bounded per connection (max_unsent), so one peer that
+ * does not read pins a bounded part of L1 and never stalls the others.
+ * Called after every change. */
 static void admit(kvcd_bridge_t *b)
 {
-    int over = b->held + (b->unsent - b->unsent_paused) > b->budget;
+    int over = b->held + b->unsent_hdr > b->budget;
 
     if (b->closed || over == b->paused)
         return;
@@ -291,11 +292,9 @@ static void rel_done(rel_t *r)
     free(r->hdr);
     b->unsent -= r->bytes;
     c->unsent -= r->bytes;
-    if (c->self_paused)
-        b->unsent_paused -= r->bytes;
+    b->unsent_hdr -= r->hdr_len;
     if (c->self_paused && c->unsent <= b->max_unsent) {
         c->self_paused = 0;
-        b->unsent_paused -= c->unsent;
         kvcd_zconn_resume(c->z);
     }
     if (r->sent)
@@ -372,8 +371,8 @@ int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_
     kvcd_conn_ref(conn);
     b->unsent += bytes;
     conn->unsent += bytes;
-    if (conn->self_paused)
-        b->unsent_paused += bytes;
+    r->hdr_len = hdr_len;
+    b->unsent_hdr += hdr_len;
     bufs[0].base = hdr;
     bufs[0].len = hdr_len;
     for (i = 0; i < nbulk; i++) {
@@ -391,7 +390,6 @@ int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_
     if (!conn->self_paused && conn->unsent > b->max_unsent) {
         /* This peer does not read its replies: read no more requests from it. */
         conn->self_paused = 1;
-        b->unsent_paused += conn->unsent;
         b->self_pauses++;
         kvcd_zconn_pause(conn->z);
     }
@@ -446,9 +444,7 @@ int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_fr
     b->cb = cb;
     b->cb_data = data;
     b->budget = opt->max_pending;
-    /* Below the budget, or one slow reader could spend all of it before it is
-     * paused by itself. */
-    b->max_unsent = opt->max_unsent < b->budget / 2 ? opt->max_unsent : b->budget / 2;
+    b->max_unsent = opt->max_unsent;
     memset(&zo, 0, sizeof(zo));
     /* Larger frames and messages are read and dropped, never buffered. */
     zo.max_frame = opt->max_frame > HEADER_MAX ? opt->max_frame : HEADER_MAX;
