@@ -15,8 +15,9 @@ static void op(void *self, kvcd_l2_batch_t *b)
 }
 
 static const kvcd_adapter_t adapter = {
-    .abi_version = KVCD_ADAPTER_ABI_VERSION + 41,
+    .abi_version = 42, /* a future version */
     .struct_size = sizeof(kvcd_adapter_t),
+    .layout = KVCD_ABI_LAYOUT,
     .name = "bad_abi",
     .instance_size = 8,
     .flags = KVCD_ADAPTER_BLOCKING,
