@@ -198,6 +198,13 @@ struct kvcd_core_services_s {
     void (*adapter_list)(char *buf, size_t buflen);
     int (*instance_init)(const kvcd_adapter_t *a, void *self, const json_t *spec,
                          const kvcd_adapter_env_t *env, char *err, size_t errlen);
+    /* Parse one object inside a spec (an array element such as redis's
+     * nodes[i]) against a field table, with the parser's checks and wording;
+     * messages name fields as pfx + name ("nodes[1].port"), `what` says what
+     * the object is in the unknown-field message. Defaults are not applied.
+     * 0 or KVCD_ECONFIG. Loop thread. */
+    int (*fields_parse)(const kvcd_adapter_field_t *table, const char *what, const json_t *obj,
+                        void *dst, const char *pfx, char *err, size_t errlen);
 };
 
 /* What the core tells an instance at init. Filled by the core: a plugin built

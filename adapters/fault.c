@@ -136,27 +136,6 @@ static int parse_ops(fault_t *f, const char *field, const json_t *obj,
     return 0;
 }
 
-static int one_prob(fault_t *f, int op, const char *field, const json_t *v, char *err,
-                    size_t errlen)
-{
-    double p;
-
-    if (!json_is_number(v))
-        return f->svc->errf(err, errlen, KVCD_ECONFIG, "%s.%s: expected a number", field, op_names[op]);
-    p = json_number_value(v);
-    if (!(p >= 0 && p <= 1))
-        return f->svc->errf(err, errlen, KVCD_ECONFIG, "%s.%s: must be a probability between 0 and 1 (got %g)", field,
-                    op_names[op], p);
-    if (strcmp(field, "corrupt") == 0) {
-        if (op != KVCD_L2_LOAD)
-            return f->svc->errf(err, errlen, KVCD_ECONFIG, "corrupt.%s: only load can be corrupted", op_names[op]);
-        f->corrupt_p = p;
-    } else {
-        f->fail_p[op] = p;
-    }
-    return 0;
-}
-
 static int one_calls(fault_t *f, int op, const char *field, const json_t *v, char *err,
                      size_t errlen)
 {
@@ -185,16 +164,6 @@ static int one_calls(fault_t *f, int op, const char *field, const json_t *v, cha
     return 0;
 }
 
-static int one_delay(fault_t *f, int op, const char *field, const json_t *v, char *err,
-                     size_t errlen)
-{
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600000)
-        return f->svc->errf(err, errlen, KVCD_ECONFIG, "delay_ms.%s: expected an integer between 0 and 3600000",
-                    op_names[op]);
-    f->delay_ms[op] = (uint64_t)json_integer_value(v);
-    return 0;
-}
-
 static void release_parsed(fault_t *f)
 {
     int i;
@@ -206,16 +175,45 @@ static void release_parsed(fault_t *f)
 }
 
 /* The per-operation sub-objects (the core parser checked they are objects). */
+#define OPF(nm, ty, member) KVCD_FIELD(nm, ty, fault_t, member)
+
+/* The per-operation objects are field tables of their own. */
+static const kvcd_adapter_field_t fail_fields[] = {
+    {OPF("store", KVCD_FIELD_NUMBER, fail_p[KVCD_L2_STORE]), .max = 1},
+    {OPF("lookup", KVCD_FIELD_NUMBER, fail_p[KVCD_L2_LOOKUP]), .max = 1},
+    {OPF("load", KVCD_FIELD_NUMBER, fail_p[KVCD_L2_LOAD]), .max = 1},
+    {OPF("remove", KVCD_FIELD_NUMBER, fail_p[KVCD_L2_REMOVE]), .max = 1},
+    {.name = NULL},
+};
+
+static const kvcd_adapter_field_t corrupt_fields[] = {
+    {OPF("load", KVCD_FIELD_NUMBER, corrupt_p), .max = 1}, /* only loads can be corrupted */
+    {.name = NULL},
+};
+
+static const kvcd_adapter_field_t delay_fields[] = {
+    {OPF("store", KVCD_FIELD_INT, delay_ms[KVCD_L2_STORE]), .max = 3600000},
+    {OPF("lookup", KVCD_FIELD_INT, delay_ms[KVCD_L2_LOOKUP]), .max = 3600000},
+    {OPF("load", KVCD_FIELD_INT, delay_ms[KVCD_L2_LOAD]), .max = 3600000},
+    {OPF("remove", KVCD_FIELD_INT, delay_ms[KVCD_L2_REMOVE]), .max = 3600000},
+    {.name = NULL},
+};
+
+#undef OPF
+
+/* The per-operation sub-objects (the core parser checked they are objects). */
 static int parse(fault_t *f, char *err, size_t errlen)
 {
-    int rc = parse_ops(f, "fail", f->fail_o, one_prob, err, errlen);
+    const kvcd_core_services_t *svc = f->svc;
+    int rc = svc->fields_parse(fail_fields, "fail", f->fail_o, f, "fail.", err, errlen);
 
     if (rc == 0)
-        rc = parse_ops(f, "corrupt", f->corrupt_o, one_prob, err, errlen);
+        rc = svc->fields_parse(corrupt_fields, "corrupt", f->corrupt_o, f, "corrupt.", err,
+                               errlen);
+    if (rc == 0)
+        rc = svc->fields_parse(delay_fields, "delay_ms", f->delay_o, f, "delay_ms.", err, errlen);
     if (rc == 0)
         rc = parse_ops(f, "fail_calls", f->fail_calls_o, one_calls, err, errlen);
-    if (rc == 0)
-        rc = parse_ops(f, "delay_ms", f->delay_o, one_delay, err, errlen);
     return rc;
 }
 

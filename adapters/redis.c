@@ -1706,68 +1706,34 @@ typedef struct {
     int port;
 } nspec_t;
 
-static int get_int(const json_t *v, const char *field, long long lo, long long hi,
-                   long long *out, char *err, size_t errlen)
-{
-    if (!json_is_integer(v))
-        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: expected an integer", field);
-    *out = json_integer_value(v);
-    if (*out < lo || *out > hi)
-        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: must be in %lld..%lld (got %lld)", field, lo, hi, *out);
-    return 0;
-}
+#define NF(nm, ty, member) KVCD_FIELD(nm, ty, nspec_t, member)
 
-static int get_str(const json_t *v, const char *field, size_t maxlen, int empty_ok,
-                   const char **out, char *err, size_t errlen)
-{
-    if (!json_is_string(v))
-        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: expected a string", field);
-    if (!empty_ok && json_string_length(v) == 0)
-        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: must not be empty", field);
-    if (json_string_length(v) > maxlen)
-        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: longer than %zu bytes", field, maxlen);
-    if (strlen(json_string_value(v)) != json_string_length(v))
-        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: contains a NUL byte", field);
-    *out = json_string_value(v);
-    return 0;
-}
+/* One nodes[] entry. */
+static const kvcd_adapter_field_t node_fields[] = {
+    {NF("host", KVCD_FIELD_STRING, host), .flags = KVCD_FIELD_NONEMPTY, .max = 255},
+    {NF("port", KVCD_FIELD_INT32, port), .min = 1, .max = 65535},
+    {NF("unix", KVCD_FIELD_STRING, path), .flags = KVCD_FIELD_NONEMPTY, .max = 107},
+    {NF("name", KVCD_FIELD_STRING, name), .flags = KVCD_FIELD_NONEMPTY, .max = 255},
+    {.name = NULL},
+};
 
-/* host/port/unix/name of one server, from the spec itself or a nodes[] entry. */
+#undef NF
+
 /* host/port/unix/name of one nodes[] entry (the top-level ones are fields). */
 static int parse_addr(const json_t *o, const char *where, nspec_t *ns, char *err, size_t errlen)
 {
-    char f[64];
-    const char *k;
-    json_t *v;
-    long long port = 6379;
-    int have_port = 0;
+    int rc;
 
     memset(ns, 0, sizeof(*ns));
-    json_object_foreach((json_t *)o, k, v) {
-        snprintf(f, sizeof(f), "%s%s", where, k);
-        if (!strcmp(k, "host")) {
-            if (get_str(v, f, 255, 0, &ns->host, err, errlen))
-                return KVCD_ECONFIG;
-        } else if (!strcmp(k, "port")) {
-            if (get_int(v, f, 1, 65535, &port, err, errlen))
-                return KVCD_ECONFIG;
-            have_port = 1;
-        } else if (!strcmp(k, "unix")) {
-            if (get_str(v, f, 107, 0, &ns->path, err, errlen))
-                return KVCD_ECONFIG;
-        } else if (!strcmp(k, "name")) {
-            if (get_str(v, f, 255, 0, &ns->name, err, errlen))
-                return KVCD_ECONFIG;
-        } else {
-            return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: unknown field (expected host, port, unix or name)", f);
-        }
-    }
-    if (ns->path && (ns->host || have_port))
+    if ((rc = svc->fields_parse(node_fields, "a nodes[] entry", o, ns, where, err, errlen)))
+        return rc;
+    if (ns->path && (ns->host || ns->port))
         return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s%s: give either unix or host/port, not both", where,
                     ns->host ? "host" : "port");
     if (!ns->path && !ns->host)
         return kvcd_errf(err, errlen, KVCD_ECONFIG, "%.*s: needs host or unix", (int)strlen(where) - 1, where);
-    ns->port = (int)port;
+    if (!ns->port)
+        ns->port = 6379;
     return 0;
 }
 

@@ -121,9 +121,10 @@ static void int_bounds(const kvcd_adapter_field_t *f, long long *lo, long long *
                       : f->type == KVCD_FIELD_INT32 ? INT32_MAX : INT64_MAX;
 }
 
-/* Check v against f and write it to dst (width(f->type) bytes). */
-static int apply(const kvcd_adapter_field_t *f, const json_t *v, void *dst, char *err,
-                 size_t errlen)
+/* Check v against f and write it to dst (width(f->type) bytes). Messages name
+ * the field as pfx + name ("nodes[1]." + "port"). */
+static int apply(const kvcd_adapter_field_t *f, const char *pfx, const json_t *v, void *dst,
+                 char *err, size_t errlen)
 {
     const char *nm = f->name;
 
@@ -132,13 +133,13 @@ static int apply(const kvcd_adapter_field_t *f, const json_t *v, void *dst, char
         const char *str = json_string_value(v);
 
         if (!str)
-            return bad(err, errlen, "%s: expected a string", nm);
+            return bad(err, errlen, "%s%s: expected a string", pfx, nm);
         if (strlen(str) != json_string_length(v))
-            return bad(err, errlen, "%s: contains a NUL byte", nm);
+            return bad(err, errlen, "%s%s: contains a NUL byte", pfx, nm);
         if ((f->flags & KVCD_FIELD_NONEMPTY) && !*str)
-            return bad(err, errlen, "%s: must not be empty", nm);
+            return bad(err, errlen, "%s%s: must not be empty", pfx, nm);
         if (f->max > 0 && (double)json_string_length(v) > f->max)
-            return bad(err, errlen, "%s: longer than %.0f bytes", nm, f->max);
+            return bad(err, errlen, "%s%s: longer than %.0f bytes", pfx, nm, f->max);
         memcpy(dst, &str, sizeof(str));
         return 0;
     }
@@ -147,13 +148,13 @@ static int apply(const kvcd_adapter_field_t *f, const json_t *v, void *dst, char
         long long x, lo, hi;
 
         if (!json_is_integer(v))
-            return bad(err, errlen, "%s: expected an integer", nm);
+            return bad(err, errlen, "%s%s: expected an integer", pfx, nm);
         x = json_integer_value(v);
         int_bounds(f, &lo, &hi);
         if (x < lo || x > hi) {
             if (f->max != 0)
-                return bad(err, errlen, "%s: must be in %lld..%lld (got %lld)", nm, lo, hi, x);
-            return bad(err, errlen, "%s: must be >= %lld (got %lld)", nm, lo, x);
+                return bad(err, errlen, "%s%s: must be in %lld..%lld (got %lld)", pfx, nm, lo, hi, x);
+            return bad(err, errlen, "%s%s: must be >= %lld (got %lld)", pfx, nm, lo, x);
         }
         if (f->type == KVCD_FIELD_INT) {
             int64_t y = x;
@@ -170,16 +171,16 @@ static int apply(const kvcd_adapter_field_t *f, const json_t *v, void *dst, char
         double d;
 
         if (!json_is_number(v))
-            return bad(err, errlen, "%s: expected a number", nm);
+            return bad(err, errlen, "%s%s: expected a number", pfx, nm);
         d = json_number_value(v);
         if (!isfinite(d) || d < f->min || ((f->flags & KVCD_FIELD_ABOVE_MIN) && d <= f->min) ||
             (f->max != 0 && d > f->max)) {
             const char *op = (f->flags & KVCD_FIELD_ABOVE_MIN) ? ">" : ">=";
 
             if (f->max != 0)
-                return bad(err, errlen, "%s: must be %s %.15g and <= %.15g (got %.15g)", nm, op,
+                return bad(err, errlen, "%s%s: must be %s %.15g and <= %.15g (got %.15g)", pfx, nm, op,
                            f->min, f->max, d);
-            return bad(err, errlen, "%s: must be %s %.15g (got %.15g)", nm, op, f->min, d);
+            return bad(err, errlen, "%s%s: must be %s %.15g (got %.15g)", pfx, nm, op, f->min, d);
         }
         memcpy(dst, &d, sizeof(d));
         return 0;
@@ -188,7 +189,7 @@ static int apply(const kvcd_adapter_field_t *f, const json_t *v, void *dst, char
         bool b = json_is_true(v);
 
         if (!json_is_boolean(v))
-            return bad(err, errlen, "%s: expected true or false", nm);
+            return bad(err, errlen, "%s%s: expected true or false", pfx, nm);
         memcpy(dst, &b, sizeof(b));
         return 0;
     }
@@ -206,8 +207,8 @@ static int apply(const kvcd_adapter_field_t *f, const json_t *v, void *dst, char
         }
         if (m < 0 || m > 0777 || ((uint32_t)m & need) != need)
             return bad(err, errlen,
-                       "%s: must be an octal string such as \"0%o\" (at most 0777, with 0%o set)",
-                       nm, need ? need : 0600, need);
+                       "%s%s: must be an octal string such as \"0%o\" (at most 0777, with 0%o "
+                       "set)", pfx, nm, need ? need : 0600, need);
         m32 = (uint32_t)m;
         memcpy(dst, &m32, sizeof(m32));
         return 0;
@@ -227,33 +228,33 @@ static int apply(const kvcd_adapter_field_t *f, const json_t *v, void *dst, char
         for (k = 0; f->choices[k] && len < sizeof(list); k++)
             len += (size_t)snprintf(list + len, sizeof(list) - len, "%s\"%s\"", k ? " or " : "",
                                     f->choices[k]);
-        return bad(err, errlen, "%s: must be %s", nm, list);
+        return bad(err, errlen, "%s%s: must be %s", pfx, nm, list);
     }
     case KVCD_FIELD_ERRNAME: {
         const char *str = json_string_value(v);
         int code;
 
         if (!str)
-            return bad(err, errlen, "%s: expected an error name such as \"EIO\"", nm);
+            return bad(err, errlen, "%s%s: expected an error name such as \"EIO\"", pfx, nm);
         code = kvcd_errcode(str);
         if (code == 0)
-            return bad(err, errlen, "%s: unknown error name '%s'", nm, str);
+            return bad(err, errlen, "%s%s: unknown error name '%s'", pfx, nm, str);
         memcpy(dst, &code, sizeof(code));
         return 0;
     }
     case KVCD_FIELD_OBJECT:
         if (!json_is_object(v))
-            return bad(err, errlen, "%s: expected an object", nm);
+            return bad(err, errlen, "%s%s: expected an object", pfx, nm);
         memcpy(dst, &v, sizeof(v));
         return 0;
     case KVCD_FIELD_ARRAY:
         if (!json_is_array(v) || ((f->flags & KVCD_FIELD_NONEMPTY) && !json_array_size(v)))
-            return bad(err, errlen, "%s: expected a %sarray", nm,
+            return bad(err, errlen, "%s%s: expected a %sarray", pfx, nm,
                        (f->flags & KVCD_FIELD_NONEMPTY) ? "non-empty " : "");
         memcpy(dst, &v, sizeof(v));
         return 0;
     }
-    return bad(err, errlen, "%s: field of unknown type %u", nm, f->type);
+    return bad(err, errlen, "%s%s: field of unknown type %u", pfx, nm, f->type);
 }
 
 /* A field table is sound: checked once, at registration; defaults parsed. */
@@ -309,7 +310,7 @@ static int check_fields(const kvcd_adapter_t *a, json_t **defaults, char *err, s
                        a->name, f->name);
         }
         v = json_loads(f->dflt, JSON_DECODE_ANY, NULL);
-        if (!v || apply(f, v, scratch.bytes, e2, sizeof(e2)) != 0) {
+        if (!v || apply(f, "", v, scratch.bytes, e2, sizeof(e2)) != 0) {
             json_decref(v);
             json_decref(d);
             return bad(err, errlen, "adapter '%s': default of field '%s' (%s) is invalid%s%s",
@@ -610,7 +611,7 @@ int kvcd_adapter_spec_parse(const kvcd_adapter_t *a, const json_t *spec, void *s
         if (!strcmp(k, "type"))
             continue;
         if (use_runner && (f = field_named(runner_fields, k))) {
-            if ((rc = apply(f, v, (char *)runner + f->offset, err, errlen)) != 0)
+            if ((rc = apply(f, "", v, (char *)runner + f->offset, err, errlen)) != 0)
                 return rc;
             continue;
         }
@@ -632,13 +633,46 @@ int kvcd_adapter_spec_parse(const kvcd_adapter_t *a, const json_t *spec, void *s
                 double align;
             } scratch;
 
-            if ((rc = apply(f, v, scratch.bytes, err, errlen)) != 0)
+            if ((rc = apply(f, "", v, scratch.bytes, err, errlen)) != 0)
                 return rc;
             KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: field '%s' is deprecated: %s", a->name,
                      f->name, f->doc ? f->doc : "it has no effect");
             continue;
         }
-        if ((rc = apply(f, v, (char *)self + f->offset, err, errlen)) != 0)
+        if ((rc = apply(f, "", v, (char *)self + f->offset, err, errlen)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int kvcd_adapter_fields_parse(const kvcd_adapter_field_t *table, const char *what,
+                              const json_t *obj, void *dst, const char *pfx, char *err,
+                              size_t errlen)
+{
+    const kvcd_adapter_field_t *f;
+    const char *k;
+    json_t *v;
+    int rc;
+
+    if (!json_is_object(obj))
+        return bad(err, errlen, "%.*s: expected an object", (int)strcspn(pfx, ".") , pfx);
+    json_object_foreach((json_t *)obj, k, v) {
+        if (!field_named(table, k)) {
+            char known[512];
+            size_t n = 0;
+
+            known[0] = '\0';
+            for (f = table; f->name && n < sizeof(known); f++)
+                n += (size_t)snprintf(known + n, sizeof(known) - n, "%s%s", n ? ", " : "",
+                                      f->name);
+            return bad(err, errlen, "%s%s: unknown field (%s knows: %s)", pfx, k, what, known);
+        }
+    }
+    for (f = table; f->name; f++) {
+        v = json_object_get(obj, f->name);
+        if (!v && (f->flags & KVCD_FIELD_REQUIRED))
+            return bad(err, errlen, "%s%s: required", pfx, f->name);
+        if (v && (rc = apply(f, pfx, v, (char *)dst + f->offset, err, errlen)) != 0)
             return rc;
     }
     return 0;
@@ -856,6 +890,7 @@ static const kvcd_core_services_t services = {
     .adapter_find = kvcd_l2_find_type,
     .adapter_list = kvcd_l2_type_list,
     .instance_init = kvcd_adapter_instance_init,
+    .fields_parse = kvcd_adapter_fields_parse,
 };
 
 const kvcd_core_services_t *kvcd_l2_services(void)

@@ -57,6 +57,15 @@ int kvcd_adapter_spec_parse(const kvcd_adapter_t *a, const json_t *spec, void *s
 int kvcd_adapter_instance_init(const kvcd_adapter_t *a, void *self, const json_t *spec,
                                const kvcd_adapter_env_t *env, char *err, size_t errlen);
 
+/* Parse one JSON object of a spec (an array element, a sub-object) against a
+ * field table: unknown fields are named with pfx ("nodes[1].") and `what`
+ * ("a nodes[] entry") in the message, types and bounds are checked, values go
+ * into dst. Defaults are not applied (a field not given stays as dst has it).
+ * 0 or KVCD_ECONFIG. The services' fields_parse. */
+int kvcd_adapter_fields_parse(const kvcd_adapter_field_t *table, const char *what,
+                              const json_t *obj, void *dst, const char *pfx, char *err,
+                              size_t errlen);
+
 /* The services table every instance gets (env->svc). */
 const kvcd_core_services_t *kvcd_l2_services(void);
 
