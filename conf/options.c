@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "conf/options.h"
+#include "protocol/kvcd_err.h"
 
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_ENDPOINT, OPT_CHUNK_SIZE, OPT_L1_SIZE_GB,
@@ -149,15 +150,7 @@ void kvcd_options_usage(const char *adapter_types)
         adapter_types && *adapter_types ? adapter_types : "(none)");
 }
 
-static int bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
+#define bad(err, errlen, ...) kvcd_errf((err), (errlen), -1, __VA_ARGS__)
 
 static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
 {

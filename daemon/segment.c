@@ -57,18 +57,7 @@ struct kvcd_segtab_s {
     uint64_t expired;
 };
 
-static int segfail(char *msg, size_t msglen, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int segfail(char *msg, size_t msglen, int err, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, msglen, fmt, ap);
-    va_end(ap);
-    return err;
-}
+#define segfail kvcd_errf
 
 static kvcd_seg_owner_t *owner_find(const kvcd_segtab_t *t, const void *id, size_t len)
 {

@@ -38,15 +38,7 @@ int kvcd_op_uses_segment(uint32_t op)
            op == KVCD_OP_LOAD_SHM;
 }
 
-static int fail(char *msg, size_t msglen, int err, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, msglen, fmt, ap);
-    va_end(ap);
-    return err;
-}
+#define fail kvcd_errf
 
 static int key_is(const msgpack_object *k, const char *name)
 {
