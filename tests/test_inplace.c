@@ -155,6 +155,24 @@ START_TEST(store_in_place_round_trip)
 }
 END_TEST
 
+/* ---- --store-copy keeps the old path: own buffers, then a copy ---- */
+
+START_TEST(store_copy_flag_copies)
+{
+    const char *args[] = {"--store-copy", NULL};
+    uint8_t hb[8];
+    kvcd_bytes_t h = kvcd_test_hash(hb, 9);
+    kvcd_key_t base;
+
+    kvcd_test_start(&proc, &cli, args);
+    kvcd_keyset(&base, "inplace", 1, 0, 0, "");
+    assert_absent_then_storable(&base, h, 2 * MiB + 1, 5);
+    ck_assert_int_eq(stat_of("transport", "placed_frames"), 0);
+    ck_assert_int_eq(stat_of("counters", "stores"), 1);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
 /* ---- refused and dropped requests give their objects back ---- */
 
 typedef struct {
@@ -384,6 +402,7 @@ static Suite *suite(void)
 
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, store_in_place_round_trip);
+    tcase_add_test(tc, store_copy_flag_copies);
     tcase_add_test(tc, refused_store_gives_objects_back);
     tcase_add_test(tc, closed_mid_frame_gives_object_back);
     suite_add_tcase(s, tc);
