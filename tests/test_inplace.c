@@ -395,6 +395,54 @@ START_TEST(closed_mid_frame_gives_object_back)
 }
 END_TEST
 
+/* A LOAD that comes while its key's frame is being received in place waits
+ * for the STORE and gets its bytes. */
+START_TEST(load_waits_for_frame_in_flight)
+{
+    const char *args[] = {"--l1-size-gb", "0.25", NULL};
+    uint8_t hb[8];
+    kvcd_bytes_t h = kvcd_test_hash(hb, 78);
+    kvcd_key_t base;
+    char hdr[512], *data = malloc(2 * MiB);
+    unsigned char fh[9];
+    uint64_t flen = 2 * MiB, id;
+    kvcd_reply_t *r = NULL;
+    const void *p;
+    size_t len;
+    int fd, i;
+
+    kvcd_test_start(&proc, &cli, args);
+    kvcd_keyset(&base, "inplace", 1, 0, 0, "");
+    kvcd_fill_random(data, 2 * MiB, 21);
+    fd = zmtp_peer();
+    len = encode(hdr, sizeof(hdr), KVCD_OP_STORE, &base, &h, 1);
+    fh[0] = 1;
+    fh[1] = (unsigned char)len;
+    raw_write(fd, fh, 2);
+    raw_write(fd, hdr, len);
+    fh[0] = 2;
+    for (i = 0; i < 8; i++)
+        fh[1 + i] = (unsigned char)(flen >> (56 - 8 * i));
+    raw_write(fd, fh, 9);
+    raw_write(fd, data, 1 * MiB);
+    wait_stat("transport", "placed_frames", 1);
+    ck_assert_int_eq(kvcd_client_send(cli, KVCD_OP_LOAD, &base, &h, 1, NULL, NULL, &id), 0);
+    raw_write(fd, data + 1 * MiB, 1 * MiB);
+    ck_assert_int_eq(kvcd_client_wait(cli, id, 20000, &r), 0);
+    ck_assert_int_eq(kvcd_reply_hdr(r)->err, 0);
+    ck_assert_int_eq(kvcd_reply_hdr(r)->results[0], 0);
+    p = kvcd_reply_frame(r, 0, &len);
+    ck_assert_uint_eq(len, 2 * MiB);
+    ck_assert(memcmp(p, data, len) == 0);
+    kvcd_reply_free(r);
+    ck_assert_int_eq(stat_of("transport", "unplaced_frames"), 0);
+    ck_assert_int_eq(stat_of("counters", "stores"), 1);
+    close(fd);
+    free(data);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inplace");
@@ -405,6 +453,7 @@ static Suite *suite(void)
     tcase_add_test(tc, store_copy_flag_copies);
     tcase_add_test(tc, refused_store_gives_objects_back);
     tcase_add_test(tc, closed_mid_frame_gives_object_back);
+    tcase_add_test(tc, load_waits_for_frame_in_flight);
     suite_add_tcase(s, tc);
     return s;
 }
