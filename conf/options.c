@@ -28,6 +28,7 @@ enum {
     OPT_PIN_TIMEOUT, OPT_CONFIG, OPT_HELP_ADAPTER,
     OPT_MAX_SEGMENTS, OPT_MAX_SEGMENT_GB, OPT_SEGMENT_LEASE, OPT_PRINT_ENDPOINT,
     OPT_HTTP_HOST, OPT_HTTP_PORT,
+    OPT_STORE_COPY,
 };
 
 static const struct option longopts[] = {
@@ -41,6 +42,7 @@ static const struct option longopts[] = {
     {"l1-low-watermark", required_argument, NULL, OPT_LOW_WM},
     {"l1-hugepages", no_argument, NULL, OPT_HUGEPAGES},
     {"l1-mlock", no_argument, NULL, OPT_MLOCK},
+    {"store-copy", no_argument, NULL, OPT_STORE_COPY},
     {"max-workers", required_argument, NULL, OPT_MAX_WORKERS},
     {"l2-adapter", required_argument, NULL, OPT_L2_ADAPTER},
     {"plugin", required_argument, NULL, OPT_PLUGIN},
@@ -95,6 +97,8 @@ void kvcd_options_usage(const char *adapter_types)
 "  --l1-low-watermark F     evict down to this fraction of L1 (default 0.85)\n"
 "  --l1-hugepages           back L1 with huge pages if available (default off)\n"
 "  --l1-mlock               lock L1 in RAM; failing to is an error (default off)\n"
+"  --store-copy             receive STORE frames into their own buffers and copy\n"
+"                           them into L1 (default: read straight into L1)\n"
 "  --pin-timeout-ms N       a LOOKUP pins its prefix for the LOAD that follows;\n"
 "                           unloaded pins expire after N ms (default 10000)\n"
 "\n"
@@ -295,6 +299,9 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             break;
         case OPT_MLOCK:
             o->mlock = 1;
+            break;
+        case OPT_STORE_COPY:
+            o->store_copy = 1;
             break;
         case OPT_MAX_WORKERS:
             if (parse_u64(optarg, 1, 1024, &u))

@@ -44,6 +44,7 @@ typedef struct {
     double low_watermark;
     int hugepages;
     int mlock;
+    int store_copy;             /* --store-copy: no STORE frames received into L1 */
     int max_workers;
     kvcd_opt_log_t log_level;
     uint64_t max_keys;

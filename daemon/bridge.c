@@ -15,7 +15,12 @@
  *    above it every connection is paused, so the peers' kernels block them;
  *  - a connection whose unsent replies exceed --max-unsent-mb is paused by
  *    itself (a peer that does not read cannot make the daemon queue more),
- *    and resumed when its replies drain.
+ *    and resumed when its replies drain;
+ *  - a bulk frame the placer (bridge.h) claims is read straight into the
+ *    memory it names (an L1 object): the frame's record then holds the
+ *    placer's token, and releasing the frame before kvcd_frame_take gives the
+ *    token back through unplace, on every path (request refused, message
+ *    dropped mid-way, connection closed with a message half-received).
  *
  * Invariants: `sent` runs exactly once per kvcd_bridge_send, on the loop
  * thread, never inside the call; a kvcd_conn_t lives while a request from it
@@ -45,6 +50,7 @@ struct kvcd_conn_s {
     kvcd_peer_t peer;
     size_t unsent;            /* bulk bytes of this peer's unsent replies */
     int self_paused;          /* paused for its own unsent replies */
+    void *memo;               /* the placer's word for the message being received */
 };
 
 typedef struct {
@@ -74,6 +80,9 @@ struct kvcd_bridge_s {
     uint64_t held;            /* bytes of frames allocated and not freed */
     size_t unsent_hdr;        /* header bytes of unsent replies (malloc'd) */
     uint64_t discarded, unanswerable, self_pauses;
+    kvcd_bridge_placer_t placer;
+    uint64_t placed_frames, placed_bytes; /* bulk frames received in place */
+    uint64_t unplaced_frames;           /* ... and given back unused */
     char why[160];            /* the last dropped message's reason */
 };
 
@@ -102,33 +111,88 @@ static void admit(kvcd_bridge_t *b)
 
 /* ---- frames ---- */
 
-/* A frame's buffer: the byte count rides in front so a release needs only the
- * frame. */
+/* A frame's record: the byte count rides in front so a release needs only the
+ * frame. An ordinary frame's bytes follow it; a placed frame's bytes are the
+ * placer's, and `placed` holds its token until taken. */
 typedef struct {
     kvcd_bridge_t *b;
     size_t len;
+    void *placed;
     max_align_t data[];
 } fbuf_t;
+
+static void forget_memo(kvcd_bridge_t *b, kvcd_conn_t *c)
+{
+    if (c && c->memo) {
+        b->placer.forget(b->placer.data, c->memo);
+        c->memo = NULL;
+    }
+}
+
+/* Frame `index` >= 1 straight into the placer's memory, or NULL. */
+static void *frame_place(kvcd_bridge_t *b, kvcd_zconn_t *zc, size_t index, size_t len,
+                         void **owner)
+{
+    kvcd_conn_t *c = kvcd_zconn_data(zc);
+    void *const *pf, *const *po;
+    const size_t *pl;
+    void *dst, *token = NULL;
+    fbuf_t *f;
+
+    if (!c || kvcd_zconn_pending(zc, &pf, &pl, &po) < 1 || !pf[0])
+        return NULL;
+    dst = b->placer.place(b->placer.data, &c->memo, pf[0], pl[0], index, len, &token);
+    if (!dst)
+        return NULL;
+    f = malloc(sizeof(*f));
+    if (!f) {
+        b->placer.unplace(b->placer.data, token);
+        return NULL;
+    }
+    f->b = b;
+    f->len = len;
+    f->placed = token;
+    b->placed_frames++;
+    b->placed_bytes += len;
+    *owner = f;
+    return dst;
+}
 
 static void *frame_alloc(kvcd_zconn_t *zc, size_t index, size_t len, void **owner)
 {
     kvcd_bridge_t *b = kvcd_zsrv_data(kvcd_zconn_server(zc));
-    fbuf_t *f = malloc(sizeof(*f) + len);
+    void *dst = NULL;
+    fbuf_t *f;
 
-    if (!f)
-        return NULL; /* the transport drops the message and reports it */
-    f->b = b;
-    f->len = len;
+    if (b->placer.place) {
+        if (index == 0)
+            forget_memo(b, kvcd_zconn_data(zc)); /* a new message */
+        else
+            dst = frame_place(b, zc, index, len, owner);
+    }
+    if (!dst) {
+        f = malloc(sizeof(*f) + len);
+        if (!f)
+            return NULL; /* the transport drops the message and reports it */
+        f->b = b;
+        f->len = len;
+        f->placed = NULL;
+        *owner = f;
+        dst = f->data;
+    }
     b->held += len;
-    *owner = f;
     admit(b);
-    return f->data;
+    return dst;
 }
 
 static void fbuf_free(fbuf_t *f)
 {
     kvcd_bridge_t *b = f->b;
 
+    if (f->placed) {
+        b->placer.unplace(b->placer.data, f->placed);
+        b->unplaced_frames++;
+    }
     b->held -= f->len;
     free(f);
     admit(b);
@@ -138,6 +202,26 @@ static void frame_free(kvcd_zconn_t *zc, void *buf, size_t len, void *owner)
 {
     if (owner)
         fbuf_free(owner);
+}
+
+void *kvcd_frame_take(kvcd_frame_t *f)
+{
+    fbuf_t *fb = f->owner;
+    void *token;
+
+    if (!fb || !fb->placed)
+        return NULL;
+    token = fb->placed;
+    fb->placed = NULL;
+    return token;
+}
+
+void kvcd_bridge_set_placer(kvcd_bridge_t *b, const kvcd_bridge_placer_t *p)
+{
+    if (p)
+        b->placer = *p;
+    else
+        memset(&b->placer, 0, sizeof(b->placer));
 }
 
 void kvcd_frame_release(kvcd_frame_t *f)
@@ -160,6 +244,7 @@ void kvcd_conn_unref(kvcd_conn_t *c)
 {
     if (--c->refs > 0)
         return;
+    forget_memo(c->b, c);
     kvcd_zconn_unref(c->z);
     free(c);
 }
@@ -211,6 +296,7 @@ static void on_close(kvcd_zconn_t *zc)
 
     if (!c)
         return;
+    forget_memo(c->b, c);
     kvcd_zconn_set_data(zc, NULL);
     kvcd_conn_unref(c);
 }
@@ -253,6 +339,7 @@ static void on_message(kvcd_zconn_t *zc, void **frames, const size_t *lens, void
                 fbuf_free(owners[i]);
         return;
     }
+    forget_memo(c->b, c);
     deliver(c, frames, lens, owners, n, NULL);
 }
 
@@ -264,6 +351,7 @@ static void on_discard(kvcd_zconn_t *zc, const kvcd_zdiscard_t *d, void **frames
     size_t i;
 
     b->discarded++;
+    forget_memo(b, c);
     snprintf(b->why, sizeof(b->why), "%s (frame %zu of %zu, %" PRIu64 " bytes); it was not read",
              d->limit == KVCD_ZLIMIT_FRAME    ? "a bulk frame exceeds max_frame"
              : d->limit == KVCD_ZLIMIT_FRAMES ? "more frames than max_keys"
@@ -405,7 +493,7 @@ json_t *kvcd_bridge_status(const kvcd_bridge_t *b)
 
     kvcd_zsrv_stats(b->z, &zs);
     return json_pack("{s:{s:I, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I},"
-                     " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}",
+                     " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}",
                      "admission", "budget_bytes", (json_int_t)b->budget, "used_bytes",
                      (json_int_t)(b->held + b->unsent), "request_bytes", (json_int_t)b->held,
                      "unsent_bytes", (json_int_t)b->unsent, "per_connection_unsent_bytes",
@@ -420,7 +508,9 @@ json_t *kvcd_bridge_status(const kvcd_bridge_t *b)
                      "discarded", (json_int_t)zs.discarded, "unanswerable",
                      (json_int_t)b->unanswerable, "bytes_in", (json_int_t)zs.bytes_in,
                      "bytes_out", (json_int_t)zs.bytes_out, "bytes_direct",
-                     (json_int_t)zs.bytes_direct);
+                     (json_int_t)zs.bytes_direct, "placed_frames", (json_int_t)b->placed_frames,
+                     "placed_bytes", (json_int_t)b->placed_bytes, "unplaced_frames",
+                     (json_int_t)b->unplaced_frames);
 }
 
 /* ---- lifecycle ---- */

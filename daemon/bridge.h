@@ -76,6 +76,38 @@ void kvcd_bridge_destroy(kvcd_bridge_t *b);
 
 void kvcd_frame_release(kvcd_frame_t *f);
 
+/* Receiving bulk frames in place (optional): the request layer may say where
+ * a bulk frame goes before it is read, so that the kernel copies it straight
+ * into its final memory (an L1 object) and nothing copies it again.
+ *  - place(data, memo, hdr, hdr_len, index, len, &token): frame `index` (>= 1)
+ *    of `len` bytes of a message whose header (frame 0, whole) is hdr: return
+ *    the buffer to read it into and set *token (non-NULL), or NULL for an
+ *    ordinary buffer. *memo is one word per message being received (NULL at
+ *    its first call), for what place wants to keep between the frames of one
+ *    message (the decoded header); the bridge gives it to forget once the
+ *    message is delivered or dropped, or the connection closes;
+ *  - unplace(data, token): the frame was released without kvcd_frame_take
+ *    (message dropped mid-way, request refused, connection closed): undo;
+ *  - forget(data, memo): free a non-NULL memo.
+ * All three run on the loop thread, inside the transport's receive path:
+ * they must not send, close or pause. A placed frame counts against the
+ * admission budget like any other until it is released. */
+typedef struct {
+    void *(*place)(void *data, void **memo, const void *hdr, size_t hdr_len, size_t index,
+                   size_t len, void **token);
+    void (*unplace)(void *data, void *token);
+    void (*forget)(void *data, void *memo);
+    void *data;
+} kvcd_bridge_placer_t;
+
+/* Install (copied) or remove (NULL) the placer; before any message arrives. */
+void kvcd_bridge_set_placer(kvcd_bridge_t *b, const kvcd_bridge_placer_t *p);
+
+/* The token of a frame received in place, which the caller takes over (a
+ * later release then only drops the frame's accounting, not the token); NULL
+ * for an ordinary frame or one already taken. f->data stays valid. */
+void *kvcd_frame_take(kvcd_frame_t *f);
+
 void kvcd_conn_ref(kvcd_conn_t *c);
 void kvcd_conn_unref(kvcd_conn_t *c);
 /* Bytes that identify the peer for as long as it is connected (segment

@@ -6,7 +6,12 @@
  *    publish); a store that cannot complete unlinks what it reserved;
  *  - an object is referenced while a copy runs into or out of it and while a
  *    zero-copy reply frame points into it (the bridge's `sent` drops it);
- *  - a request that breaks a limit changes nothing and gets a typed error.
+ *  - a request that breaks a limit changes nothing and gets a typed error;
+ *  - a STORE bulk frame may be received in place (kvcd_store_place, the
+ *    bridge's placer): its L1 object is reserved (WRITING: a store in
+ *    progress, as during a copy; LOADs wait for it) before the bytes are read, the STORE takes it over (kvcd_frame_take) and
+ *    publishes it without a copy; every other path gives it back through
+ *    kvcd_store_unplace, which unlinks it, so a partial store stays invisible.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -98,6 +103,12 @@ static void store_copied(call_t *call)
     store_finish(call);
 }
 
+/* A frame received in place already is its object's bytes. */
+static int store_in_place(call_t *call, size_t i)
+{
+    return !call->seg && call->frames[i].data == call->objs[i]->data;
+}
+
 /* Copy the frames into the reserved objects: small stores inline, big ones on
  * the copy executor, sliced so that one request's copies run on every copy
  * thread at once and the loop never stalls on them. */
@@ -114,14 +125,14 @@ static void store_copy(call_t *call)
         return kvcd_call_error(call, KVCD_ESEGMENT, "segment was unregistered before the copy");
     }
     for (i = 0; i < n; i++) {
-        if (!call->objs[i])
+        if (!call->objs[i] || store_in_place(call, i))
             continue;
         total += call->objs[i]->size;
         ntasks += (call->objs[i]->size + KVCD_COPY_SLICE - 1) / KVCD_COPY_SLICE;
     }
     if (total <= KVCD_INLINE_COPY) {
         for (i = 0; i < n; i++)
-            if (call->objs[i])
+            if (call->objs[i] && !store_in_place(call, i))
                 memcpy(call->objs[i]->data, store_src(call, i), call->objs[i]->size);
         return store_finish(call);
     }
@@ -133,7 +144,7 @@ static void store_copy(call_t *call)
     ntasks = 0;
     for (i = 0; i < n; i++) {
         obj = call->objs[i];
-        if (!obj)
+        if (!obj || store_in_place(call, i))
             continue;
         for (off = 0; off < obj->size; off += KVCD_COPY_SLICE) {
             copy_task_t *t = &call->tasks[ntasks++];
@@ -167,6 +178,11 @@ int kvcd_store_reserve(call_t *call, int force)
     for (i = call->store_next; i < n; i++) {
         size_t len = store_len(call, i);
 
+        if (!call->seg && (obj = kvcd_frame_take(&call->frames[i]))) {
+            /* Received in place: reserved for this key when its frame came. */
+            call->objs[i] = obj;
+            continue;
+        }
         kvcd_req_key(&call->req, i, &k);
         h = kvcd_key_hash(&k);
         obj = kvcd_l1_find(srv->l1, &k, h);
@@ -227,6 +243,67 @@ void kvcd_op_store(call_t *call)
         return kvcd_call_error(call, -ENOMEM, "out of memory");
     if (!kvcd_store_reserve(call, 0))
         kvcd_call_park(call, kvcd_store_reserve);
+}
+
+/* ---- STORE frames received in place (the bridge's placer, bridge.h) ---- */
+
+/* One message's decoded header, kept while its frames arrive. */
+typedef struct {
+    int decoded; /* req holds a decoded header (to free) */
+    int store;   /* ... of a STORE, while the server runs */
+    kvcd_req_t req;
+} place_memo_t;
+
+void *kvcd_store_place(void *data, void **memo, const void *hdr, size_t hdr_len, size_t index,
+                       size_t len, void **token)
+{
+    kvcd_server_t *srv = data;
+    place_memo_t *m = *memo;
+    kvcd_obj_t *obj;
+    kvcd_key_t k;
+    uint64_t h;
+    char msg[8];
+
+    /* Small frames: the copy costs less than decoding the header early. */
+    if (len < KVCD_PLACE_MIN || len > srv->opt->max_frame || srv->state != KVCD_STATE_RUNNING)
+        return NULL;
+    if (!m) {
+        m = calloc(1, sizeof(*m));
+        if (!m)
+            return NULL;
+        *memo = m;
+        m->decoded = kvcd_proto_decode_req(hdr, hdr_len, srv->opt->max_keys, &m->req, msg,
+                                           sizeof(msg)) == 0;
+        m->store = m->decoded && m->req.op == KVCD_OP_STORE;
+    }
+    if (!m->store || index > m->req.nkeys)
+        return NULL; /* dispatch answers what is wrong with it */
+    kvcd_req_key(&m->req, index - 1, &k);
+    h = kvcd_key_hash(&k);
+    /* Present or being written (also by this message): the ordinary path
+     * counts it as a duplicate. No space without waiting: the ordinary path
+     * waits for write-behind, with the frame in its own buffer. */
+    if (kvcd_l1_find(srv->l1, &k, h) || kvcd_l1_reserve(srv->l1, &k, h, len, &obj) != 0)
+        return NULL;
+    *token = obj;
+    return obj->data;
+}
+
+void kvcd_store_unplace(void *data, void *token)
+{
+    kvcd_server_t *srv = data;
+
+    kvcd_l1_unlink(srv->l1, token);
+    kvcd_l1_unref(srv->l1, token);
+}
+
+void kvcd_store_forget(void *data, void *memo)
+{
+    place_memo_t *m = memo;
+
+    if (m->decoded)
+        kvcd_proto_req_free(&m->req);
+    free(m);
 }
 
 /* ---- LOOKUP ---- */

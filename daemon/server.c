@@ -214,6 +214,10 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
                             err, errlen);
     if (rc != 0)
         goto fail;
+    if (!opt->store_copy)
+        kvcd_bridge_set_placer(srv->bridge, &(kvcd_bridge_placer_t){kvcd_store_place,
+                                                                     kvcd_store_unplace,
+                                                                     kvcd_store_forget, srv});
 
     uv_timer_init(loop, &srv->park_timer);
     uv_signal_init(loop, &srv->sigterm);

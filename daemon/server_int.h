@@ -147,6 +147,11 @@ int kvcd_store_reserve(call_t *call, int force);
 void kvcd_store_drop(call_t *call);
 kvcd_obj_t **kvcd_find_for_load(call_t *call, int force, int *wait);
 void kvcd_call_cleanup_store(call_t *call);
+/* The bridge's placer (bridge.h): STORE bulk frames straight into L1. */
+void *kvcd_store_place(void *data, void **memo, const void *hdr, size_t hdr_len, size_t index,
+                       size_t len, void **token);
+void kvcd_store_unplace(void *data, void *token);
+void kvcd_store_forget(void *data, void *memo);
 
 /* shmops.c */
 void kvcd_op_register_segment(call_t *call);
@@ -163,5 +168,6 @@ void kvcd_server_step(kvcd_server_t *srv);
 
 #define KVCD_INLINE_COPY (256u << 10) /* smaller copies run on the loop */
 #define KVCD_COPY_SLICE (4u << 20)    /* a copy task moves at most this */
+#define KVCD_PLACE_MIN (64u << 10)    /* smaller STORE frames are copied */
 
 #endif

@@ -19,6 +19,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,6 +354,19 @@ static int take_abandoned(kvcd_client_t *c, uint64_t id)
         }
     }
     return 0;
+}
+
+int kvcd_client_keep_memory(void)
+{
+#ifdef __GLIBC__
+    /* One arena: ZeroMQ's I/O thread allocates the frames and the caller's
+     * thread frees them; no mmap'd blocks (glibc caps M_MMAP_THRESHOLD at
+     * 32 MiB, so a 32 MiB frame would still be mapped); no trimming. */
+    if (mallopt(M_ARENA_MAX, 1) == 1 && mallopt(M_MMAP_MAX, 0) == 1 &&
+        mallopt(M_TRIM_THRESHOLD, (int)(((unsigned)-1) >> 1)) == 1)
+        return 0;
+#endif
+    return -ENOTSUP;
 }
 
 /* Receive one whole reply, waiting at most until deadline. */

@@ -47,6 +47,18 @@ typedef struct kvcd_reply_s kvcd_reply_t;
 int kvcd_client_connect(const char *endpoint, int timeout_ms, kvcd_client_t **out);
 void kvcd_client_close(kvcd_client_t *c);
 
+/* Opt-in, process-wide: make the buffers ZeroMQ allocates for every received
+ * frame (one malloc per LOAD frame, of the frame's size) reuse memory instead
+ * of faulting in fresh pages each time. glibc maps every block above its mmap
+ * threshold (at most 32 MiB) anew and unmaps it on free, so without this each
+ * page of a large LOAD frame is a page fault (docs/PERFORMANCE.md). It sets
+ * glibc's malloc to one arena, no mmap'd blocks, no trimming: freed memory
+ * stays with the process (its peak heap is kept) for the next frames. Call it
+ * once, before the first kvcd_client_connect and before the process starts
+ * other threads (an arena is chosen per thread at its first malloc). 0, or
+ * -ENOTSUP where the C library is not glibc or refuses. */
+int kvcd_client_keep_memory(void);
+
 /* The key set shared by the keys of one request: model, kv_rank, group, salt.
  * Fills base (borrowing model and salt). */
 void kvcd_keyset(kvcd_key_t *base, const char *model, uint32_t world_size,

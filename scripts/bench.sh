@@ -1,7 +1,8 @@
 #!/bin/sh
 # bench.sh - kvcd's performance suite in one run, printed as one table.
 #
-#   scripts/bench.sh [--quick] [--workers LIST] [--build DIR] [--no-build] [--csv FILE]
+#   scripts/bench.sh [--quick] [--sizes LIST] [--workers LIST] [--build DIR] [--no-build]
+#                    [--csv FILE]
 #
 # Builds the benchmark programs, then runs, each against its own private kvcd
 # on an ipc:// socket in a temp dir:
@@ -14,12 +15,18 @@
 #   tests/bench/bench_kv.c      what a user would pick instead: a private
 #                               redis-server (hiredis, pipelined SET/GET) and
 #                               memcached (ASCII protocol, pipelined set/get),
-#                               each on a unix socket;
-# for 1, 4 and 16 MiB chunks in batches of 16, and prints absolute figures and
-# the ratios the targets in docs/PERFORMANCE.md are stated in.
+#                               and the transport's ceiling, a plain stream of
+#                               the same bytes, each on a unix socket;
+# for 2, 8 and 32 MiB chunks (KV chunks of real models: DeepSeek-V2-Lite MLA
+# ~8 MiB, Llama-3-8B bf16 32 MiB per 256 tokens) in batches of 16, with the
+# server's CPU per GB and page faults per MB next to each throughput, and
+# prints absolute figures and the ratios the targets in docs/PERFORMANCE.md are
+# stated in.
 #
 #   --quick          smoke run (one short repetition each): checks the suite
 #                    works, the figures are not meaningful
+#   --sizes LIST     chunk sizes in MiB (default 2,8,32; at most 32, memcached's
+#                    item limit here)
 #   --workers LIST   threadpool sizes for the shared-memory rows (default 1,2)
 #   --build DIR      build directory (default build)
 #   --no-build       use the programs already built in DIR
@@ -35,12 +42,14 @@ command="scripts/bench.sh${*:+ $*}"
 build=build
 quick=
 workers=1,2
+sizes=2,8,32
 do_build=1
 csv_keep=
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) quick=--quick ;;
     --workers) workers=$2; shift ;;
+    --sizes) sizes=$2; shift ;;
     --build) build=$2; shift ;;
     --no-build) do_build= ;;
     --csv) csv_keep=$2; shift ;;
@@ -76,12 +85,19 @@ machine() {
 start=$(date -u '+%Y-%m-%d %H:%M UTC')
 machine > "$tmp/machine"
 echo "bench.sh: bench_frames (memcpy, raw ZeroMQ, kvcd frames, latency)..." >&2
-KVCD_BIN="$build/kvcd" "$build/bench/bench_frames" --csv --no-single $quick \
-    "$build/kvcd" > "$tmp/frames.csv"
+# L1 holds two requests in flight and the load set of 16 chunks of the largest size.
+max_mib=$(echo "$sizes" | tr ',' '\n' | sort -n | tail -n 1)
+l1_gb=$(( (max_mib * 16 * 3 + 1023) / 1024 ))
+[ "$l1_gb" -ge 1 ] || l1_gb=1
+# --client-keep: the client opts in to kvcd_client_keep_memory(), as a client
+# receiving large LOAD frames should (docs/PERFORMANCE.md).
+KVCD_BIN="$build/kvcd" "$build/bench/bench_frames" --csv --no-single --client-keep $quick \
+    --sizes "$sizes" --l1-gb "$l1_gb" "$build/kvcd" > "$tmp/frames.csv"
 echo "bench.sh: bench_shm (kvcd shared memory, workers $workers)..." >&2
-"$build/bench/bench_shm" --csv --workers "$workers" $quick "$build/kvcd" > "$tmp/shm.csv"
-echo "bench.sh: bench_kv (Redis and memcached on unix sockets)..." >&2
-"$build/bench/bench_kv" --csv $quick > "$tmp/kv.csv"
+"$build/bench/bench_shm" --csv --workers "$workers" $quick --sizes "$sizes" --l1-gb "$l1_gb" \
+    "$build/kvcd" > "$tmp/shm.csv"
+echo "bench.sh: bench_kv (Redis, memcached, a plain stream on unix sockets)..." >&2
+"$build/bench/bench_kv" --csv $quick --sizes "$sizes" > "$tmp/kv.csv"
 if [ -n "$csv_keep" ]; then
     cat "$tmp/frames.csv" "$tmp/shm.csv" "$tmp/kv.csv" > "$csv_keep"
 fi
@@ -122,6 +138,14 @@ def get(rs, op, size, key, **kw):
     return None
 
 
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def verdict(ok):
+    return "met" if ok else "MISSED"
+
+
 def line(label, vals, fmt="%8.2f"):
     cells = [(fmt % v) if v is not None else "%8s" % "-" for v in vals]
     print("%-44s %s" % (label, " ".join(cells)))
@@ -133,16 +157,34 @@ print("command: %s" % args)
 if quick:
     print("QUICK RUN: one short repetition per figure; not for comparison")
 print()
+print("C client with kvcd_client_keep_memory(); servers on unix sockets; CPU and faults")
+print("per GB / MB moved, of the server process (kvcd: the daemon) unless said")
+print()
 print("%-44s %s" % ("throughput, batches of 16 chunks, GB/s",
                     " ".join("%6d MiB" % s for s in sizes)))
 print("-" * (45 + 9 * len(sizes)))
 line("memcpy, one thread", [get(thr, "store", s, "memcpy_gbps") for s in sizes])
 for op in ("store", "load"):
     line("raw ZeroMQ ipc:// %s" % op, [get(thr, op, s, "raw_gbps") for s in sizes])
+def kvget(op, size, key, server):
+    return get(kv, op, size, key, server=server)
+
+
 for op in ("store", "load"):
     line("kvcd frames %s" % op, [get(thr, op, s, "kvcd_gbps") for s in sizes])
-    line("  x raw ZeroMQ (target >= 0.80)", [get(thr, op, s, "kvcd_over_raw") for s in sizes],
+    line("  daemon CPU ms per GB", [get(thr, op, s, "kvcd_daemon_cpu_ms_per_gb") for s in sizes],
+         "%8.0f")
+    line("  daemon page faults per MB",
+         [get(thr, op, s, "kvcd_daemon_faults_per_mb") for s in sizes])
+    line("  client + daemon page faults per MB",
+         [get(thr, op, s, "kvcd_faults_per_mb") for s in sizes])
+    line("  x raw ZeroMQ", [get(thr, op, s, "kvcd_over_raw") for s in sizes], "%7.2fx")
+    line("  x plain stream (target >= 0.80)",
+         [ratio(get(thr, op, s, "kvcd_gbps"), kvget(op, s, "gbps", "stream")) for s in sizes],
          "%7.2fx")
+    line("  x memcached (target >= 1.00)",
+         [ratio(get(thr, op, s, "kvcd_gbps"), kvget(op, s, "gbps", "memcached"))
+          for s in sizes], "%7.2fx")
 for w in workers:
     for op in ("store", "load"):
         line("kvcd shared memory %s, %d worker%s" % (op, w, "s" if w > 1 else ""),
@@ -153,16 +195,16 @@ for w in workers:
 # workers measured (Redis is single-threaded for commands).
 w0 = workers[0] if workers else None
 others = (("Redis", "Redis (hiredis)"), ("memcached", "memcached (ASCII)"))
-
-
-def ratio(a, b):
-    return a / b if a is not None and b else None
-
+baselines = others + (("stream", "plain unix-socket stream"),)
 
 for op in ("store", "load"):
-    for name, label in others:
-        line("%s %s, pipelined" % (label, op), [get(kv, op, s, "gbps", server=name)
-                                                for s in sizes])
+    for name, label in baselines:
+        line("%s %s" % (label, op), [kvget(op, s, "gbps", name) for s in sizes])
+        if kv and "server_cpu_ms_per_gb" in kv[0]:
+            line("  server CPU ms per GB", [kvget(op, s, "server_cpu_ms_per_gb", name)
+                                            for s in sizes], "%8.0f")
+            line("  server page faults per MB", [kvget(op, s, "server_faults_per_mb", name)
+                                                 for s in sizes])
 for op in ("store", "load"):
     for name, _ in others:
         line("kvcd frames %s x %s (target >= 2)" % (op, name),
@@ -187,11 +229,22 @@ if lat:
                                                 float(r["median_us"]) / ping))
     print()
 
+print("targets, frames at every size (issue: frames at real KV chunk sizes):")
+for op in ("store", "load"):
+    for name, want in (("stream", 0.8), ("memcached", 1.0)):
+        vals = [ratio(get(thr, op, s, "kvcd_gbps"), kvget(op, s, "gbps", name)) for s in sizes]
+        if any(v is None for v in vals) or not vals:
+            continue
+        print("  %-40s %s %s" % ("frame %s >= %.2fx %s:" % (op, want, name),
+                                 " ".join("%.2fx" % v for v in vals),
+                                 verdict(min(vals) >= want)))
+    faults = [get(thr, op, s, "kvcd_daemon_faults_per_mb") for s in sizes]
+    if op == "store" and faults and all(v is not None for v in faults):
+        print("  %-40s %s %s" % ("daemon page faults per MB stored < 1:",
+                                 " ".join("%.2f" % v for v in faults),
+                                 verdict(max(faults) < 1.0)))
+print()
 print("targets (4 MiB unless said):")
-
-
-def verdict(ok):
-    return "met" if ok else "MISSED"
 
 
 for op in ("store", "load"):

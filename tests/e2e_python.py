@@ -195,6 +195,34 @@ class E2E(unittest.TestCase):
             self.assertEqual(self.c.remove(self.model, hashes[i:i + per_req]),
                              [0] * len(hashes[i:i + per_req]))
 
+    def test_keep_receive_memory(self):
+        # Process-wide, so in a process of its own: the opt-in takes, and large
+        # frames still round-trip byte for byte (received straight into L1).
+        size = min(8 * MiB, self.limits["max_frame"])
+        script = (
+            "import os, sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import kvcd_client\n"
+            "assert kvcd_client.keep_receive_memory() is True\n"
+            "c = kvcd_client.Client(sys.argv[2], timeout_ms=10000)\n"
+            "d = [os.urandom(%d) for _ in range(3)]\n"
+            "h = [b'keep-%%d' %% i for i in range(3)]\n"
+            "for r in range(2):\n"
+            "    assert c.store('test/keep', h, d) == [0, 0, 0]\n"
+            "    got = c.load('test/keep', h)\n"
+            "    assert got.codes == [0, 0, 0]\n"
+            "    assert all(g == x for g, x in zip(got, d))\n"
+            "    assert c.remove('test/keep', h) == [0, 0, 0]\n"
+            "c.close()\n"
+            "print('ok')\n" % size)
+        pydir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "protocol",
+                             "python")
+        out = subprocess.run([sys.executable, "-c", script, pydir, MAIN.endpoint],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "ok")
+        self.assertPings()
+
     def test_lookup_prefix(self):
         hs = [b"key-0", b"key-1", b"key-2", b"key-3"]
         self.assertEqual(self.c.store(self.model, [hs[0], hs[1], hs[3]],

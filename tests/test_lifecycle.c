@@ -201,8 +201,10 @@ END_TEST
 START_TEST(test_item02_late_copy_after_deadline)
 {
     char spec[512];
+    /* --store-copy: frames received straight into L1 need no copy to be late. */
     const char *args[] = {"--l1-size-gb", "0.75", "--shutdown-timeout-ms", "1",
-                          "--max-request-mb", "1024", "--l2-adapter", NULL, NULL};
+                          "--max-request-mb", "1024", "--store-copy", "--l2-adapter", NULL,
+                          NULL};
     size_t n = 8, i, len[8];
     const void *b[8];
     void *big = malloc(64 * MiB);
@@ -215,7 +217,7 @@ START_TEST(test_item02_late_copy_after_deadline)
     ck_assert_int_eq(kvcd_proc_start(&proc, NULL), 0);
     kvcd_proc_stop(&proc, SIGTERM, 5000);
     mkdir(proc.dir, 0700);
-    args[7] = fs_spec(spec, sizeof(spec), NULL);
+    args[8] = fs_spec(spec, sizeof(spec), NULL);
     ck_assert_int_eq(kvcd_proc_restart(&proc, args), 0);
     ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &cli), 0);
     kvcd_fill_random(big, 64 * MiB, 3);

@@ -217,6 +217,31 @@ class Segment:
                                                     " closed" if self.closed else "")
 
 
+def keep_receive_memory():
+    """Opt-in, process-wide (the C client's ``kvcd_client_keep_memory``): make
+    the buffers libzmq allocates for every received frame reuse memory instead
+    of faulting in fresh pages each time. glibc maps every block above its mmap
+    threshold (at most 32 MiB) anew and unmaps it on free, so without this every
+    page of a large LOAD frame is a page fault. Sets glibc's malloc to one
+    arena, no mmap'd blocks, no trimming: freed memory stays with the process.
+    Call it once, before the first ``Client`` (and before ZeroMQ or other
+    threads start). Returns True, or False where the C library is not glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # glibc only
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+    return (mallopt(M_ARENA_MAX, 1) == 1 and mallopt(M_MMAP_MAX, 0) == 1
+            and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+
+
 def kv_rank(world_size=1, worker_id=0):
     """LMCache's packed rank: world_size<<24 | worker_id<<16 | world_size<<8 | worker_id."""
     w, i = world_size & 0xFF, worker_id & 0xFF

@@ -86,6 +86,7 @@ typedef struct {
     int verbose;
     int mlock;
     int malloc_keep;
+    int client_keep; /* kvcd_client_keep_memory() in this process */
     unsigned only; /* bit per job_kind_t, and ONLY_LATENCY */
     const char *bin;
 } opts_t;
@@ -526,6 +527,7 @@ typedef struct {
     double cpu_ms_gb; /* client + server CPU ms per GB moved */
     double srv_ms_gb; /* server-side share (kvcd: the daemon; raw: n/a) */
     double faults_mb; /* minor page faults per MB moved, client + server */
+    double srv_faults_mb; /* ... of them the daemon's (kvcd only) */
     uint64_t requests;
 } run_t;
 
@@ -575,7 +577,7 @@ static run_t run_job(job_kind_t k, size_t size, size_t n, int depth, double min_
 {
     uint64_t tags[MAX_DEPTH], issued = 0, done = 0, key0 = next_key;
     int is_kvcd = k == J_KVCD_STORE || k == J_KVCD_LOAD;
-    double t0, t1, c0, c1, d0 = 0, d1 = 0, f0, f1;
+    double t0, t1, c0, c1, d0 = 0, d1 = 0, f0, f1, df0, df1;
     run_t r;
 
     /* Untimed: bring the load set in (stores evict it), or for a STORE run
@@ -584,7 +586,8 @@ static run_t run_job(job_kind_t k, size_t size, size_t n, int depth, double min_
     if (k == J_KVCD_LOAD || k == J_KVCD_STORE)
         kvcd_ensure_loadset(size);
     c0 = bench_self_cpu();
-    f0 = bench_proc_faults(getpid()) + (is_kvcd ? bench_proc_faults(D.pid) : 0);
+    df0 = is_kvcd ? bench_proc_faults(D.pid) : 0;
+    f0 = bench_proc_faults(getpid()) + df0;
     if (is_kvcd)
         d0 = bench_proc_cpu(D.pid);
     t0 = bench_now();
@@ -600,7 +603,8 @@ static run_t run_job(job_kind_t k, size_t size, size_t n, int depth, double min_
     }
     t1 = bench_now();
     c1 = bench_self_cpu();
-    f1 = bench_proc_faults(getpid()) + (is_kvcd ? bench_proc_faults(D.pid) : 0);
+    df1 = is_kvcd ? bench_proc_faults(D.pid) : 0;
+    f1 = bench_proc_faults(getpid()) + df1;
     if (is_kvcd)
         d1 = bench_proc_cpu(D.pid);
 
@@ -629,6 +633,7 @@ static run_t run_job(job_kind_t k, size_t size, size_t n, int depth, double min_
         r.cpu_ms_gb = ((c1 - c0) + (d1 - d0)) * 1000.0 / gb;
         r.srv_ms_gb = is_kvcd ? (d1 - d0) * 1000.0 / gb : 0.0;
         r.faults_mb = (f1 - f0) / (gb * 1000.0);
+        r.srv_faults_mb = (df1 - df0) / (gb * 1000.0);
     }
     if (O.verbose)
         fprintf(stderr,
@@ -679,7 +684,8 @@ static double median_of(run_t *runs, int reps, int field)
         v[i] = field == 0   ? runs[i].gbps
                : field == 1 ? runs[i].cpu_ms_gb
                : field == 2 ? runs[i].srv_ms_gb
-                            : runs[i].faults_mb;
+               : field == 3 ? runs[i].faults_mb
+                            : runs[i].srv_faults_mb;
     return bench_median(v, (size_t)reps);
 }
 
@@ -711,6 +717,7 @@ static void measure_row(row_t *row)
         row->med[k].cpu_ms_gb = median_of(runs[k], O.reps, 1);
         row->med[k].srv_ms_gb = median_of(runs[k], O.reps, 2);
         row->med[k].faults_mb = median_of(runs[k], O.reps, 3);
+        row->med[k].srv_faults_mb = median_of(runs[k], O.reps, 4);
     }
 }
 
@@ -740,18 +747,19 @@ static void print_table(const row_t *rows, size_t nrows, const lat_t *lat, size_
     if (O.csv) {
         printf("section,op,chunk_mib,batch,raw_gbps,kvcd_gbps,kvcd_over_raw,memcpy_gbps,"
                "kvcd_over_memcpy,raw_cpu_ms_per_gb,kvcd_cpu_ms_per_gb,"
-               "kvcd_daemon_cpu_ms_per_gb,raw_faults_per_mb,kvcd_faults_per_mb\n");
+               "kvcd_daemon_cpu_ms_per_gb,raw_faults_per_mb,kvcd_faults_per_mb,"
+               "kvcd_daemon_faults_per_mb\n");
         for (i = 0; i < nrows; i++)
             for (op = 0; op < 2; op++) {
                 const run_t *raw = &rows[i].med[op ? J_RAW_LOAD : J_RAW_STORE];
                 const run_t *kv = &rows[i].med[op ? J_KVCD_LOAD : J_KVCD_STORE];
 
                 printf("throughput,%s,%zu,%zu,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,%.0f,%.0f,%.1f,"
-                       "%.1f\n",
+                       "%.1f,%.2f\n",
                        ops[op], rows[i].size >> 20, rows[i].batch, raw->gbps, kv->gbps,
                        raw->gbps > 0 ? kv->gbps / raw->gbps : 0, rows[i].memcpy_gbps,
                        kv->gbps / rows[i].memcpy_gbps, raw->cpu_ms_gb, kv->cpu_ms_gb, kv->srv_ms_gb,
-                       raw->faults_mb, kv->faults_mb);
+                       raw->faults_mb, kv->faults_mb, kv->srv_faults_mb);
             }
         if (lat_measured(lat)) {
             printf("section,name,median_us,p99_us,median_over_ping\n");
@@ -768,6 +776,8 @@ static void print_table(const row_t *rows, size_t nrows, const lat_t *lat, size_
            O.depth > 1 ? "s" : "", O.reps, O.reps > 1 ? "s" : "");
     if (O.malloc_keep)
         printf("glibc malloc tuned in both processes: GLIBC_TUNABLES=%s\n", MALLOC_KEEP);
+    if (O.client_keep)
+        printf("client: kvcd_client_keep_memory() (received frames reuse memory)\n");
     printf("GB/s = 1e9 bytes/s; cpu = CPU ms per GB moved, client + server (kvcd: daemon "
            "share in brackets);\nflt = minor page faults per MB moved, client + server "
            "(256 = every byte landed on a fresh 4 KiB page)\n\n");
@@ -966,6 +976,8 @@ static void usage(FILE *f)
                "                   freed memory (one arena, no trimming, no mmap below 32 MiB),\n"
                "                   so that received frames reuse warm pages instead of faulting\n"
                "                   in fresh ones; an experiment, not kvcd's default\n"
+               "  --client-keep    call kvcd_client_keep_memory() in this program (the C\n"
+               "                   client's opt-in: received LOAD frames reuse memory)\n"
                "  --only LIST      run only these parts (for profiling): raw-store, kvcd-store,\n"
                "                   raw-load, kvcd-load, latency, comma separated\n"
                "  --quick          smoke run: 1 rep, short runs, 200 latency iterations, L1\n"
@@ -1019,6 +1031,7 @@ static void parse_args(int argc, char **argv)
         {"no-mlock", no_argument, NULL, 'M'},
         {"only", required_argument, NULL, 'o'},
         {"malloc-keep", no_argument, NULL, 'K'},
+        {"client-keep", no_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1073,6 +1086,9 @@ static void parse_args(int argc, char **argv)
             break;
         case 'M':
             O.mlock = 0;
+            break;
+        case 'C':
+            O.client_keep = 1;
             break;
         case 'K':
             O.malloc_keep = 1;
@@ -1142,6 +1158,8 @@ int main(int argc, char **argv)
     parse_args(argc, argv);
     if (O.malloc_keep)
         malloc_keep_reexec(argv);
+    if (O.client_keep && kvcd_client_keep_memory() != 0)
+        bench_fail("kvcd_client_keep_memory: not supported by this C library");
     for (i = 0; i < O.nsizes; i++)
         if (O.sizes[i] > maxsize)
             maxsize = O.sizes[i];

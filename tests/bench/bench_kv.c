@@ -1,5 +1,6 @@
 /*
- * bench_kv.c - what a user would pick instead of kvcd: Redis and memcached.
+ * bench_kv.c - what a user would pick instead of kvcd (Redis, memcached), and
+ * the transport's ceiling (a plain unix-socket stream of the same bytes).
  *
  * One run starts a private redis-server and a private memcached, each on a unix
  * socket in a fresh temp dir, and measures, for each value size (default 1, 4
@@ -51,13 +52,13 @@
 #define MAX_SIZES 8
 #define MAX_BATCH 64
 #define MAX_REPS 16
-#define NSERVERS 2
+#define NSERVERS 3
 #define WATCHDOG_S 120
 #define BUDGET_S 25.0 /* no new repetition after this (each figure has at least one) */
 #define START_MS 10000
 
-enum { S_REDIS, S_MEMCACHED };
-static const char *const server_name[NSERVERS] = {"Redis", "memcached"};
+enum { S_REDIS, S_MEMCACHED, S_STREAM };
+static const char *const server_name[NSERVERS] = {"Redis", "memcached", "stream"};
 
 /* ---- options ---- */
 
@@ -75,7 +76,7 @@ static struct {
 /* ---- the servers, their temp dir, and cleanup on every path ---- */
 
 static char tmpdir[256];
-static char files[4][320]; /* sockets and logs, removed with the dir */
+static char files[5][320]; /* sockets and logs, removed with the dir */
 static pid_t pids[NSERVERS];
 
 static void cleanup_now(void)
@@ -88,7 +89,7 @@ static void cleanup_now(void)
             waitpid(pids[i], NULL, 0);
             pids[i] = 0;
         }
-    for (i = 0; i < 4; i++)
+    for (i = 0; i < 5; i++)
         if (files[i][0])
             unlink(files[i]);
     if (tmpdir[0])
@@ -410,7 +411,7 @@ static void mc_read(void *dst, size_t n)
 static void mc_start(const char *sock, const char *log)
 {
     const char *argv[] = {"memcached", "-s",  sock, "-a", "0700", "-m",   "4096",
-                          "-I",        "32m", "-U", "0",  "-u",   "root", NULL};
+                          "-I",        "64m", "-U", "0",  "-u",   "root", NULL};
     double deadline = bench_now() + START_MS / 1000.0;
     struct iovec iov;
 
@@ -493,6 +494,124 @@ static void mc_load(char keys[][32], size_t n, size_t size, uint8_t *const *dst)
         fail("memcached get: '%.80s' after the values, want END", line);
 }
 
+/* ---- a plain unix-socket stream of the same bytes: the ceiling ---- */
+
+/* A child process that keeps MAX_BATCH slots of the largest value size, mapped
+ * and faulted in once, and serves a minimal protocol on one connection: a
+ * 16-byte request {op 'S' or 'L', slot, length}; 'S' is followed by the bytes,
+ * read into the slot, and answered with one byte; 'L' is answered with the
+ * slot's bytes. No parsing, no allocation, no copy beyond the kernel's: what
+ * any server of frames over this transport can at best reach. */
+static int ST = -1;
+
+typedef struct {
+    uint32_t op, slot;
+    uint64_t len;
+} st_req_t;
+
+static int st_full(int fd, void *p, size_t len, int wr)
+{
+    char *b = p;
+
+    while (len) {
+        ssize_t n = wr ? write(fd, b, len) : read(fd, b, len);
+
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            return -1;
+        }
+        b += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static void stream_serve(int lfd, size_t maxsize)
+{
+    uint8_t *slots = mmap(NULL, (size_t)MAX_BATCH * maxsize, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    int fd = accept(lfd, NULL, NULL);
+    st_req_t q;
+    char ack = 1;
+
+    if (slots == MAP_FAILED || fd < 0)
+        _exit(1);
+    while (st_full(fd, &q, sizeof(q), 0) == 0) {
+        uint8_t *slot = slots + (size_t)(q.slot % MAX_BATCH) * maxsize;
+
+        if (q.len > maxsize)
+            _exit(1);
+        if (q.op == 'S') {
+            if (st_full(fd, slot, q.len, 0) != 0 || st_full(fd, &ack, 1, 1) != 0)
+                _exit(1);
+        } else if (st_full(fd, slot, q.len, 1) != 0) {
+            _exit(1);
+        }
+    }
+    _exit(0);
+}
+
+static void stream_start(const char *sock, size_t maxsize)
+{
+    struct sockaddr_un sa;
+    pid_t parent = getpid();
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    if (strlen(sock) >= sizeof(sa.sun_path))
+        fail("socket path too long: %s", sock);
+    memcpy(sa.sun_path, sock, strlen(sock) + 1);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(lfd, 1) != 0)
+        fail("stream: cannot listen on %s: %s", sock, strerror(errno));
+    pids[S_STREAM] = fork();
+    if (pids[S_STREAM] < 0)
+        fail("fork: %s", strerror(errno));
+    if (pids[S_STREAM] == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        stream_serve(lfd, maxsize);
+    }
+    close(lfd);
+    ST = unix_connect(sock);
+    if (ST < 0)
+        fail("stream: cannot connect to %s: %s", sock, strerror(errno));
+}
+
+static void stream_store(uint8_t *const *vals, size_t n, size_t size)
+{
+    char acks[MAX_BATCH];
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        st_req_t q = {'S', (uint32_t)i, size};
+
+        if (st_full(ST, &q, sizeof(q), 1) != 0 || st_full(ST, vals[i], size, 1) != 0)
+            fail("stream write: %s", strerror(errno));
+    }
+    if (st_full(ST, acks, n, 0) != 0)
+        fail("stream: no acknowledgement");
+}
+
+static void stream_load(size_t n, size_t size, uint8_t *const *dst)
+{
+    st_req_t q[MAX_BATCH];
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        q[i].op = 'L';
+        q[i].slot = (uint32_t)i;
+        q[i].len = size;
+    }
+    if (st_full(ST, q, n * sizeof(q[0]), 1) != 0)
+        fail("stream write: %s", strerror(errno));
+    for (i = 0; i < n; i++)
+        if (st_full(ST, dst[i], size, 0) != 0)
+            fail("stream read: %s", strerror(errno));
+}
+
 /* ---- the measurement ---- */
 
 static uint8_t *src_pool, *dst_pool;
@@ -554,8 +673,10 @@ static double batch(int s, int op, size_t size, char keys[][32], uint8_t *const 
         t = bench_now();
         if (s == S_REDIS)
             redis_store(keys, vals, n, size);
-        else
+        else if (s == S_MEMCACHED)
             mc_store(keys, vals, n, size);
+        else
+            stream_store(vals, n, size);
         return bench_now() - t;
     }
     for (i = 0; i < n; i++)
@@ -563,8 +684,10 @@ static double batch(int s, int op, size_t size, char keys[][32], uint8_t *const 
     t = bench_now();
     if (s == S_REDIS)
         redis_load(keys, n, size, reps);
-    else
+    else if (s == S_MEMCACHED)
         mc_load(keys, n, size, dst);
+    else
+        stream_load(n, size, dst);
     t = bench_now() - t;
     for (i = 0; i < n; i++)
         got[i] = s == S_REDIS ? (const uint8_t *)reps[i]->str : dst[i];
@@ -575,18 +698,30 @@ static double batch(int s, int op, size_t size, char keys[][32], uint8_t *const 
     return t;
 }
 
-/* Batches for at least O.rep_s seconds (at least one); returns GB/s. */
-static double rep_gbps(int s, int op, size_t size, char keys[][32], uint8_t *const *vals,
-                       uint64_t *turn)
+/* One repetition: GB/s, and the server's CPU ms per GB and minor page faults
+ * per MB over it. */
+typedef struct {
+    double gbps, cpu_ms_gb, faults_mb;
+} rep_t;
+
+/* Batches for at least O.rep_s seconds (at least one). */
+static rep_t rep_run(int s, int op, size_t size, char keys[][32], uint8_t *const *vals,
+                     uint64_t *turn)
 {
-    double timed = 0, start = bench_now();
+    double timed = 0, start = bench_now(), gb;
+    double c0 = bench_proc_cpu(pids[s]), f0 = bench_proc_faults(pids[s]);
     size_t nb = 0;
+    rep_t r;
 
     do {
         timed += batch(s, op, size, keys, vals, (*turn)++);
         nb++;
     } while (bench_now() - start < O.rep_s);
-    return (double)nb * (double)O.batch * (double)size / BENCH_GB / timed;
+    gb = (double)nb * (double)O.batch * (double)size / BENCH_GB;
+    r.gbps = gb / timed;
+    r.cpu_ms_gb = (bench_proc_cpu(pids[s]) - c0) * 1000.0 / gb;
+    r.faults_mb = (bench_proc_faults(pids[s]) - f0) / (gb * 1000.0);
+    return r;
 }
 
 int main(int argc, char **argv)
@@ -604,8 +739,8 @@ int main(int argc, char **argv)
     };
     static const char *const ops[2] = {"store", "load"};
     const char *tmp = getenv("TMPDIR");
-    char rsock[320], msock[320], rlog[320], mlog[320];
-    double res[MAX_SIZES][NSERVERS][2], v[NSERVERS][2][MAX_REPS], t0;
+    char rsock[320], msock[320], ssock[320], rlog[320], mlog[320];
+    double res[MAX_SIZES][NSERVERS][2][3], v[NSERVERS][2][3][MAX_REPS], t0;
     char keys[MAX_BATCH][32];
     uint8_t *vals[MAX_BATCH];
     size_t maxsize = 0, z, i;
@@ -666,8 +801,8 @@ int main(int argc, char **argv)
         return 2;
     }
     for (z = 0; z < O.nsizes; z++) {
-        if (O.sizes[z] >= 32 * BENCH_MIB) {
-            fprintf(stderr, "bench_kv: values must stay below memcached's -I 32m\n");
+        if (O.sizes[z] > 32 * BENCH_MIB) {
+            fprintf(stderr, "bench_kv: values must stay at or below 32 MiB (memcached -I 64m)\n");
             return 2;
         }
         if (O.sizes[z] > maxsize)
@@ -702,6 +837,8 @@ int main(int argc, char **argv)
     snprintf(msock, sizeof(msock), "%s/m.sock", tmpdir);
     snprintf(rlog, sizeof(rlog), "%s/redis.log", tmpdir);
     snprintf(mlog, sizeof(mlog), "%s/memcached.log", tmpdir);
+    snprintf(ssock, sizeof(ssock), "%s/s.sock", tmpdir);
+    snprintf(files[4], sizeof(files[4]), "%s", ssock);
     snprintf(files[0], sizeof(files[0]), "%s", rsock);
     snprintf(files[1], sizeof(files[1]), "%s", msock);
     snprintf(files[2], sizeof(files[2]), "%s", rlog);
@@ -711,6 +848,7 @@ int main(int argc, char **argv)
 
     redis_start(rsock, rlog);
     mc_start(msock, mlog);
+    stream_start(ssock, maxsize);
     if (O.verbose)
         fprintf(stderr, "  redis-server pid %d, memcached pid %d in %s  [%.1f s]\n",
                 (int)pids[S_REDIS], (int)pids[S_MEMCACHED], tmpdir, bench_now() - t0);
@@ -730,16 +868,23 @@ int main(int argc, char **argv)
         for (r = 0; r < O.reps && (r == 0 || bench_now() - t0 < BUDGET_S); r++)
             for (op = 0; op < 2; op++)
                 for (s = 0; s < NSERVERS; s++) {
-                    v[s][op][r] = rep_gbps(s, op, size, keys, vals, &turn);
+                    rep_t one = rep_run(s, op, size, keys, vals, &turn);
+
+                    v[s][op][0][r] = one.gbps;
+                    v[s][op][1][r] = one.cpu_ms_gb;
+                    v[s][op][2][r] = one.faults_mb;
                     if (O.verbose)
-                        fprintf(stderr, "  %-9s %-5s %3zu MiB x%d  %6.2f GB/s  [%.1f s]\n",
-                                server_name[s], ops[op], size >> 20, O.batch, v[s][op][r],
-                                bench_now() - t0);
+                        fprintf(stderr,
+                                "  %-9s %-5s %3zu MiB x%d  %6.2f GB/s  server %5.0f ms/GB "
+                                "%6.1f faults/MB  [%.1f s]\n",
+                                server_name[s], ops[op], size >> 20, O.batch, one.gbps,
+                                one.cpu_ms_gb, one.faults_mb, bench_now() - t0);
                 }
         reps[z] = r;
         for (s = 0; s < NSERVERS; s++)
             for (op = 0; op < 2; op++)
-                res[z][s][op] = bench_median(v[s][op], (size_t)reps[z]);
+                for (i = 0; i < 3; i++)
+                    res[z][s][op][i] = bench_median(v[s][op][i], (size_t)reps[z]);
         check_alive(S_REDIS, rlog);
         check_alive(S_MEMCACHED, mlog);
     }
@@ -748,21 +893,25 @@ int main(int argc, char **argv)
     R = NULL;
     close(M.fd);
     M.fd = -1;
+    close(ST);
+    ST = -1;
     cleanup_now();
     munmap(src_pool, (size_t)O.batch * maxsize);
     munmap(dst_pool, (size_t)O.batch * maxsize);
 
     if (O.csv) {
-        printf("section,server,op,chunk_mib,batch,gbps,reps\n");
+        printf("section,server,op,chunk_mib,batch,gbps,reps,server_cpu_ms_per_gb,"
+               "server_faults_per_mb\n");
         for (z = 0; z < O.nsizes; z++)
             for (s = 0; s < NSERVERS; s++)
                 for (op = 0; op < 2; op++)
-                    printf("kv,%s,%s,%zu,%d,%.3f,%d\n", server_name[s], ops[op], O.sizes[z] >> 20,
-                           O.batch, res[z][s][op], reps[z]);
+                    printf("kv,%s,%s,%zu,%d,%.3f,%d,%.0f,%.2f\n", server_name[s], ops[op],
+                           O.sizes[z] >> 20, O.batch, res[z][s][op][0], reps[z],
+                           res[z][s][op][1], res[z][s][op][2]);
         return 0;
     }
-    printf("\nRedis (hiredis, synchronous, pipelined) and memcached (ASCII protocol, pipelined)\n"
-           "on unix sockets; batches of %d values, median of %d rep%s of >= %.2g s; GB/s = 1e9 "
+    printf("\nRedis (hiredis, synchronous, pipelined), memcached (ASCII protocol, pipelined) and a\n"
+           "plain stream of the same bytes, on unix sockets; batches of %d values, median of %d rep%s of >= %.2g s; GB/s = 1e9 "
            "bytes/s\n\n",
            O.batch, O.reps, O.reps > 1 ? "s" : "", O.rep_s);
     printf("%-22s", "GB/s");
@@ -773,7 +922,13 @@ int main(int argc, char **argv)
         for (op = 0; op < 2; op++) {
             printf("%-9s %-12s", server_name[s], ops[op]);
             for (z = 0; z < O.nsizes; z++)
-                printf(" %10.2f", res[z][s][op]);
+                printf(" %10.2f", res[z][s][op][0]);
+            printf("\n%-22s", "  server ms/GB");
+            for (z = 0; z < O.nsizes; z++)
+                printf(" %10.0f", res[z][s][op][1]);
+            printf("\n%-22s", "  server faults/MB");
+            for (z = 0; z < O.nsizes; z++)
+                printf(" %10.2f", res[z][s][op][2]);
             printf("\n");
         }
     for (z = 0; z < O.nsizes; z++)
