@@ -411,6 +411,71 @@ static void adapter_labels(FILE *f, const json_t *a)
     put_label(f, "type", json_string_value(json_object_get(a, "type")), 0);
 }
 
+/* A Redis Cluster adapter's view (STATUS l2[i].cluster and its nodes). */
+static void render_cluster(FILE *f, const json_t *st)
+{
+    static const field_metric_t cm[] = {
+        {NULL, "have_map", "kvcd_redis_cluster_map_loaded", "gauge",
+         "1 when the adapter has a slot map."},
+        {NULL, "slots_covered", "kvcd_redis_cluster_slots_covered", "gauge",
+         "Hash slots (of 16384) the slot map assigns to a master."},
+        {NULL, "masters", "kvcd_redis_cluster_masters", "gauge", "Masters in the slot map."},
+        {NULL, "replicas", "kvcd_redis_cluster_replicas", "gauge", "Replicas in the slot map."},
+        {NULL, "refreshes", "kvcd_redis_cluster_refreshes_total", "counter",
+         "Slot map refreshes."},
+        {NULL, "refresh_failures", "kvcd_redis_cluster_refresh_failures_total", "counter",
+         "Slot map refreshes that failed."},
+        {NULL, "moved", "kvcd_redis_cluster_moved_total", "counter", "MOVED redirects."},
+        {NULL, "ask", "kvcd_redis_cluster_ask_total", "counter", "ASK redirects."},
+        {NULL, "redirect_failures", "kvcd_redis_cluster_redirect_failures_total", "counter",
+         "Keys that failed after max_redirects."},
+        {NULL, "cluster_down_errors", "kvcd_redis_cluster_down_errors_total", "counter",
+         "CLUSTERDOWN and TRYAGAIN replies."},
+        {NULL, NULL, NULL, NULL, NULL},
+    };
+    const json_t *l2 = json_object_get(st, "l2"), *a, *c, *n, *nodes;
+    const field_metric_t *m;
+    size_t i, j;
+    int any;
+
+    for (m = cm; m->name; m++) {
+        any = 0;
+        json_array_foreach(l2, i, a) {
+            double d;
+
+            c = json_object_get(a, "cluster");
+            n = c ? json_object_get(c, m->field) : NULL;
+            if (!n || num_of(n, &d) != 0)
+                continue;
+            if (!any++)
+                header(f, m->name, m->type, m->help);
+            fprintf(f, "%s{", m->name);
+            adapter_labels(f, a);
+            fprintf(f, "} ");
+            put_num(f, n);
+        }
+    }
+    any = 0;
+    json_array_foreach(l2, i, a) {
+        if (!json_object_get(a, "cluster"))
+            continue;
+        nodes = json_object_get(a, "nodes");
+        json_array_foreach(nodes, j, n) {
+            const char *state = json_string_value(json_object_get(n, "state"));
+            const char *role = json_string_value(json_object_get(n, "role"));
+
+            if (!any++)
+                header(f, "kvcd_redis_cluster_node_up", "gauge",
+                       "1 while kvcd is connected to the cluster node.");
+            fprintf(f, "kvcd_redis_cluster_node_up{");
+            adapter_labels(f, a);
+            put_label(f, "node", json_string_value(json_object_get(n, "address")), 0);
+            put_label(f, "role", role ? role : "", 0);
+            fprintf(f, "} %d\n", state && strcmp(state, "ready") == 0);
+        }
+    }
+}
+
 static void render_l2(FILE *f, const json_t *st)
 {
     const json_t *l2 = json_object_get(st, "l2"), *a, *ops, *o, *n;
@@ -541,6 +606,7 @@ char *kvcd_metrics_render(const json_t *st, size_t *len)
     render_ops(f, st);
     render_tiers(f, st);
     render_l2(f, st);
+    render_cluster(f, st);
     render_executors(f, st);
     if (fclose(f) != 0) {
         free(buf);

@@ -30,6 +30,7 @@
 
 #include "protocol/client.h"
 #include "protocol/kvcd_err.h"
+#include "daemon/metrics.h"
 #include "tests/support.h"
 
 static kvcd_proc_t proc;
@@ -291,6 +292,43 @@ START_TEST(test_metrics_match_status)
 END_TEST
 
 /* Errors are counted by operation and error name. */
+/* The Redis Cluster view (issue 14) reaches /metrics: rendered from a STATUS
+ * document shaped like the redis adapter's, and promtool accepts it. */
+START_TEST(test_cluster_view_rendered)
+{
+    json_t *st = json_pack(
+        "{s:s, s:[{s:s, s:s, s:b, s:{s:b, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i},"
+        " s:[{s:s, s:s, s:s}, {s:s, s:s, s:s}]}]}",
+        "server", "kvcd test", "l2", "name", "#1 (redis)", "type", "redis", "healthy", 1,
+        "cluster", "have_map", 1, "slots_covered", 16384, "masters", 3, "replicas", 3,
+        "refreshes", 7, "refresh_failures", 1, "moved", 12, "ask", 2, "redirect_failures", 0,
+        "cluster_down_errors", 4, "nodes", "address", "127.0.0.1:7000", "state", "ready",
+        "role", "master", "address", "127.0.0.1:7001", "state", "down", "role", "replica");
+    char out[4096];
+    size_t len;
+    char *text;
+
+    ck_assert_ptr_nonnull(st);
+    text = kvcd_metrics_render(st, &len);
+    ck_assert_ptr_nonnull(text);
+    ck_assert_double_eq(
+        metric(text, "kvcd_redis_cluster_slots_covered{adapter=\"#1 (redis)\",type=\"redis\"}"),
+        16384);
+    ck_assert_double_eq(
+        metric(text, "kvcd_redis_cluster_moved_total{adapter=\"#1 (redis)\",type=\"redis\"}"),
+        12);
+    ck_assert_double_eq(metric(text, "kvcd_redis_cluster_node_up{adapter=\"#1 (redis)\","
+                                     "type=\"redis\",node=\"127.0.0.1:7001\",role=\"replica\"}"),
+                        0);
+    ck_assert_double_eq(metric(text, "kvcd_redis_cluster_node_up{adapter=\"#1 (redis)\","
+                                     "type=\"redis\",node=\"127.0.0.1:7000\",role=\"master\"}"),
+                        1);
+    ck_assert_msg(promtool_check(text, out, sizeof(out)) == 0, "promtool check metrics: %s", out);
+    free(text);
+    json_decref(st);
+}
+END_TEST
+
 START_TEST(test_error_counters)
 {
     const char *body;
@@ -619,6 +657,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_metrics_match_status);
     tcase_add_test(tc, test_error_counters);
+    tcase_add_test(tc, test_cluster_view_rendered);
     tcase_add_test(tc, test_healthcheck_follows_l2_health);
     tcase_add_test(tc, test_bad_requests);
     tcase_add_test(tc, test_slow_and_many_clients);
