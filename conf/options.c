@@ -90,8 +90,10 @@ void kvcd_options_usage(const char *adapter_types)
 "  --chunk-size N           tokens per chunk, reported to clients (default 256)\n"
 "  --l1-size-gb G           L1 memory pool in GiB, fractions allowed (default 1)\n"
 "  --eviction-policy P      LRU or noop (noop refuses stores when full) (default LRU)\n"
-"  --l1-high-watermark F    start evicting above this fraction of L1 (default 0.95)\n"
-"  --l1-low-watermark F     evict down to this fraction of L1 (default 0.85)\n"
+"  --l1-high-watermark F    start evicting above this fraction of L1 (default 1: evict\n"
+"                           only what an allocation needs, L1 stays full)\n"
+"  --l1-low-watermark F     evict down to this fraction of L1 once above the high one\n"
+"                           (batch eviction); 0 means the high watermark (default 0)\n"
 "  --l1-hugepages           back L1 with huge pages if available (default off)\n"
 "  --l1-mlock               lock L1 in RAM; failing to is an error (default off)\n"
 "  --pin-timeout-ms N       a LOOKUP pins its prefix for the LOAD that follows;\n"
@@ -196,8 +198,8 @@ static void set_defaults(kvcd_options_t *o)
     o->chunk_size = 256;
     o->l1_size_gb = 1.0;
     o->eviction_policy = KVCD_EVICT_LRU;
-    o->high_watermark = 0.95;
-    o->low_watermark = 0.85;
+    o->high_watermark = 1.0; /* exact-capacity LRU (docs/DECISIONS.md) */
+    o->low_watermark = 0.0;  /* 0: the high watermark */
     o->max_workers = 4;
     o->log_level = KVCD_LOG_INFO;
     o->max_keys = 4096;
