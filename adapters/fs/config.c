@@ -61,6 +61,8 @@ const kvcd_adapter_field_t kvcd_fs_fields[] = {
      "temp files whose writer is not provably dead are swept once older than this"},
     {"health_window_ms", "integer", "5000",
      "unhealthy while the last operation failed less than this long ago"},
+    {"recency_file", "string", "\".kvcd-recency\"",
+     "file in base_path that keeps the LRU order across a restart; \"\" = off"},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -119,7 +121,7 @@ static int parse_num(const json_t *v, double max, double *out)
 
 int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen)
 {
-    bool have_gb = false, have_pct = false;
+    bool have_gb = false, have_pct = false, rec_set = false;
     const char *k;
     json_t *v;
 
@@ -203,6 +205,17 @@ int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen)
         } else if (!strcmp(k, "health_window_ms")) {
             if (parse_u64(v, 0, &fs->health_window_ms))
                 return cfg_err(err, errlen, "health_window_ms: must be an integer >= 0");
+        } else if (!strcmp(k, "recency_file")) {
+            const char *r = json_is_string(v) ? json_string_value(v) : NULL;
+
+            if (!r || strlen(r) != json_string_length(v) || strlen(r) > NAME_LIMIT ||
+                strchr(r, '/') || !strcmp(r, ".") || !strcmp(r, "..") || kvcd_fs_is_data(r) ||
+                (*r && kvcd_fs_is_hex2(r)))
+                return cfg_err(err, errlen,
+                               "recency_file: must be \"\" or a file name in base_path (no "
+                               "\"/\", not ending in .data)");
+            snprintf(fs->rec_name, sizeof(fs->rec_name), "%s", r);
+            rec_set = true;
         } else {
             const kvcd_adapter_field_t *f;
             char known[512];
@@ -217,6 +230,8 @@ int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen)
     if (!fs->base_path || !fs->tmp_dir)
         return fs->base_path ? cfg_err(err, errlen, "spec: out of memory")
                              : cfg_err(err, errlen, "base_path: required");
+    if (!rec_set)
+        snprintf(fs->rec_name, sizeof(fs->rec_name), ".kvcd-recency");
     fs->capacity = (uint64_t)(fs->max_capacity_gb * GIB);
     if (fs->max_capacity_gb > 0 && fs->capacity == 0)
         fs->capacity = 1;
