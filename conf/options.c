@@ -27,7 +27,7 @@ enum {
     OPT_STORE_POLICY, OPT_PREFETCH_POLICY, OPT_PREFETCH_MAX, OPT_L2_TIMEOUT,
     OPT_PIN_TIMEOUT, OPT_CONFIG, OPT_HELP_ADAPTER,
     OPT_MAX_SEGMENTS, OPT_MAX_SEGMENT_GB, OPT_SEGMENT_LEASE,
-    OPT_HTTP_HOST, OPT_HTTP_PORT,
+    OPT_HTTP_HOST, OPT_HTTP_PORT, OPT_SAVE_L1,
 };
 
 static const struct option longopts[] = {
@@ -53,6 +53,7 @@ static const struct option longopts[] = {
     {"l2-store-policy", required_argument, NULL, OPT_STORE_POLICY},
     {"l2-prefetch-policy", required_argument, NULL, OPT_PREFETCH_POLICY},
     {"l2-prefetch-max-in-flight", required_argument, NULL, OPT_PREFETCH_MAX},
+    {"l2-save-l1-on-stop", no_argument, NULL, OPT_SAVE_L1},
     {"l2-timeout-ms", required_argument, NULL, OPT_L2_TIMEOUT},
     {"pin-timeout-ms", required_argument, NULL, OPT_PIN_TIMEOUT},
     {"max-segments", required_argument, NULL, OPT_MAX_SEGMENTS},
@@ -111,6 +112,10 @@ void kvcd_options_usage(const char *adapter_types)
 "  --l2-prefetch-max-in-flight N\n"
 "                           LOOKUP prefetches running at once (default 8)\n"
 "  --l2-timeout-ms N        deadline of every L2 call (default 5000)\n"
+"  --l2-save-l1-on-stop     on a clean stop, write L1's objects to the L2 adapters\n"
+"                           once more, least recently used first (fs skips files it\n"
+"                           has and only marks them recent), so a restart keeps what\n"
+"                           L1 held (default off)\n"
 "\n"
 "Limits:\n"
 "  --max-workers N          threads that copy bytes between clients and L1, and\n"
@@ -284,6 +289,9 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             break;
         case OPT_MLOCK:
             o->mlock = 1;
+            break;
+        case OPT_SAVE_L1:
+            o->l2_save_l1_on_stop = 1;
             break;
         case OPT_MAX_WORKERS:
             if (parse_u64(optarg, 1, 1024, &u))

@@ -33,7 +33,9 @@
  *    daemon (same fs directory) at --restart-at of the requests, once with the
  *    recency journal (default) and once with it off (recency_file "", file times
  *    as before); the hits after the restart are compared with those of the
- *    uninterrupted run over the same requests.
+ *    uninterrupted run over the same requests. A third restart adds
+ *    --l2-save-l1-on-stop (L1's blocks written to fs once more at the stop, least
+ *    recently used first; the model does the same to its fs list).
  *
  * Usage: bench_replay [--trace FILE] [--write-trace FILE] [--requests N]
  *                     [--block-kib K] [--l1-frac F] [--fs-frac F]
@@ -426,6 +428,7 @@ typedef struct {
     size_t l1_blocks;  /* capacity in blocks */
     size_t fs_files;   /* 0: no fs */
     const char *bin;
+    int save_l1;          /* start kvcd with --l2-save-l1-on-stop */
     const char *extra[8]; /* --daemon-arg */
     size_t nextra;
     bench_daemon_t d;
@@ -466,6 +469,8 @@ static void daemon_start(run_t *r, int journal)
     args[n++] = "warning";
     for (i = 0; i < r->nextra; i++)
         args[n++] = r->extra[i];
+    if (r->save_l1)
+        args[n++] = "--l2-save-l1-on-stop";
     if (r->fs_files) {
         snprintf(spec, sizeof(spec),
                  "{\"type\":\"fs\",\"base_path\":\"%s\",\"max_capacity_gb\":%.17g,"
@@ -680,6 +685,9 @@ static result_t replay(run_t *r, size_t from, size_t restart_at, int journal)
 
         if (restart_at && i == restart_at) {
             daemon_stop(r);
+            if (r->save_l1) /* L1's blocks go to fs once more, LRU first */
+                for (uint32_t x = l1.head; x != NIL; x = l1.next[x])
+                    lru_use(&fs, x);
             lru_clear(&l1); /* L1 is memory; the fs list survives as it was */
             daemon_start(r, journal);
             res.restored = wait_scan(r);
@@ -813,7 +821,7 @@ int main(int argc, char **argv)
         bad |= check && (r.load_errors || r.store_errors);
     }
     if (strstr(runs, "fs") || strstr(runs, "restart")) {
-        result_t a, b, c;
+        result_t a, b, c, d;
 
         r.fs_files = (size_t)(fs_frac * (double)t.nuniq);
         if (!r.fs_files)
@@ -832,12 +840,19 @@ int main(int argc, char **argv)
             printf("%-28s %10s %10lld %9.2f%% %7.2f%% %7.2f\n", "  restart, recency journal", "",
                    b.restored, pct(b.hits2, b.blocks2), pct(b.sim_hits2, b.blocks2), b.secs);
             bad |= check && (r.load_errors || r.store_errors);
+            r.save_l1 = 1;
+            d = replay(&r, from, from, 1);
+            r.save_l1 = 0;
+            printf("%-28s %10s %10lld %9.2f%% %7.2f%% %7.2f\n", "  restart, journal + save L1", "",
+                   d.restored, pct(d.hits2, d.blocks2), pct(d.sim_hits2, d.blocks2), d.secs);
+            bad |= check && (r.load_errors || r.store_errors);
             c = replay(&r, from, from, 0);
             printf("%-28s %10s %10s %9.2f%% %7.2f%% %7.2f\n", "  restart, file times", "", "-",
                    pct(c.hits2, c.blocks2), pct(c.sim_hits2, c.blocks2), c.secs);
             printf("  hits lost by the restart: %+" PRId64 " blocks with the journal, %+" PRId64
-                   " with file times\n",
-                   (int64_t)a.hits2 - (int64_t)b.hits2, (int64_t)a.hits2 - (int64_t)c.hits2);
+                   " with the journal and --l2-save-l1-on-stop, %+" PRId64 " with file times\n",
+                   (int64_t)a.hits2 - (int64_t)b.hits2, (int64_t)a.hits2 - (int64_t)d.hits2,
+                   (int64_t)a.hits2 - (int64_t)c.hits2);
         }
     }
     free(t.blk);
