@@ -2482,6 +2482,10 @@ START_TEST(test_recency_off_and_bad_name)
                                            "\"recency_file\":\"x.data\"}", base) != 0);
     REQUIRE(try_init(&b, err, sizeof(err), "{\"type\":\"fs\",\"base_path\":\"%s\","
                                            "\"recency_file\":7}", base) != 0);
+    REQUIRE(try_init(&b, err, sizeof(err), "{\"type\":\"fs\",\"base_path\":\"%s\","
+                                           "\"recency_file\":\"t\",\"relative_tmp_dir\":\"t/x\"}",
+                     base) != 0);
+    REQUIRE(strstr(err, "recency_file") != NULL);
 }
 END_TEST
 

@@ -232,6 +232,16 @@ int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen)
                              : cfg_err(err, errlen, "base_path: required");
     if (!rec_set)
         snprintf(fs->rec_name, sizeof(fs->rec_name), ".kvcd-recency");
+    {
+        const char *t = fs->tmp_dir;
+        size_t n = strlen(fs->rec_name);
+
+        while (*t == '/' || (t[0] == '.' && t[1] == '/'))
+            t += *t == '/' ? 1 : 2;
+        if (n && !strncmp(t, fs->rec_name, n) && (t[n] == '\0' || t[n] == '/'))
+            return cfg_err(err, errlen, "recency_file: \"%s\" is relative_tmp_dir",
+                           fs->rec_name);
+    }
     fs->capacity = (uint64_t)(fs->max_capacity_gb * GIB);
     if (fs->max_capacity_gb > 0 && fs->capacity == 0)
         fs->capacity = 1;

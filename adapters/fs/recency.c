@@ -109,7 +109,8 @@ int kvcd_fs_rec_save(fs_t *fs)
         kvcd_fs_sys->unlinkat(fs->tmp_fd, tmp, 0);
         return r;
     }
-    KVCD_LOG(KVCD_LOG_INFO, "fs", "%s: saved the recency of %" PRIu64 " files (%zu bytes) in %" PRIu64 " ms",
+    KVCD_LOG(KVCD_LOG_INFO, "fs",
+             "%s: saved the recency of %" PRIu64 " files (%zu bytes) in %" PRIu64 " ms",
              fs->base_path, i, len, kvcd_fs_now_ms() - t0);
     return 0;
 }
