@@ -43,7 +43,7 @@ ALL_LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
 # Sources -----------------------------------------------------------------------
-PROTO_SRC := protocol/err.c protocol/key.c protocol/proto.c
+PROTO_SRC := protocol/blake3.c protocol/err.c protocol/key.c protocol/proto.c
 CLIENT_SRC := protocol/client.c
 CORE_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(wildcard conf/*.c)
 ADAPTER_SRC := $(wildcard adapters/*.c)
@@ -112,6 +112,8 @@ $(KVCDCTL): $(BUILD)/protocol/kvcdctl.o $(LIBCLIENT)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_SUPPORT_OBJ) $(LIBCORE) $(LIBCLIENT)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(PKG_LIBS) -ldl -lm
+# test_oom fails the core's own allocations on demand (tests/test_oom.c).
+$(BUILD)/tests/test_oom: ALL_LDFLAGS += -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc
 $(BUILD)/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -c -o $@ $<

@@ -22,14 +22,12 @@
  * Blocking, like the inner adapter must be. Counters are atomics.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "adapters/adapter.h"
-#include "daemon/l2.h"
 
 #define NOPS 4
 #define MAX_FAIL_CALLS 4096
@@ -46,6 +44,9 @@ typedef struct {
     double corrupt_p; /* load */
     int error;
     uint64_t seed;
+    /* the spec's sub-objects, borrowed during init */
+    const json_t *ispec, *fail_o, *fail_calls_o, *delay_o, *corrupt_o;
+    const kvcd_core_services_t *svc;
 
     uint64_t calls[NOPS];    /* atomics from here on */
     uint64_t injected[NOPS]; /* keys failed */
@@ -56,17 +57,21 @@ typedef struct {
 static const char *const op_names[NOPS] = {"store", "lookup", "load", "remove"};
 
 static const kvcd_adapter_field_t fields[] = {
-    {"inner", "object", NULL, "spec of the wrapped adapter; it must be a blocking adapter"},
-    {"fail", "object", "{}",
-     "per operation (store, lookup, load, remove): probability 0..1 that each key fails"},
-    {"fail_calls", "object", "{}",
-     "per operation: array of 0-based call indices in which every key fails"},
-    {"delay_ms", "object", "{}", "per operation: milliseconds to sleep before each call"},
-    {"corrupt", "object", "{}",
-     "{\"load\":P}: probability that a loaded key is scribbled and reported ECHECKSUM"},
-    {"error", "string", "\"EIO\"", "error name given to failed keys (EIO, ENOSPC, ENOTFOUND, ...)"},
-    {"seed", "integer", "1", "seed of the deterministic per-key choices"},
-    {NULL, NULL, NULL, NULL},
+    {KVCD_FIELD("inner", KVCD_FIELD_OBJECT, fault_t, ispec), .flags = KVCD_FIELD_REQUIRED,
+     .doc = "the spec of the adapter to wrap; it must be a blocking adapter"},
+    {KVCD_FIELD("fail", KVCD_FIELD_OBJECT, fault_t, fail_o), .dflt = "{}",
+     .doc = "per operation (store, lookup, load, remove): probability 0..1 that each key fails"},
+    {KVCD_FIELD("fail_calls", KVCD_FIELD_OBJECT, fault_t, fail_calls_o), .dflt = "{}",
+     .doc = "per operation: array of 0-based call indices in which every key fails"},
+    {KVCD_FIELD("delay_ms", KVCD_FIELD_OBJECT, fault_t, delay_o), .dflt = "{}",
+     .doc = "per operation: milliseconds to sleep before each call"},
+    {KVCD_FIELD("corrupt", KVCD_FIELD_OBJECT, fault_t, corrupt_o), .dflt = "{}",
+     .doc = "{\"load\":P}: probability that a loaded key is scribbled and reported ECHECKSUM"},
+    {KVCD_FIELD("error", KVCD_FIELD_ERRNAME, fault_t, error), .dflt = "\"EIO\"",
+     .doc = "error name given to failed keys (EIO, ENOSPC, ENOTFOUND, ...)"},
+    {KVCD_FIELD("seed", KVCD_FIELD_INT, fault_t, seed), .min = -9223372036854775808.0,
+     .dflt = "1", .doc = "seed of the deterministic per-key choices"},
+    {.name = NULL},
 };
 
 static int op_index(const char *name)
@@ -117,37 +122,16 @@ static int parse_ops(fault_t *f, const char *field, const json_t *obj,
     int op, rc;
 
     if (!json_is_object(obj))
-        return kvcd_adapter_config_error(err, errlen, "%s: expected an object keyed by operation "
+        return f->svc->errf(err, errlen, KVCD_ECONFIG, "%s: expected an object keyed by operation "
                     "(store, lookup, load, remove)", field);
     json_object_foreach((json_t *)obj, k, v) {
         op = op_index(k);
         if (op < 0)
-            return kvcd_adapter_config_error(err, errlen, "%s.%s: unknown operation (store, lookup, load, remove)",
+            return f->svc->errf(err, errlen, KVCD_ECONFIG, "%s.%s: unknown operation (store, lookup, load, remove)",
                         field, k);
         rc = one(f, op, field, v, err, errlen);
         if (rc)
             return rc;
-    }
-    return 0;
-}
-
-static int one_prob(fault_t *f, int op, const char *field, const json_t *v, char *err,
-                    size_t errlen)
-{
-    double p;
-
-    if (!json_is_number(v))
-        return kvcd_adapter_config_error(err, errlen, "%s.%s: expected a number", field, op_names[op]);
-    p = json_number_value(v);
-    if (!(p >= 0 && p <= 1))
-        return kvcd_adapter_config_error(err, errlen, "%s.%s: must be a probability between 0 and 1 (got %g)", field,
-                    op_names[op], p);
-    if (strcmp(field, "corrupt") == 0) {
-        if (op != KVCD_L2_LOAD)
-            return kvcd_adapter_config_error(err, errlen, "corrupt.%s: only load can be corrupted", op_names[op]);
-        f->corrupt_p = p;
-    } else {
-        f->fail_p[op] = p;
     }
     return 0;
 }
@@ -158,11 +142,11 @@ static int one_calls(fault_t *f, int op, const char *field, const json_t *v, cha
     size_t i, n;
 
     if (!json_is_array(v))
-        return kvcd_adapter_config_error(err, errlen, "fail_calls.%s: expected an array of call indices",
+        return f->svc->errf(err, errlen, KVCD_ECONFIG, "fail_calls.%s: expected an array of call indices",
                     op_names[op]);
     n = json_array_size(v);
     if (n > MAX_FAIL_CALLS)
-        return kvcd_adapter_config_error(err, errlen, "fail_calls.%s: at most %d indices", op_names[op],
+        return f->svc->errf(err, errlen, KVCD_ECONFIG, "fail_calls.%s: at most %d indices", op_names[op],
                     MAX_FAIL_CALLS);
     free(f->fail_calls[op]);
     f->fail_calls[op] = calloc(n ? n : 1, sizeof(uint64_t));
@@ -173,20 +157,10 @@ static int one_calls(fault_t *f, int op, const char *field, const json_t *v, cha
         json_t *x = json_array_get(v, i);
 
         if (!json_is_integer(x) || json_integer_value(x) < 0)
-            return kvcd_adapter_config_error(err, errlen, "fail_calls.%s[%zu]: expected a non-negative integer",
+            return f->svc->errf(err, errlen, KVCD_ECONFIG, "fail_calls.%s[%zu]: expected a non-negative integer",
                         op_names[op], i);
         f->fail_calls[op][f->nfail_calls[op]++] = (uint64_t)json_integer_value(x);
     }
-    return 0;
-}
-
-static int one_delay(fault_t *f, int op, const char *field, const json_t *v, char *err,
-                     size_t errlen)
-{
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600000)
-        return kvcd_adapter_config_error(err, errlen, "delay_ms.%s: expected an integer between 0 and 3600000",
-                    op_names[op]);
-    f->delay_ms[op] = (uint64_t)json_integer_value(v);
     return 0;
 }
 
@@ -200,71 +174,67 @@ static void release_parsed(fault_t *f)
     }
 }
 
-static int parse(fault_t *f, const json_t *spec, char *err, size_t errlen)
+/* The per-operation sub-objects (the core parser checked they are objects). */
+#define OPF(nm, ty, member) KVCD_FIELD(nm, ty, fault_t, member)
+
+/* The per-operation objects are field tables of their own. */
+static const kvcd_adapter_field_t fail_fields[] = {
+    {OPF("store", KVCD_FIELD_NUMBER, fail_p[KVCD_L2_STORE]), .max = 1},
+    {OPF("lookup", KVCD_FIELD_NUMBER, fail_p[KVCD_L2_LOOKUP]), .max = 1},
+    {OPF("load", KVCD_FIELD_NUMBER, fail_p[KVCD_L2_LOAD]), .max = 1},
+    {OPF("remove", KVCD_FIELD_NUMBER, fail_p[KVCD_L2_REMOVE]), .max = 1},
+    {.name = NULL},
+};
+
+static const kvcd_adapter_field_t corrupt_fields[] = {
+    {OPF("load", KVCD_FIELD_NUMBER, corrupt_p), .max = 1}, /* only loads can be corrupted */
+    {.name = NULL},
+};
+
+static const kvcd_adapter_field_t delay_fields[] = {
+    {OPF("store", KVCD_FIELD_INT, delay_ms[KVCD_L2_STORE]), .max = 3600000},
+    {OPF("lookup", KVCD_FIELD_INT, delay_ms[KVCD_L2_LOOKUP]), .max = 3600000},
+    {OPF("load", KVCD_FIELD_INT, delay_ms[KVCD_L2_LOAD]), .max = 3600000},
+    {OPF("remove", KVCD_FIELD_INT, delay_ms[KVCD_L2_REMOVE]), .max = 3600000},
+    {.name = NULL},
+};
+
+#undef OPF
+
+/* The per-operation sub-objects (the core parser checked they are objects). */
+static int parse(fault_t *f, char *err, size_t errlen)
 {
-    const char *k;
-    json_t *v;
-    int rc = 0;
+    const kvcd_core_services_t *svc = f->svc;
+    int rc = svc->fields_parse(fail_fields, "fail", f->fail_o, f, "fail.", err, errlen);
 
-    f->error = -EIO;
-    f->seed = 1;
-    json_object_foreach((json_t *)spec, k, v) {
-        if (strcmp(k, "type") == 0 || strcmp(k, "inner") == 0)
-            continue;
-        if (strcmp(k, "fail") == 0)
-            rc = parse_ops(f, k, v, one_prob, err, errlen);
-        else if (strcmp(k, "corrupt") == 0)
-            rc = parse_ops(f, k, v, one_prob, err, errlen);
-        else if (strcmp(k, "fail_calls") == 0)
-            rc = parse_ops(f, k, v, one_calls, err, errlen);
-        else if (strcmp(k, "delay_ms") == 0)
-            rc = parse_ops(f, k, v, one_delay, err, errlen);
-        else if (strcmp(k, "error") == 0) {
-            const char *s = json_string_value(v);
-
-            if (!s)
-                return kvcd_adapter_config_error(err, errlen, "error: expected an error name such as \"EIO\"");
-            f->error = kvcd_errcode(s);
-            if (f->error == 0)
-                return kvcd_adapter_config_error(err, errlen, "error: unknown error name '%s'", s);
-        } else if (strcmp(k, "seed") == 0) {
-            if (!json_is_integer(v))
-                return kvcd_adapter_config_error(err, errlen, "seed: expected an integer");
-            f->seed = (uint64_t)json_integer_value(v);
-        } else {
-            return kvcd_adapter_config_error(err, errlen,
-                        "%s: unknown field (known: inner, fail, fail_calls, delay_ms, corrupt, "
-                        "error, seed)", k);
-        }
-        if (rc)
-            return rc;
-    }
-    return 0;
+    if (rc == 0)
+        rc = svc->fields_parse(corrupt_fields, "corrupt", f->corrupt_o, f, "corrupt.", err,
+                               errlen);
+    if (rc == 0)
+        rc = svc->fields_parse(delay_fields, "delay_ms", f->delay_o, f, "delay_ms.", err, errlen);
+    if (rc == 0)
+        rc = parse_ops(f, "fail_calls", f->fail_calls_o, one_calls, err, errlen);
+    return rc;
 }
 
-static int make_inner(fault_t *f, const json_t *spec, const kvcd_adapter_env_t *env, char *err,
-                      size_t errlen)
+static int make_inner(fault_t *f, const kvcd_adapter_env_t *env, char *err, size_t errlen)
 {
-    const json_t *is = json_object_get(spec, "inner");
+    const json_t *is = f->ispec;
     kvcd_adapter_env_t ienv = *env;
     char known[256], ierr[384];
     const char *type;
     int rc;
 
-    if (!is)
-        return kvcd_adapter_config_error(err, errlen, "inner: required (the spec of the adapter to wrap)");
-    if (!json_is_object(is))
-        return kvcd_adapter_config_error(err, errlen, "inner: expected an adapter spec object");
     type = json_string_value(json_object_get(is, "type"));
     if (!type)
-        return kvcd_adapter_config_error(err, errlen, "inner: type: expected a string");
-    f->ia = kvcd_l2_find_type(type);
+        return f->svc->errf(err, errlen, KVCD_ECONFIG, "inner: type: expected a string");
+    f->ia = f->svc->adapter_find(type);
     if (!f->ia) {
-        kvcd_l2_type_list(known, sizeof(known));
-        return kvcd_adapter_config_error(err, errlen, "inner: unknown type '%s' (known: %s)", type, known);
+        f->svc->adapter_list(known, sizeof(known));
+        return f->svc->errf(err, errlen, KVCD_ECONFIG, "inner: unknown type '%s' (known: %s)", type, known);
     }
     if (!(f->ia->flags & KVCD_ADAPTER_BLOCKING))
-        return kvcd_adapter_config_error(err, errlen,
+        return f->svc->errf(err, errlen, KVCD_ECONFIG,
                     "inner: adapter '%s' is not blocking (fault wraps blocking adapters only)",
                     type);
     f->inner = calloc(1, f->ia->instance_size ? f->ia->instance_size : 1);
@@ -273,11 +243,11 @@ static int make_inner(fault_t *f, const json_t *spec, const kvcd_adapter_env_t *
     snprintf(f->instance, sizeof(f->instance), "%s inner", env->instance ? env->instance : "");
     ienv.instance = f->instance;
     ierr[0] = '\0';
-    rc = f->ia->init(f->inner, is, &ienv, ierr, sizeof(ierr));
+    rc = f->svc->instance_init(f->ia, f->inner, is, &ienv, ierr, sizeof(ierr));
     if (rc != 0) {
         free(f->inner);
         f->inner = NULL;
-        kvcd_adapter_config_error(err, errlen, "inner (%s): %s", type, ierr[0] ? ierr : kvcd_strerror(rc));
+        f->svc->errf(err, errlen, KVCD_ECONFIG, "inner (%s): %s", type, ierr[0] ? ierr : f->svc->strerror(rc));
         return rc < 0 ? rc : KVCD_ECONFIG;
     }
     return 0;
@@ -287,10 +257,12 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
                 size_t errlen)
 {
     fault_t *f = self;
-    int rc = parse(f, spec, err, errlen);
+    int rc;
 
+    f->svc = env->svc;
+    rc = parse(f, err, errlen);
     if (rc == 0)
-        rc = make_inner(f, spec, env, err, errlen);
+        rc = make_inner(f, env, err, errlen);
     if (rc != 0)
         release_parsed(f);
     return rc;

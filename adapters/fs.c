@@ -65,7 +65,6 @@
 
 #include "adapters/adapter.h"
 #include "adapters/fs/fs_int.h"
-#include "daemon/log.h"
 
 static const char *const odf_name[ODF_N] = {"unsupported", "unaligned_buffer", "io_einval"};
 
@@ -618,29 +617,23 @@ static int fs_init(void *self, const json_t *spec, const kvcd_adapter_env_t *env
     size_t i;
     int r;
 
+    /* self holds the spec's fields already (the core parser) */
+    fs->svc = env->svc;
     fs->base_fd = -1;
     atomic_init(&fs->tmp_fd, -1);
-    fs->tmp_dir = strdup(".tmp");
-    fs->read_ahead = 65536;
-    fs->checksum = true;
-    fs->skip_existing = true;
-    fs->file_mode = 0600;
-    fs->dir_mode = 0700;
-    fs->orphan_age_ms = 3600 * 1000;
-    fs->health_window_ms = 5000;
     atomic_store(&fs->odirect_ok, true);
     /* until background has run, stores do not sweep (it sweeps first) */
     atomic_store(&fs->next_sweep, UINT64_MAX);
     pthread_mutex_init(&fs->mu, NULL);
     pthread_mutex_init(&fs->rmu, NULL);
     fs->inited = true;
-    if (kvcd_fs_idx_init(fs)) {
-        snprintf(err, errlen, "base_path: out of memory");
-        r = KVCD_ECONFIG;
-        goto fail;
-    }
+    /* first: from here on fs_close frees the strings, so they must be ours */
     if ((r = kvcd_fs_parse_spec(fs, spec, err, errlen)))
         goto fail;
+    if (kvcd_fs_idx_init(fs)) {
+        r = kvcd_errf(err, errlen, KVCD_ECONFIG, "base_path: out of memory");
+        goto fail;
+    }
 
     /* identity of this instance's temp files */
     if (gethostname(host, sizeof(host)))
@@ -660,7 +653,7 @@ static int fs_init(void *self, const json_t *spec, const kvcd_adapter_env_t *env
     if ((r = kvcd_fs_open_dirs(fs, err, errlen)))
         goto fail;
     if (LD(fs->ro_errno)) {
-        KVCD_LOG(KVCD_LOG_WARNING, "fs",
+        KVCD_ALOG(fs->svc, KVCD_ALOG_WARNING, "fs",
                  "%s: %s; starting read-only: lookups and loads are served, stores fail until "
                  "a write works again (on a full disk own files are evicted to make room)",
                  env && env->instance ? env->instance : "fs", err);

@@ -16,7 +16,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,17 +44,21 @@ typedef struct {
     size_t used, capacity;
     double bandwidth;     /* bytes per second, 0 = unlimited */
     uint64_t latency_ms;
+    double size_gb, bw_gb; /* spec */
     uint64_t link_free_ns; /* when the simulated link is next idle */
     uint64_t stores, hits, misses, evictions, removes, rejected;
 } mock_t;
 
 static const kvcd_adapter_field_t fields[] = {
-    {"max_size_gb", "number", "1",
-     "capacity in GiB; a store that does not fit evicts the oldest objects first (FIFO)"},
-    {"mock_bandwidth_gb", "number", "0",
-     "simulated transfer bandwidth in GiB/s, shared by concurrent calls; 0 = unlimited"},
-    {"latency_ms", "integer", "0", "simulated latency added once to every call"},
-    {NULL, NULL, NULL, NULL},
+    {KVCD_FIELD("max_size_gb", KVCD_FIELD_NUMBER, mock_t, size_gb), .flags = KVCD_FIELD_ABOVE_MIN,
+     .min = 0, .max = 1048576, .dflt = "1",
+     .doc = "capacity in GiB; a store that does not fit evicts the oldest objects first (FIFO)"},
+    {KVCD_FIELD("mock_bandwidth_gb", KVCD_FIELD_NUMBER, mock_t, bw_gb), .min = 0, .max = 1e6,
+     .dflt = "0",
+     .doc = "simulated transfer bandwidth in GiB/s, shared by concurrent calls; 0 = unlimited"},
+    {KVCD_FIELD("latency_ms", KVCD_FIELD_INT, mock_t, latency_ms), .min = 0, .max = 3600000,
+     .dflt = "0", .doc = "simulated latency added once to every call"},
+    {.name = NULL},
 };
 
 static uint64_t now_ns(void)
@@ -169,44 +172,9 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
                 size_t errlen)
 {
     mock_t *m = self;
-    double size_gb = 1, bw_gb = 0;
-    json_int_t lat = 0;
-    const char *k;
-    json_t *v;
 
-    json_object_foreach((json_t *)spec, k, v) {
-        if (strcmp(k, "type") == 0)
-            continue;
-        if (strcmp(k, "max_size_gb") == 0) {
-            if (!json_is_number(v))
-                return kvcd_adapter_config_error(err, errlen, "max_size_gb: expected a number");
-            size_gb = json_number_value(v);
-            if (!(size_gb > 0) || size_gb > 1 << 20)
-                return kvcd_adapter_config_error(err, errlen, "max_size_gb: must be > 0 and <= 1048576 (got %g)",
-                            size_gb);
-        } else if (strcmp(k, "mock_bandwidth_gb") == 0) {
-            if (!json_is_number(v))
-                return kvcd_adapter_config_error(err, errlen, "mock_bandwidth_gb: expected a number");
-            bw_gb = json_number_value(v);
-            if (!(bw_gb >= 0) || bw_gb > 1e6)
-                return kvcd_adapter_config_error(err, errlen,
-                            "mock_bandwidth_gb: must be >= 0 (0 = unlimited) (got %g)", bw_gb);
-        } else if (strcmp(k, "latency_ms") == 0) {
-            if (!json_is_integer(v))
-                return kvcd_adapter_config_error(err, errlen, "latency_ms: expected an integer");
-            lat = json_integer_value(v);
-            if (lat < 0 || lat > 3600000)
-                return kvcd_adapter_config_error(err, errlen, "latency_ms: must be between 0 and 3600000 (got %lld)",
-                            (long long)lat);
-        } else {
-            return kvcd_adapter_config_error(err, errlen,
-                        "%s: unknown field (known: max_size_gb, mock_bandwidth_gb, latency_ms)",
-                        k);
-        }
-    }
-    m->capacity = (size_t)(size_gb * GiB);
-    m->bandwidth = bw_gb * GiB;
-    m->latency_ms = (uint64_t)lat;
+    m->capacity = (size_t)(m->size_gb * GiB);
+    m->bandwidth = m->bw_gb * GiB;
     m->buckets = calloc(BUCKETS_MIN, sizeof(*m->buckets));
     if (!m->buckets)
         return -ENOMEM;

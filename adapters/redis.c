@@ -87,7 +87,6 @@
 #include "adapters/object/format.h"
 #include "adapters/redis/cluster.h"
 #include "adapters/redis/ring.h"
-#include "daemon/log.h"
 
 #define PREFIX_MAX 128
 #define KEY_MAX (PREFIX_MAX + KVCD_OBJ_NAME_MAX)
@@ -220,8 +219,13 @@ struct rd_s {
     job_t *done_head, *done_tail;
     uint64_t stores, store_bytes, lookups, hits, loads, load_bytes, removes, checksum_failures,
         server_errors;
+    /* the spec (adapters/registry.c fills them; strings borrowed during init) */
+    const char *s_host, *s_unix, *s_password, *s_password_env, *s_username, *s_username_env,
+        *s_prefix;
+    const json_t *s_nodes;
+    int64_t s_port;
     /* cluster mode (see "cluster" below) */
-    int cluster, replica_reads;
+    bool cluster, replica_reads;
     unsigned max_redirects;
     uint64_t refresh_ms;
     shard_t *shards;
@@ -240,36 +244,61 @@ struct rd_s {
     char map_error[512];
 };
 
+#define F(nm, ty, member) KVCD_FIELD(nm, ty, rd_t, member)
+#define STR(nm, member, len) F(nm, KVCD_FIELD_STRING, member), .flags = KVCD_FIELD_NONEMPTY, .max = len
+
 static const kvcd_adapter_field_t fields[] = {
-    {"host", "string", "\"127.0.0.1\"", "server host name or address (one server; or use unix)"},
-    {"port", "integer", "6379", "server TCP port"},
-    {"unix", "string", "(none)", "server unix socket path, instead of host/port"},
-    {"nodes", "array", "(none)",
-     "several servers: [{\"host\":..,\"port\":..} or {\"unix\":..}, optional \"name\"]; "
-     "keys are spread by consistent hashing"},
-    {"password", "string", "(none)", "AUTH password"},
-    {"password_env", "string", "(none)", "name of an environment variable holding the password"},
-    {"username", "string", "(none)", "ACL user name for AUTH (Redis 6+)"},
-    {"username_env", "string", "(none)", "name of an environment variable holding the user"},
-    {"db", "integer", "0", "database number (SELECT)"},
-    {"key_prefix", "string", "\"\"", "prepended to every key (at most 128 bytes)"},
-    {"connect_timeout_ms", "integer", "1000", "bound on resolving, connecting and AUTH"},
-    {"command_timeout_ms", "integer", "5000",
-     "a command unanswered this long drops the connection and fails its keys"},
-    {"pipeline_depth", "integer", "64", "keys in flight per server connection"},
-    {"pipeline_bytes", "integer", "8388608",
-     "value bytes in flight per server connection (one key always may be)"},
-    {"ttl_seconds", "integer", "0", "expiry set on stored values; 0 = none"},
-    {"virtual_nodes", "integer", "512", "points per server on the hash ring"},
-    {"reconnect_min_ms", "integer", "100", "first reconnect delay"},
-    {"reconnect_max_ms", "integer", "2000", "reconnect delay cap (the delay doubles)"},
-    {"cluster", "boolean", "false",
-     "Redis Cluster: host/port or nodes are seeds; keys go by slot, MOVED/ASK followed"},
-    {"read_from_replicas", "boolean", "false", "cluster: lookups and loads also go to replicas"},
-    {"cluster_refresh_ms", "integer", "10000", "cluster: slot map refresh period"},
-    {"max_redirects", "integer", "5", "cluster: MOVED/ASK followed per key before it fails"},
-    {NULL, NULL, NULL, NULL},
+    {STR("host", s_host, 255), .dflt_doc = "\"127.0.0.1\"",
+     .doc = "server host name or address (one server; or use unix)"},
+    {F("port", KVCD_FIELD_INT, s_port), .min = 1, .max = 65535, .dflt_doc = "6379",
+     .doc = "server TCP port"},
+    {STR("unix", s_unix, 107), .doc = "server unix socket path, instead of host/port"},
+    {F("nodes", KVCD_FIELD_ARRAY, s_nodes), .flags = KVCD_FIELD_NONEMPTY,
+     .doc = "several servers: [{\"host\":..,\"port\":..} or {\"unix\":..}, optional \"name\"]; "
+            "keys are spread by consistent hashing"},
+    {STR("password", s_password, 4096), .doc = "AUTH password"},
+    {STR("password_env", s_password_env, 255),
+     .doc = "name of an environment variable holding the password"},
+    {STR("username", s_username, 4096), .doc = "ACL user name for AUTH (Redis 6+)"},
+    {STR("username_env", s_username_env, 255),
+     .doc = "name of an environment variable holding the user"},
+    {F("db", KVCD_FIELD_INT32, db), .min = 0, .max = 1 << 20, .dflt = "0",
+     .doc = "database number (SELECT)"},
+    {F("key_prefix", KVCD_FIELD_STRING, s_prefix), .max = PREFIX_MAX, .dflt = "\"\"",
+     .doc = "prepended to every key"},
+    {F("connect_timeout_ms", KVCD_FIELD_INT, connect_timeout_ms), .min = 1, .max = 600000,
+     .dflt = "1000", .doc = "bound on resolving, connecting and AUTH"},
+    {F("command_timeout_ms", KVCD_FIELD_INT, command_timeout_ms), .min = 1, .max = 3600000,
+     .dflt = "5000", .doc = "a command unanswered this long drops the connection and fails its keys"},
+    {F("pipeline_depth", KVCD_FIELD_INT32, depth), .min = 1, .max = 65536, .dflt = "64",
+     .doc = "keys in flight per server connection"},
+    {F("pipeline_bytes", KVCD_FIELD_INT, pipeline_bytes), .min = 1, .max = 1099511627776.0,
+     .dflt = "8388608", .doc = "value bytes in flight per server connection (one key always may be)"},
+    {F("ttl_seconds", KVCD_FIELD_INT, ttl), .min = 0, .max = 1099511627776.0, .dflt = "0",
+     .doc = "expiry set on stored values; 0 = none"},
+    {F("virtual_nodes", KVCD_FIELD_INT32, vnodes), .min = 1, .max = 65536, .dflt = "512",
+     .doc = "points per server on the hash ring"},
+    {F("reconnect_min_ms", KVCD_FIELD_INT, reconnect_min_ms), .min = 1, .max = 3600000,
+     .dflt = "100", .doc = "first reconnect delay"},
+    {F("reconnect_max_ms", KVCD_FIELD_INT, reconnect_max_ms), .min = 1, .max = 3600000,
+     .dflt = "2000", .doc = "reconnect delay cap (the delay doubles)"},
+    {F("cluster", KVCD_FIELD_BOOL, cluster), .dflt = "false",
+     .doc = "Redis Cluster: host/port or nodes are seeds; keys go by slot, MOVED/ASK followed"},
+    {F("read_from_replicas", KVCD_FIELD_BOOL, replica_reads), .dflt = "false",
+     .doc = "cluster: lookups and loads also go to replicas"},
+    {F("cluster_refresh_ms", KVCD_FIELD_INT, refresh_ms), .min = 100, .max = 3600000,
+     .dflt = "10000", .doc = "cluster: slot map refresh period"},
+    {F("max_redirects", KVCD_FIELD_INT32, max_redirects), .min = 1, .max = 16, .dflt = "5",
+     .doc = "cluster: MOVED/ASK followed per key before it fails"},
+    {.name = NULL},
 };
+
+#undef STR
+#undef F
+
+/* The core's functions: the same table for every instance (set by init). */
+static const kvcd_core_services_t *svc;
+
 
 static void pump(node_t *n);
 static void node_connect(node_t *n);
@@ -345,7 +374,7 @@ static void tick_cb(uv_timer_t *t)
         free(job);
         /* The core may close the instance from here once nothing else is in
          * flight, which is only possible for the last one: stop touching rd. */
-        kvcd_l2_batch_done(b);
+        svc->batch_done(b);
         if (last)
             return;
     }
@@ -489,12 +518,12 @@ static void node_lost(node_t *n)
     if (was_ready) {
         n->disconnects++;
         n->down_since = uv_now(n->loop);
-        KVCD_LOG(KVCD_LOG_WARNING, "redis", "%s: lost %s: %s; reconnecting", rd->instance,
+        KVCD_ALOG(svc, KVCD_ALOG_WARNING, "redis", "%s: lost %s: %s; reconnecting", rd->instance,
                  n->addr, n->last_error);
     } else {
         n->failed_connects++;
         if (n->failed_connects == 1 || n->ever_ready)
-            KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "redis", LOG_INTERVAL_MS,
+            KVCD_ALOG_RATELIMITED(svc, KVCD_ALOG_WARNING, "redis", LOG_INTERVAL_MS,
                                  "%s: cannot connect to %s: %s; retrying", rd->instance,
                                  n->addr, n->last_error);
     }
@@ -537,10 +566,10 @@ static void node_ready(node_t *n)
     n->backoff_ms = rd->reconnect_min_ms;
     uv_timer_stop(&n->retry);
     if (n->ever_ready)
-        KVCD_LOG(KVCD_LOG_INFO, "redis", "%s: reconnected to %s after %llu ms", rd->instance,
+        KVCD_ALOG(svc, KVCD_ALOG_INFO, "redis", "%s: reconnected to %s after %llu ms", rd->instance,
                  n->addr, (unsigned long long)(uv_now(n->loop) - n->down_since));
     else
-        KVCD_LOG(KVCD_LOG_INFO, "redis", "%s: connected to %s", rd->instance, n->addr);
+        KVCD_ALOG(svc, KVCD_ALOG_INFO, "redis", "%s: connected to %s", rd->instance, n->addr);
     n->ever_ready = 1;
     n->last_error[0] = '\0';
     pump(n);
@@ -874,7 +903,7 @@ static node_t *cluster_node(rd_t *rd, const char *host, int port)
     n = node_new(rd, host, port, NULL, addr, addr);
     if (!n)
         return NULL;
-    KVCD_LOG(KVCD_LOG_INFO, "redis", "%s: cluster node %s discovered", rd->instance, addr);
+    KVCD_ALOG(svc, KVCD_ALOG_INFO, "redis", "%s: cluster node %s discovered", rd->instance, addr);
     uv_timer_start(&n->retry, retry_cb, 0, 0);
     return n;
 }
@@ -1174,7 +1203,7 @@ static int map_apply(rd_t *rd, node_t *from, const redisReply *r)
         sh[i].master->role = R_MASTER;
     }
     if (!rd->have_map || covered != rd->covered)
-        KVCD_LOG(covered == KVCD_CLUSTER_SLOTS ? KVCD_LOG_INFO : KVCD_LOG_WARNING, "redis",
+        KVCD_ALOG(svc, covered == KVCD_CLUSTER_SLOTS ? KVCD_ALOG_INFO : KVCD_ALOG_WARNING, "redis",
                  "%s: cluster map from %s: %u masters, %u of %d slots covered", rd->instance,
                  from->addr, masters, covered, KVCD_CLUSTER_SLOTS);
     free(rd->shards);
@@ -1222,7 +1251,7 @@ static void slots_cb(redisAsyncContext *ac, void *r, void *priv)
         rc = map_apply(rd, n, reply);
     if (rc != 0) {
         rd->refresh_failures++;
-        KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "redis", LOG_INTERVAL_MS, "%s: %s", rd->instance,
+        KVCD_ALOG_RATELIMITED(svc, KVCD_ALOG_WARNING, "redis", LOG_INTERVAL_MS, "%s: %s", rd->instance,
                              rd->map_error);
         if (!rd->have_map)
             fail_unrouted(rd, KVCD_EUNAVAIL);
@@ -1286,7 +1315,7 @@ static void redirect(op_t *op)
     }
     if (++op->redirects > rd->max_redirects) {
         rd->redirect_failures++;
-        KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "redis", LOG_INTERVAL_MS,
+        KVCD_ALOG_RATELIMITED(svc, KVCD_ALOG_WARNING, "redis", LOG_INTERVAL_MS,
                              "%s: '%.*s' redirected %u times: given up", rd->instance,
                              (int)op->keylen, op->key, rd->max_redirects);
         op_done(op, KVCD_EUNAVAIL);
@@ -1305,7 +1334,7 @@ static int map_error(node_t *n, const redisReply *reply)
     n->errors++;
     n->rd->server_errors++;
     note(n, "%.*s", (int)reply->len, s);
-    KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "redis", LOG_INTERVAL_MS, "%s: %s: %.*s",
+    KVCD_ALOG_RATELIMITED(svc, KVCD_ALOG_WARNING, "redis", LOG_INTERVAL_MS, "%s: %s: %.*s",
                          n->rd->instance, n->addr, (int)reply->len, s);
     if (!strncmp(s, "OOM", 3))
         return -ENOSPC;
@@ -1333,7 +1362,7 @@ static void bad_value(op_t *op)
     size_t len[] = {6, op->keylen};
 
     n->rd->checksum_failures++;
-    KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "redis", LOG_INTERVAL_MS,
+    KVCD_ALOG_RATELIMITED(svc, KVCD_ALOG_WARNING, "redis", LOG_INTERVAL_MS,
                          "%s: damaged value under '%.*s' on %s: deleted", n->rd->instance,
                          (int)op->keylen, op->key, n->addr);
     redisAsyncCommandArgv(n->ac, NULL, NULL, 2, argv, len);
@@ -1636,7 +1665,7 @@ static void submit(void *self, kvcd_l2_batch_t *b)
     if (!job) {
         for (i = 0; i < b->n; i++)
             b->items[i].result = -ENOMEM;
-        kvcd_l2_batch_done(b);
+        svc->batch_done(b);
         return;
     }
     job->rd = rd;
@@ -1677,95 +1706,52 @@ typedef struct {
     int port;
 } nspec_t;
 
-static int get_int(const json_t *v, const char *field, long long lo, long long hi,
-                   long long *out, char *err, size_t errlen)
-{
-    if (!json_is_integer(v))
-        return kvcd_adapter_config_error(err, errlen, "%s: expected an integer", field);
-    *out = json_integer_value(v);
-    if (*out < lo || *out > hi)
-        return kvcd_adapter_config_error(err, errlen, "%s: must be in %lld..%lld (got %lld)", field, lo, hi, *out);
-    return 0;
-}
+#define NF(nm, ty, member) KVCD_FIELD(nm, ty, nspec_t, member)
 
-static int get_str(const json_t *v, const char *field, size_t maxlen, int empty_ok,
-                   const char **out, char *err, size_t errlen)
-{
-    if (!json_is_string(v))
-        return kvcd_adapter_config_error(err, errlen, "%s: expected a string", field);
-    if (!empty_ok && json_string_length(v) == 0)
-        return kvcd_adapter_config_error(err, errlen, "%s: must not be empty", field);
-    if (json_string_length(v) > maxlen)
-        return kvcd_adapter_config_error(err, errlen, "%s: longer than %zu bytes", field, maxlen);
-    if (strlen(json_string_value(v)) != json_string_length(v))
-        return kvcd_adapter_config_error(err, errlen, "%s: contains a NUL byte", field);
-    *out = json_string_value(v);
-    return 0;
-}
+/* One nodes[] entry. */
+static const kvcd_adapter_field_t node_fields[] = {
+    {NF("host", KVCD_FIELD_STRING, host), .flags = KVCD_FIELD_NONEMPTY, .max = 255},
+    {NF("port", KVCD_FIELD_INT32, port), .min = 1, .max = 65535},
+    {NF("unix", KVCD_FIELD_STRING, path), .flags = KVCD_FIELD_NONEMPTY, .max = 107},
+    {NF("name", KVCD_FIELD_STRING, name), .flags = KVCD_FIELD_NONEMPTY, .max = 255},
+    {.name = NULL},
+};
 
-/* host/port/unix/name of one server, from the spec itself or a nodes[] entry. */
-static int parse_addr(const json_t *o, const char *where, int top, nspec_t *ns, char *err,
-                      size_t errlen)
+#undef NF
+
+/* host/port/unix/name of one nodes[] entry (the top-level ones are fields). */
+static int parse_addr(const json_t *o, const char *where, nspec_t *ns, char *err, size_t errlen)
 {
-    char f[64];
-    const char *k;
-    json_t *v;
-    long long port = 6379;
-    int have_port = 0;
+    int rc;
 
     memset(ns, 0, sizeof(*ns));
-    json_object_foreach((json_t *)o, k, v) {
-        snprintf(f, sizeof(f), "%s%s", where, k);
-        if (!strcmp(k, "host")) {
-            if (get_str(v, f, 255, 0, &ns->host, err, errlen))
-                return KVCD_ECONFIG;
-        } else if (!strcmp(k, "port")) {
-            if (get_int(v, f, 1, 65535, &port, err, errlen))
-                return KVCD_ECONFIG;
-            have_port = 1;
-        } else if (!strcmp(k, "unix")) {
-            if (get_str(v, f, 107, 0, &ns->path, err, errlen))
-                return KVCD_ECONFIG;
-        } else if (!top && !strcmp(k, "name")) {
-            if (get_str(v, f, 255, 0, &ns->name, err, errlen))
-                return KVCD_ECONFIG;
-        } else if (!top) {
-            return kvcd_adapter_config_error(err, errlen, "%s: unknown field (expected host, port, unix or name)", f);
-        }
-    }
-    if (ns->path && (ns->host || have_port))
-        return kvcd_adapter_config_error(err, errlen, "%s%s: give either unix or host/port, not both", where,
+    if ((rc = svc->fields_parse(node_fields, "a nodes[] entry", o, ns, where, err, errlen)))
+        return rc;
+    if (ns->path && (ns->host || ns->port))
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s%s: give either unix or host/port, not both", where,
                     ns->host ? "host" : "port");
-    if (!ns->path && !ns->host) {
-        if (!top)
-            return kvcd_adapter_config_error(err, errlen, "%.*s: needs host or unix", (int)strlen(where) - 1, where);
-        ns->host = "127.0.0.1";
-    }
-    ns->port = (int)port;
+    if (!ns->path && !ns->host)
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%.*s: needs host or unix", (int)strlen(where) - 1, where);
+    if (!ns->port)
+        ns->port = 6379;
     return 0;
 }
 
-static int env_or_value(const json_t *spec, const char *field, const char *envfield, char **out,
-                        char *err, size_t errlen)
+/* A secret given as a value or as the name of an environment variable. */
+static int env_or_value(const char *val, const char *envname, const char *field,
+                        const char *envfield, char **out, char *err, size_t errlen)
 {
-    const json_t *v = json_object_get(spec, field), *e = json_object_get(spec, envfield);
-    const char *s = NULL;
+    const char *v = val;
 
-    if (v && e)
-        return kvcd_adapter_config_error(err, errlen, "%s: give either %s or %s, not both", envfield, field, envfield);
-    if (v && get_str(v, field, 4096, 0, &s, err, errlen))
-        return KVCD_ECONFIG;
-    if (e) {
-        const char *name;
-
-        if (get_str(e, envfield, 255, 0, &name, err, errlen))
-            return KVCD_ECONFIG;
-        s = getenv(name);
-        if (!s)
-            return kvcd_adapter_config_error(err, errlen, "%s: environment variable '%s' is not set", envfield, name);
+    if (val && envname)
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: give either %s or %s, not both", envfield, field, envfield);
+    if (envname) {
+        v = getenv(envname);
+        if (!v)
+            return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: environment variable '%s' is not set", envfield, envname);
     }
-    if (s && !(*out = strdup(s)))
-        return kvcd_adapter_config_error(err, errlen, "%s: out of memory", field);
+    if (v && !(*out = strdup(v)))
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: out of memory", field);
     return 0;
 }
 
@@ -1813,7 +1799,7 @@ static void teardown(rd_t *rd)
             redisAsyncFree(ac);
         }
         if (n->wait.n || n->sent.n)
-            KVCD_LOG(KVCD_LOG_ERROR, "redis", "%s: closed with %zu keys queued on %s",
+            KVCD_ALOG(svc, KVCD_ALOG_ERROR, "redis", "%s: closed with %zu keys queued on %s",
                      rd->instance, n->wait.n + n->sent.n, n->addr);
         if (n->gai_busy)
             uv_cancel((uv_req_t *)&n->gai);
@@ -1848,136 +1834,58 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
     const char **ids = NULL;
     size_t nn = 0, i, j;
     const json_t *nodes = NULL;
-    long long x;
-    const char *k, *s;
-    json_t *v;
     int rc = KVCD_ECONFIG, top_addr = 0;
 
+    svc = env->svc;
     rd->loop = env->loop;
     snprintf(rd->instance, sizeof(rd->instance), "%s", env->instance ? env->instance : "redis");
-    rd->connect_timeout_ms = 1000;
-    rd->command_timeout_ms = 5000;
-    rd->reconnect_min_ms = 100;
-    rd->reconnect_max_ms = 2000;
-    rd->depth = 64;
-    rd->pipeline_bytes = (size_t)8 << 20;
-    rd->vnodes = 512;
-    rd->refresh_ms = 10000;
-    rd->max_redirects = 5;
-
-    json_object_foreach((json_t *)spec, k, v) {
-        if (!strcmp(k, "type") || !strcmp(k, "password") || !strcmp(k, "password_env") ||
-            !strcmp(k, "username") || !strcmp(k, "username_env"))
-            continue;
-        if (!strcmp(k, "host") || !strcmp(k, "port") || !strcmp(k, "unix")) {
-            top_addr = 1;
-        } else if (!strcmp(k, "nodes")) {
-            if (!json_is_array(v) || json_array_size(v) == 0)
-                return kvcd_adapter_config_error(err, errlen, "nodes: expected a non-empty array of objects");
-            if (json_array_size(v) > NODES_MAX)
-                return kvcd_adapter_config_error(err, errlen, "nodes: at most %d servers", NODES_MAX);
-            nodes = v;
-        } else if (!strcmp(k, "db")) {
-            if (get_int(v, k, 0, 1 << 20, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->db = (int)x;
-        } else if (!strcmp(k, "key_prefix")) {
-            if (get_str(v, k, PREFIX_MAX, 1, &s, err, errlen))
-                return KVCD_ECONFIG;
-            memcpy(rd->prefix, s, strlen(s));
-            rd->prefix_len = strlen(s);
-        } else if (!strcmp(k, "connect_timeout_ms")) {
-            if (get_int(v, k, 1, 600000, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->connect_timeout_ms = (uint64_t)x;
-        } else if (!strcmp(k, "command_timeout_ms")) {
-            if (get_int(v, k, 1, 3600000, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->command_timeout_ms = (uint64_t)x;
-        } else if (!strcmp(k, "pipeline_depth")) {
-            if (get_int(v, k, 1, 65536, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->depth = (unsigned)x;
-        } else if (!strcmp(k, "pipeline_bytes")) {
-            if (get_int(v, k, 1, 1ll << 40, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->pipeline_bytes = (size_t)x;
-        } else if (!strcmp(k, "ttl_seconds")) {
-            if (get_int(v, k, 0, 1ll << 40, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->ttl = x;
-        } else if (!strcmp(k, "virtual_nodes")) {
-            if (get_int(v, k, 1, 65536, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->vnodes = (unsigned)x;
-        } else if (!strcmp(k, "reconnect_min_ms")) {
-            if (get_int(v, k, 1, 3600000, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->reconnect_min_ms = (uint64_t)x;
-        } else if (!strcmp(k, "reconnect_max_ms")) {
-            if (get_int(v, k, 1, 3600000, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->reconnect_max_ms = (uint64_t)x;
-        } else if (!strcmp(k, "cluster") || !strcmp(k, "read_from_replicas")) {
-            if (!json_is_boolean(v))
-                return kvcd_adapter_config_error(err, errlen, "%s: expected true or false", k);
-            *(k[0] == 'c' ? &rd->cluster : &rd->replica_reads) = json_is_true(v);
-        } else if (!strcmp(k, "cluster_refresh_ms")) {
-            if (get_int(v, k, 100, 3600000, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->refresh_ms = (uint64_t)x;
-        } else if (!strcmp(k, "max_redirects")) {
-            if (get_int(v, k, 1, 16, &x, err, errlen))
-                return KVCD_ECONFIG;
-            rd->max_redirects = (unsigned)x;
-        } else {
-            return kvcd_adapter_config_error(err, errlen,
-                        "%s: unknown field (known: host, port, unix, nodes, password, "
-                        "password_env, username, username_env, db, key_prefix, "
-                        "connect_timeout_ms, command_timeout_ms, pipeline_depth, pipeline_bytes, "
-                        "ttl_seconds, "
-                        "virtual_nodes, reconnect_min_ms, reconnect_max_ms, cluster, "
-                        "read_from_replicas, cluster_refresh_ms, max_redirects)",
-                        k);
-        }
-    }
+    /* The fields are parsed (defaults applied); what is left spans fields. */
+    rd->prefix_len = strlen(rd->s_prefix);
+    memcpy(rd->prefix, rd->s_prefix, rd->prefix_len);
+    nodes = rd->s_nodes;
+    top_addr = rd->s_host || rd->s_unix || rd->s_port;
+    if (nodes && json_array_size(nodes) > NODES_MAX)
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "nodes: at most %d servers", NODES_MAX);
     if (nodes && top_addr)
-        return kvcd_adapter_config_error(err, errlen, "nodes: cannot be combined with host, port or unix");
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "nodes: cannot be combined with host, port or unix");
+    if (rd->s_unix && top_addr && (rd->s_host || rd->s_port))
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: give either unix or host/port, not both",
+                         rd->s_host ? "host" : "port");
     if (!rd->cluster) {
         static const char *const only[] = {"read_from_replicas", "cluster_refresh_ms",
                                            "max_redirects"};
 
         for (i = 0; i < 3; i++)
             if (json_object_get(spec, only[i]))
-                return kvcd_adapter_config_error(err, errlen, "%s: only with \"cluster\": true",
-                                                 only[i]);
+                return kvcd_errf(err, errlen, KVCD_ECONFIG, "%s: only with \"cluster\": true",
+                                 only[i]);
     } else {
         if (rd->db)
-            return kvcd_adapter_config_error(err, errlen,
-                                             "db: a Redis Cluster has only database 0");
+            return kvcd_errf(err, errlen, KVCD_ECONFIG, "db: a Redis Cluster has only database 0");
         if (json_object_get(spec, "virtual_nodes"))
-            return kvcd_adapter_config_error(
-                err, errlen,
+            return kvcd_errf(
+                err, errlen, KVCD_ECONFIG,
                 "virtual_nodes: not with \"cluster\": true (the cluster's slots place keys)");
         if (kvcd_cluster_has_tag(rd->prefix, rd->prefix_len))
-            return kvcd_adapter_config_error(
-                err, errlen,
+            return kvcd_errf(
+                err, errlen, KVCD_ECONFIG,
                 "key_prefix: holds a {hash tag}, which would put every key in one cluster slot");
     }
     if (rd->reconnect_max_ms < rd->reconnect_min_ms)
-        return kvcd_adapter_config_error(err, errlen, "reconnect_max_ms: must be >= reconnect_min_ms (%llu)",
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "reconnect_max_ms: must be >= reconnect_min_ms (%llu)",
                     (unsigned long long)rd->reconnect_min_ms);
 
     nn = nodes ? json_array_size(nodes) : 1;
     ns = calloc(nn, sizeof(*ns));
     ids = calloc(nn, sizeof(*ids));
     if (!ns || !ids) {
-        rc = kvcd_adapter_config_error(err, errlen, "out of memory");
+        rc = kvcd_errf(err, errlen, KVCD_ECONFIG, "out of memory");
         goto out;
     }
     if (!nodes) {
-        if (parse_addr(spec, "", 1, &ns[0], err, errlen))
-            goto out;
+        ns[0].host = rd->s_unix ? NULL : rd->s_host ? rd->s_host : "127.0.0.1";
+        ns[0].path = rd->s_unix;
+        ns[0].port = rd->s_port ? (int)rd->s_port : 6379;
     } else {
         for (i = 0; i < nn; i++) {
             json_t *o = json_array_get(nodes, i);
@@ -1985,18 +1893,20 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
 
             snprintf(where, sizeof(where), "nodes[%zu].", i);
             if (!json_is_object(o)) {
-                rc = kvcd_adapter_config_error(err, errlen, "nodes[%zu]: expected an object", i);
+                rc = kvcd_errf(err, errlen, KVCD_ECONFIG, "nodes[%zu]: expected an object", i);
                 goto out;
             }
-            if (parse_addr(o, where, 0, &ns[i], err, errlen))
+            if (parse_addr(o, where, &ns[i], err, errlen))
                 goto out;
         }
     }
-    if (env_or_value(spec, "password", "password_env", &rd->password, err, errlen) ||
-        env_or_value(spec, "username", "username_env", &rd->username, err, errlen))
+    if (env_or_value(rd->s_password, rd->s_password_env, "password", "password_env",
+                     &rd->password, err, errlen) ||
+        env_or_value(rd->s_username, rd->s_username_env, "username", "username_env",
+                     &rd->username, err, errlen))
         goto out;
     if (rd->username && !rd->password) {
-        rc = kvcd_adapter_config_error(err, errlen, "username: needs password or password_env");
+        rc = kvcd_errf(err, errlen, KVCD_ECONFIG, "username: needs password or password_env");
         goto out;
     }
 
@@ -2007,25 +1917,25 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
         node_id(&ns[i], id, sizeof(id), addr, sizeof(addr));
         for (j = 0; j < i; j++)
             if (!strcmp(rd->nodes[j]->id, id)) {
-                rc = kvcd_adapter_config_error(err, errlen, "nodes[%zu]: the same server as nodes[%zu] (%s)", i, j,
+                rc = kvcd_errf(err, errlen, KVCD_ECONFIG, "nodes[%zu]: the same server as nodes[%zu] (%s)", i, j,
                           id);
                 goto out;
             }
         n = node_new(rd, ns[i].host, ns[i].port, ns[i].path, id, addr);
         if (!n) {
-            rc = kvcd_adapter_config_error(err, errlen, "out of memory");
+            rc = kvcd_errf(err, errlen, KVCD_ECONFIG, "out of memory");
             goto out;
         }
         n->seed = 1;
         ids[i] = n->id;
     }
     if (!rd->cluster && kvcd_ring_build(&rd->ring, ids, nn, rd->vnodes) != 0) {
-        rc = kvcd_adapter_config_error(err, errlen, "out of memory");
+        rc = kvcd_errf(err, errlen, KVCD_ECONFIG, "out of memory");
         goto out;
     }
     rd->ticker = malloc(sizeof(*rd->ticker));
     if (!rd->ticker) {
-        rc = kvcd_adapter_config_error(err, errlen, "out of memory");
+        rc = kvcd_errf(err, errlen, KVCD_ECONFIG, "out of memory");
         goto out;
     }
     uv_timer_init(rd->loop, rd->ticker);
@@ -2036,7 +1946,7 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
         if (!rd->slot_shard || !rd->refresher) {
             free(rd->refresher);
             rd->refresher = NULL;
-            rc = kvcd_adapter_config_error(err, errlen, "out of memory");
+            rc = kvcd_errf(err, errlen, KVCD_ECONFIG, "out of memory");
             goto out;
         }
         for (i = 0; i < KVCD_CLUSTER_SLOTS; i++)

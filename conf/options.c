@@ -15,8 +15,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "daemon/log.h"
-#include "options.h"
+#include "conf/options.h"
+#include "protocol/kvcd_err.h"
 
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_ENDPOINT, OPT_CHUNK_SIZE, OPT_L1_SIZE_GB,
@@ -26,7 +26,7 @@ enum {
     OPT_MAX_PENDING_MB, OPT_MAX_UNSENT_MB,
     OPT_STORE_POLICY, OPT_PREFETCH_POLICY, OPT_PREFETCH_MAX, OPT_L2_TIMEOUT,
     OPT_PIN_TIMEOUT, OPT_CONFIG, OPT_HELP_ADAPTER,
-    OPT_MAX_SEGMENTS, OPT_MAX_SEGMENT_GB, OPT_SEGMENT_LEASE,
+    OPT_MAX_SEGMENTS, OPT_MAX_SEGMENT_GB, OPT_SEGMENT_LEASE, OPT_PRINT_ENDPOINT,
     OPT_HTTP_HOST, OPT_HTTP_PORT, OPT_SAVE_L1,
 };
 
@@ -65,6 +65,7 @@ static const struct option longopts[] = {
     {"help-adapter", required_argument, NULL, OPT_HELP_ADAPTER},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"version", no_argument, NULL, OPT_VERSION},
+    {"print-endpoint", no_argument, NULL, OPT_PRINT_ENDPOINT},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -137,7 +138,7 @@ void kvcd_options_usage(const char *adapter_types)
 "\n"
 "Shared memory (clients on the same host, docs/PROTOCOL.md):\n"
 "  --max-segments N         segments registered at once (default 64)\n"
-"  --max-segment-gb G       GiB of segments mapped at once (default 64)\n"
+"  --max-segment-gb G       GiB of segments registered at once (default 64)\n"
 "  --segment-lease-ms N     a client's segments are unregistered after N ms\n"
 "                           without a request from it (default 30000)\n"
 "\n"
@@ -147,6 +148,7 @@ void kvcd_options_usage(const char *adapter_types)
 "                           [paths]); flags given too override it (default: none)\n"
 "  --log-level L            debug, info, warning or error (default info)\n"
 "  --version                print the version and exit\n"
+"  --print-endpoint         print the endpoint these settings bind and exit\n"
 "  --help                   print this help and exit\n"
 "\n"
 "Example:\n"
@@ -155,15 +157,7 @@ void kvcd_options_usage(const char *adapter_types)
         adapter_types && *adapter_types ? adapter_types : "(none)");
 }
 
-static int bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
+#define bad(err, errlen, ...) kvcd_errf((err), (errlen), -1, __VA_ARGS__)
 
 static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
 {
@@ -195,6 +189,25 @@ static int parse_double(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
+/* The same names the daemon's log accepts. */
+static int parse_log_level(const char *s)
+{
+    if (strcasecmp(s, "debug") == 0)
+        return KVCD_OPT_LOG_DEBUG;
+    if (strcasecmp(s, "info") == 0)
+        return KVCD_OPT_LOG_INFO;
+    if (strcasecmp(s, "warning") == 0 || strcasecmp(s, "warn") == 0)
+        return KVCD_OPT_LOG_WARNING;
+    if (strcasecmp(s, "error") == 0)
+        return KVCD_OPT_LOG_ERROR;
+    return -1;
+}
+
+const char *kvcd_options_evict_name(kvcd_opt_evict_t p)
+{
+    return p == KVCD_OPT_EVICT_NOOP ? "noop" : "LRU";
+}
+
 static void set_defaults(kvcd_options_t *o)
 {
     memset(o, 0, sizeof(*o));
@@ -202,11 +215,11 @@ static void set_defaults(kvcd_options_t *o)
     o->port = 5555;
     o->chunk_size = 256;
     o->l1_size_gb = 1.0;
-    o->eviction_policy = KVCD_EVICT_LRU;
+    o->eviction_policy = KVCD_OPT_EVICT_LRU;
     o->high_watermark = 1.0; /* exact-capacity LRU (docs/DECISIONS.md) */
     o->low_watermark = 0.0;  /* 0: the high watermark */
     o->max_workers = 4;
-    o->log_level = KVCD_LOG_INFO;
+    o->log_level = KVCD_OPT_LOG_INFO;
     o->max_keys = 4096;
     o->max_frame = 128ull << 20;
     o->max_request = 1024ull << 20;
@@ -270,9 +283,9 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             break;
         case OPT_EVICTION:
             if (strcasecmp(optarg, "LRU") == 0)
-                o->eviction_policy = KVCD_EVICT_LRU;
+                o->eviction_policy = KVCD_OPT_EVICT_LRU;
             else if (strcasecmp(optarg, "noop") == 0)
-                o->eviction_policy = KVCD_EVICT_NOOP;
+                o->eviction_policy = KVCD_OPT_EVICT_NOOP;
             else
                 return bad(err, errlen, "--eviction-policy: expected LRU or noop, got '%s'", optarg);
             break;
@@ -351,10 +364,10 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             o->shutdown_timeout_ms = (int)u;
             break;
         case OPT_LOG_LEVEL:
-            lvl = kvcd_log_parse_level(optarg);
+            lvl = parse_log_level(optarg);
             if (lvl < 0)
                 return bad(err, errlen, "--log-level: expected debug, info, warning or error, got '%s'", optarg);
-            o->log_level = lvl;
+            o->log_level = (kvcd_opt_log_t)lvl;
             break;
         case OPT_STORE_POLICY:
             if (strcmp(optarg, "default") == 0)
@@ -411,6 +424,9 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             return 1;
         case OPT_HELP:
             o->want_help = 1;
+            break;
+        case OPT_PRINT_ENDPOINT:
+            o->want_endpoint = 1;
             break;
         case ':':
             return bad(err, errlen, "%s: requires a value", argv[optind - 1]);
@@ -491,7 +507,7 @@ static int config_to_argv(const char *path, int have_l2_flags, kvcd_options_t *o
             if (strcmp(lo->name, flag) == 0)
                 break;
         if (!lo->name || lo->val == OPT_CONFIG || lo->val == OPT_HELP ||
-            lo->val == OPT_VERSION || lo->val == OPT_HELP_ADAPTER ||
+            lo->val == OPT_VERSION || lo->val == OPT_PRINT_ENDPOINT || lo->val == OPT_HELP_ADAPTER ||
             lo->val == OPT_L2_ADAPTER || lo->val == OPT_PLUGIN) {
             bad(err, errlen, "--config %s: %s: unknown setting", path, key);
             goto out;
@@ -587,6 +603,10 @@ int kvcd_options_parse(int argc, char **argv, kvcd_options_t *o, char *err,
         snprintf(o->endpoint, sizeof(o->endpoint), "tcp://[%s]:%d", o->host, o->port);
     else
         snprintf(o->endpoint, sizeof(o->endpoint), "tcp://%s:%d", o->host, o->port);
+    if (o->want_endpoint) {
+        printf("%s\n", o->endpoint);
+        return 1;
+    }
     return 0;
 }
 

@@ -53,12 +53,10 @@ json_t *kvcd_server_status(kvcd_server_t *srv)
     kvcd_l1_stats_t st;
     json_t *o, *counters, *execs, *a;
     size_t i;
-    uint64_t unsent = srv->bridge ? kvcd_bridge_unsent(srv->bridge) : 0;
 
     kvcd_l1_stats(srv->l1, &st);
     o = json_pack(
-        "{s:s, s:s, s:f, s:I, s:{s:I, s:I, s:I, s:s, s:f, s:f, s:I},"
-        " s:{s:I, s:I, s:I, s:I, s:b, s:I}}",
+        "{s:s, s:s, s:f, s:I, s:{s:I, s:I, s:I, s:s, s:f, s:f, s:I}}",
         "server", "kvcd " KVCD_VERSION,
         "state", state_name(srv->state),
         "uptime_s", (double)(uv_now(srv->loop) - srv->start_ms) / 1000.0,
@@ -67,17 +65,10 @@ json_t *kvcd_server_status(kvcd_server_t *srv)
         "capacity", (json_int_t)st.capacity,
         "used", (json_int_t)st.used,
         "objects", (json_int_t)st.objects,
-        "eviction_policy", srv->opt->eviction_policy == KVCD_EVICT_LRU ? "LRU" : "noop",
+        "eviction_policy", kvcd_options_evict_name(srv->opt->eviction_policy),
         "high_watermark", st.high_watermark,
         "low_watermark", st.low_watermark,
-        "largest_free", (json_int_t)st.largest_free,
-        "admission",
-        "budget_bytes", (json_int_t)srv->opt->max_pending,
-        "used_bytes", (json_int_t)(srv->held + unsent),
-        "request_bytes", (json_int_t)srv->held,
-        "unsent_bytes", (json_int_t)unsent,
-        "paused", srv->bridge ? kvcd_bridge_paused(srv->bridge) : 0,
-        "pauses", (json_int_t)c->admission_pauses);
+        "largest_free", (json_int_t)st.largest_free);
     if (!o)
         return NULL;
     counters = json_pack(
@@ -106,6 +97,8 @@ json_t *kvcd_server_status(kvcd_server_t *srv)
         "shm_stores", (json_int_t)c->shm_stores,
         "shm_loads", (json_int_t)c->shm_loads);
     json_object_set_new(o, "counters", counters);
+    if (srv->bridge)
+        json_object_update_new(o, kvcd_bridge_status(srv->bridge)); /* admission, transport */
     kvcd_storage_status(srv->storage, o);
     /* Every executor in one list: copies, then each blocking adapter's. */
     execs = json_array();

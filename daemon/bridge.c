@@ -1,44 +1,57 @@
 /*
- * bridge.c - the ZeroMQ ROUTER socket bridged into libuv (see bridge.h).
+ * bridge.c - the daemon's socket: kvcd's ZMTP transport (daemon/zmtp.h)
+ * under the request layer (see bridge.h).
  *
- * ZMQ_FD is edge triggered: it signals only when ZMQ_EVENTS changes. So we
- * drain while ZMQ_EVENTS says POLLIN (a bounded batch per loop turn, continued
- * from an idle handle so one busy client cannot starve timers and completions),
- * and re-check after every send, because a send can consume the edge without
- * us seeing it.
- *
- * Zero-copy reply frames: ZeroMQ's I/O thread frees the frames one by one; the
- * last one of a reply queues its release record for the loop (one wake-up per
- * reply however many frames it has), where `sent` runs.
+ * The transport hands over whole messages whose frames were read straight
+ * into buffers this file allocates, so every byte a peer makes the daemon
+ * hold is counted here before it is read:
+ *  - a message over the limits (a frame over max_frame, more than max_keys+1
+ *    frames, more than max_request + a header's worth of bytes) is read and
+ *    dropped by the transport without being buffered; its header, if it had
+ *    arrived, still comes here so the request is answered ETOOLARGE;
+ *  - `held` counts the bytes of frames allocated and not yet freed (requests
+ *    being received and requests not finished); with the headers of unsent
+ *    replies it is what the admission switch compares against the budget:
+ *    above it every connection is paused, so the peers' kernels block them;
+ *  - a connection whose unsent replies exceed --max-unsent-mb is paused by
+ *    itself (a peer that does not read cannot make the daemon queue more),
+ *    and resumed when its replies drain.
  *
  * Invariants: `sent` runs exactly once per kvcd_bridge_send, on the loop
- * thread; `unsent` counts the bulk bytes whose `sent` has not run; while
- * paused, nothing is read from the socket.
+ * thread, never inside the call; a kvcd_conn_t lives while a request from it
+ * is referenced and at least until the transport closed it.
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <zmq.h>
+#include <jansson.h>
 
 #include "daemon/bridge.h"
 #include "daemon/log.h"
+#include "daemon/zmtp.h"
 #include "protocol/kvcd_err.h"
 
-#define DRAIN_BUDGET 128 /* messages per loop turn */
+#define HEADER_MAX (4u << 20) /* a header frame may be this large whatever max_frame */
 
 struct kvcd_conn_s {
-    uint32_t refs;
-    zmq_msg_t ident;
+    uint32_t refs;            /* requests + 1 while the transport has it open */
+    kvcd_zconn_t *z;
+    kvcd_bridge_t *b;
+    uint64_t id;              /* big-endian in ident: segment ownership */
+    uint8_t ident[8];
+    kvcd_peer_t peer;
+    size_t unsent;            /* bulk bytes of this peer's unsent replies */
+    int self_paused;          /* paused for its own unsent replies */
 };
 
-typedef struct rel_s {
-    struct rel_s *next;
+typedef struct {
     kvcd_bridge_t *b;
-    size_t frames_left; /* atomic */
+    kvcd_conn_t *conn;
+    void *hdr;
+    size_t hdr_len;
     size_t bytes;
     void (*sent)(void *arg);
     void *arg;
@@ -46,36 +59,97 @@ typedef struct rel_s {
 
 struct kvcd_bridge_s {
     uv_loop_t *loop;
-    void *zctx;
-    void *sock;
-    size_t max_frames;
+    kvcd_zsrv_t *z;
+    uint64_t budget;          /* --max-pending-mb */
+    size_t max_unsent;        /* --max-unsent-mb, per connection */
+    uint64_t pauses;
     kvcd_bridge_msg_cb cb;
     void *cb_data;
-    uv_poll_t poll;
-    uv_idle_t idle;
-    uv_async_t wake;
-    uv_timer_t later;       /* runs `sent` of replies that never reached ZeroMQ */
-    pthread_mutex_t rel_lock;
-    rel_t *rel_head;        /* from ZeroMQ's I/O thread */
-    rel_t *local_head;      /* loop thread */
-    int wake_live;
+    uv_timer_t later;        /* runs `sent` of replies that never reached the socket */
+    rel_t **later_q;
+    size_t nlater, caplater;
     int paused;
     int closed;
     size_t unsent;
+    uint64_t held;            /* bytes of frames allocated and not freed */
+    size_t unsent_hdr;        /* header bytes of unsent replies (malloc'd) */
+    uint64_t discarded, unanswerable, self_pauses;
+    char why[160];            /* the last dropped message's reason */
 };
 
-static void idle_cb(uv_idle_t *h);
+/* ---- admission ---- */
+
+/* Memory held for peers against the budget: the frames of requests being
+ * received or not yet finished, and the headers of unsent replies. Above it
+ * no connection is read. The bulk of a reply is L1 memory sent in place, not
+ * extra memory: it is bounded per connection (max_unsent), so one peer that
+ * does not read pins a bounded part of L1 and never stalls the others.
+ * Called after every change. */
+static void admit(kvcd_bridge_t *b)
+{
+    int over = b->held + b->unsent_hdr > b->budget;
+
+    if (b->closed || over == b->paused)
+        return;
+    b->paused = over;
+    if (over) {
+        b->pauses++;
+        kvcd_zsrv_pause_all(b->z);
+    } else {
+        kvcd_zsrv_resume_all(b->z);
+    }
+}
+
+/* ---- frames ---- */
+
+/* A frame's buffer: the byte count rides in front so a release needs only the
+ * frame. */
+typedef struct {
+    kvcd_bridge_t *b;
+    size_t len;
+    max_align_t data[];
+} fbuf_t;
+
+static void *frame_alloc(kvcd_zconn_t *zc, size_t index, size_t len, void **owner)
+{
+    kvcd_bridge_t *b = kvcd_zsrv_data(kvcd_zconn_server(zc));
+    fbuf_t *f = malloc(sizeof(*f) + len);
+
+    if (!f)
+        return NULL; /* the transport drops the message and reports it */
+    f->b = b;
+    f->len = len;
+    b->held += len;
+    *owner = f;
+    admit(b);
+    return f->data;
+}
+
+static void fbuf_free(fbuf_t *f)
+{
+    kvcd_bridge_t *b = f->b;
+
+    b->held -= f->len;
+    free(f);
+    admit(b);
+}
+
+static void frame_free(kvcd_zconn_t *zc, void *buf, size_t len, void *owner)
+{
+    if (owner)
+        fbuf_free(owner);
+}
 
 void kvcd_frame_release(kvcd_frame_t *f)
 {
-    if (f->owner) {
-        zmq_msg_close(f->owner);
-        free(f->owner);
-    }
+    if (f->owner)
+        fbuf_free(f->owner);
     f->owner = NULL;
     f->data = NULL;
     f->len = 0;
 }
+
+/* ---- connections ---- */
 
 void kvcd_conn_ref(kvcd_conn_t *c)
 {
@@ -86,312 +160,267 @@ void kvcd_conn_unref(kvcd_conn_t *c)
 {
     if (--c->refs > 0)
         return;
-    zmq_msg_close(&c->ident);
+    kvcd_zconn_unref(c->z);
     free(c);
 }
 
 const void *kvcd_conn_ident(const kvcd_conn_t *c, size_t *len)
 {
-    zmq_msg_t *m = (zmq_msg_t *)&c->ident;
-
-    *len = zmq_msg_size(m);
-    return zmq_msg_data(m);
+    *len = sizeof(c->ident);
+    return c->ident;
 }
 
-/* ---- releases ---- */
-
-static void frame_free_cb(void *data, void *hint)
+void kvcd_conn_peer(const kvcd_conn_t *c, kvcd_peer_t *out)
 {
-    rel_t *r = hint;
-    kvcd_bridge_t *b = r->b;
+    *out = c->peer;
+}
 
-    if (__atomic_sub_fetch(&r->frames_left, 1, __ATOMIC_ACQ_REL) > 0)
+static void on_connect(kvcd_zconn_t *zc)
+{
+    kvcd_bridge_t *b = kvcd_zsrv_data(kvcd_zconn_server(zc));
+    kvcd_conn_t *c = calloc(1, sizeof(*c));
+    kvcd_zcred_t cred;
+    size_t i;
+
+    if (!c) {
+        KVCD_LOG_RATELIMITED(KVCD_LOG_ERROR, "bridge", 5000,
+                             "out of memory for a connection; closing it");
+        kvcd_zconn_close(zc);
         return;
-    pthread_mutex_lock(&b->rel_lock);
-    r->next = b->rel_head;
-    b->rel_head = r;
-    if (b->wake_live)
-        uv_async_send(&b->wake);
-    pthread_mutex_unlock(&b->rel_lock);
-}
-
-static void run_releases(kvcd_bridge_t *b, rel_t *r)
-{
-    rel_t *next;
-
-    for (; r; r = next) {
-        next = r->next;
-        b->unsent -= r->bytes;
-        if (r->sent)
-            r->sent(r->arg);
-        free(r);
     }
+    c->refs = 1;
+    c->z = zc;
+    c->b = b;
+    c->id = kvcd_zconn_id(zc);
+    for (i = 0; i < 8; i++)
+        c->ident[i] = (uint8_t)(c->id >> (56 - 8 * i));
+    memset(&c->peer, 0, sizeof(c->peer));
+    if (kvcd_zconn_peer(zc, &cred) == 0 && cred.verified) {
+        c->peer.verified = 1;
+        c->peer.uid = cred.uid;
+        c->peer.gid = cred.gid;
+        c->peer.pid = cred.pid;
+    }
+    kvcd_zconn_ref(zc);
+    kvcd_zconn_set_data(zc, c);
 }
 
-static void release_queued(kvcd_bridge_t *b)
+static void on_close(kvcd_zconn_t *zc)
 {
-    rel_t *r;
+    kvcd_conn_t *c = kvcd_zconn_data(zc);
 
-    pthread_mutex_lock(&b->rel_lock);
-    r = b->rel_head;
-    b->rel_head = NULL;
-    pthread_mutex_unlock(&b->rel_lock);
-    run_releases(b, r);
-    r = b->local_head;
-    b->local_head = NULL;
-    run_releases(b, r);
+    if (!c)
+        return;
+    kvcd_zconn_set_data(zc, NULL);
+    kvcd_conn_unref(c);
 }
 
-static void wake_cb(uv_async_t *h)
+/* Hand a message to the request layer: frames[0] is the header (empty when
+ * the transport kept none), `overflow` marks a message the transport
+ * dropped. */
+static void deliver(kvcd_conn_t *c, void **frames, const size_t *lens, void **owners, size_t n,
+                    const char *dropped)
 {
-    release_queued(h->data);
+    kvcd_bridge_t *b = c->b;
+    kvcd_frame_t *f = calloc(n ? n : 1, sizeof(*f));
+    size_t i;
+
+    if (!f) {
+        for (i = 0; i < n; i++)
+            if (owners[i])
+                fbuf_free(owners[i]);
+        KVCD_LOG_RATELIMITED(KVCD_LOG_ERROR, "bridge", 5000, "out of memory for a request");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        f[i].data = frames[i];
+        f[i].len = lens[i];
+        f[i].owner = owners[i];
+    }
+    kvcd_conn_ref(c);
+    b->cb(b->cb_data, c, f, n ? n : 1, dropped);
+}
+
+static void on_message(kvcd_zconn_t *zc, void **frames, const size_t *lens, void **owners,
+                       size_t n)
+{
+    kvcd_conn_t *c = kvcd_zconn_data(zc);
+    size_t i;
+
+    if (!c) {
+        for (i = 0; i < n; i++)
+            if (owners[i])
+                fbuf_free(owners[i]);
+        return;
+    }
+    deliver(c, frames, lens, owners, n, NULL);
+}
+
+static void on_discard(kvcd_zconn_t *zc, const kvcd_zdiscard_t *d, void **frames,
+                       const size_t *lens, void **owners, size_t n)
+{
+    kvcd_conn_t *c = kvcd_zconn_data(zc);
+    kvcd_bridge_t *b = kvcd_zsrv_data(kvcd_zconn_server(zc));
+    size_t i;
+
+    b->discarded++;
+    snprintf(b->why, sizeof(b->why), "%s (frame %zu of %zu, %" PRIu64 " bytes); it was not read",
+             d->limit == KVCD_ZLIMIT_FRAME    ? "a bulk frame exceeds max_frame"
+             : d->limit == KVCD_ZLIMIT_FRAMES ? "more frames than max_keys"
+             : d->limit == KVCD_ZLIMIT_MESSAGE ? "bulk bytes exceed max_request"
+                                               : "no memory to receive it",
+             d->frame + 1, d->frames, d->bytes);
+    KVCD_LOG_RATELIMITED(KVCD_LOG_WARNING, "bridge", 5000, "message dropped: %s", b->why);
+    if (!c || n == 0) {
+        /* Without its header the request cannot be named in a reply. */
+        b->unanswerable++;
+        for (i = 0; i < n; i++)
+            if (owners[i])
+                fbuf_free(owners[i]);
+        return;
+    }
+    deliver(c, frames, lens, owners, 1, b->why);
+}
+
+/* ---- sending ---- */
+
+static void rel_done(rel_t *r)
+{
+    kvcd_bridge_t *b = r->b;
+    kvcd_conn_t *c = r->conn;
+
+    free(r->hdr);
+    b->unsent -= r->bytes;
+    c->unsent -= r->bytes;
+    b->unsent_hdr -= r->hdr_len;
+    if (c->self_paused && c->unsent <= b->max_unsent) {
+        c->self_paused = 0;
+        kvcd_zconn_resume(c->z);
+    }
+    if (r->sent)
+        r->sent(r->arg);
+    kvcd_conn_unref(c);
+    free(r);
+    admit(b);
+}
+
+static void send_cb(void *data, int status)
+{
+    rel_done(data);
 }
 
 static void later_cb(uv_timer_t *t)
 {
     kvcd_bridge_t *b = t->data;
-    rel_t *r = b->local_head;
+    size_t i, n = b->nlater;
+    rel_t **q = b->later_q;
 
-    b->local_head = NULL;
-    run_releases(b, r);
+    b->later_q = NULL;
+    b->nlater = b->caplater = 0;
+    for (i = 0; i < n; i++)
+        rel_done(q[i]);
+    free(q);
 }
 
-/* A release whose frames never reached ZeroMQ: run it on a later loop turn. */
-static void release_later(kvcd_bridge_t *b, rel_t *r)
+/* A reply that could not be queued: finish it on a later loop turn. */
+static int release_later(kvcd_bridge_t *b, rel_t *r)
 {
-    r->next = b->local_head;
-    b->local_head = r;
+    if (b->nlater == b->caplater) {
+        size_t cap = b->caplater ? 2 * b->caplater : 16;
+        rel_t **q = realloc(b->later_q, cap * sizeof(*q));
+
+        if (!q)
+            return -1;
+        b->later_q = q;
+        b->caplater = cap;
+    }
+    b->later_q[b->nlater++] = r;
     if (!b->closed)
         uv_timer_start(&b->later, later_cb, 0, 0);
-    /* else kvcd_bridge_destroy runs it */
-}
-
-static void free_buf_cb(void *data, void *hint)
-{
-    free(data);
+    return 0;
 }
 
 int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_len,
                      const kvcd_bulk_t *bulk, size_t nbulk, void (*sent)(void *arg),
                      void *arg)
 {
-    zmq_msg_t h, id, m;
-    size_t i = 0, bytes = 0;
+    uv_buf_t stack[17], *bufs = stack;
     rel_t *r = calloc(1, sizeof(*r));
-    int ok = 0, err = 0;
+    size_t i, bytes = 0;
+    int rc;
 
     for (i = 0; i < nbulk; i++)
         bytes += bulk[i].len;
-    if (!r) {
-        /* Without a release record nothing can be sent zero-copy. */
+    if (nbulk + 1 > sizeof(stack) / sizeof(stack[0]))
+        bufs = malloc((nbulk + 1) * sizeof(*bufs));
+    if (!r || !bufs) {
+        if (bufs != stack)
+            free(bufs);
+        free(r);
         free(hdr);
         if (sent)
             sent(arg); /* documented exception: no memory to defer it */
         return -ENOMEM;
     }
     r->b = b;
+    r->conn = conn;
+    r->hdr = hdr;
+    r->bytes = bytes;
     r->sent = sent;
     r->arg = arg;
-    r->bytes = bytes;
+    kvcd_conn_ref(conn);
     b->unsent += bytes;
-    /* One count per bulk frame plus one held by us until the end. */
-    r->frames_left = nbulk + 1;
-    if (!b->sock) {
-        err = KVCD_ESHUTDOWN;
-        free(hdr);
-        goto done;
-    }
-    if (zmq_msg_init_data(&h, hdr, hdr_len, free_buf_cb, NULL) != 0) {
-        err = -zmq_errno();
-        free(hdr);
-        goto done;
-    }
-    zmq_msg_init(&id);
-    zmq_msg_copy(&id, &conn->ident);
-    if (zmq_msg_send(&id, b->sock, ZMQ_SNDMORE) < 0) {
-        err = -zmq_errno();
-        zmq_msg_close(&id);
-        zmq_msg_close(&h);
-        goto done;
-    }
-    if (zmq_msg_send(&h, b->sock, nbulk ? ZMQ_SNDMORE : 0) < 0) {
-        err = -zmq_errno();
-        zmq_msg_close(&h);
-        goto done;
-    }
+    conn->unsent += bytes;
+    r->hdr_len = hdr_len;
+    b->unsent_hdr += hdr_len;
+    bufs[0].base = hdr;
+    bufs[0].len = hdr_len;
     for (i = 0; i < nbulk; i++) {
-        if (bulk[i].len == 0)
-            zmq_msg_init(&m);
-        else if (zmq_msg_init_data(&m, (void *)bulk[i].data, bulk[i].len, frame_free_cb, r) != 0)
-            break;
-        if (bulk[i].len == 0)
-            __atomic_sub_fetch(&r->frames_left, 1, __ATOMIC_ACQ_REL);
-        if (zmq_msg_send(&m, b->sock, i + 1 < nbulk ? ZMQ_SNDMORE : 0) < 0) {
-            err = -zmq_errno();
-            zmq_msg_close(&m); /* runs frame_free_cb for this frame */
-            i++;
-            break;
-        }
+        bufs[i + 1].base = (char *)bulk[i].data;
+        bufs[i + 1].len = bulk[i].len; /* size_t: frames may exceed 4 GiB */
     }
-    ok = i == nbulk && err == 0;
-    if (!ok && err == 0)
-        err = -ENOMEM;
-    /* Frames never created count as released. */
-    for (; i < nbulk; i++)
-        __atomic_sub_fetch(&r->frames_left, 1, __ATOMIC_ACQ_REL);
-done:
-    if (__atomic_sub_fetch(&r->frames_left, 1, __ATOMIC_ACQ_REL) == 0) {
-        /* Nothing is left with ZeroMQ (no bulk frames, or all of them were
-         * already freed): run `sent` on a later turn, never inside send. */
-        release_later(b, r);
+    rc = kvcd_zconn_send(conn->z, bufs, nbulk + 1, send_cb, r);
+    if (bufs != stack)
+        free(bufs);
+    if (rc != 0) {
+        if (release_later(b, r) != 0)
+            rel_done(r);
+        return rc;
     }
-    if (b->sock)
-        uv_idle_start(&b->idle, idle_cb);
-    return ok ? 0 : err;
-}
-
-/* ---- receiving ---- */
-
-static kvcd_frame_t take(zmq_msg_t *m)
-{
-    kvcd_frame_t f = {NULL, 0, NULL};
-    zmq_msg_t *o = malloc(sizeof(*o));
-
-    if (!o) {
-        zmq_msg_close(m);
-        return f;
+    if (!conn->self_paused && conn->unsent > b->max_unsent) {
+        /* This peer does not read its replies: read no more requests from it. */
+        conn->self_paused = 1;
+        b->self_pauses++;
+        kvcd_zconn_pause(conn->z);
     }
-    *o = *m; /* a zmq_msg_t may be moved while it is not in use */
-    f.owner = o;
-    f.data = zmq_msg_data(o);
-    f.len = zmq_msg_size(o);
-    return f;
-}
-
-/* Receive one whole multipart message; 0 when one was handled, -1 when the
- * socket had nothing. */
-static int recv_one(kvcd_bridge_t *b)
-{
-    kvcd_conn_t *conn = calloc(1, sizeof(*conn));
-    kvcd_frame_t *frames = NULL;
-    size_t n = 0, cap = 0;
-    int more, overflow = 0;
-    zmq_msg_t m;
-
-    if (!conn)
-        return -1;
-    conn->refs = 1;
-    zmq_msg_init(&conn->ident);
-    if (zmq_msg_recv(&conn->ident, b->sock, ZMQ_DONTWAIT) < 0) {
-        kvcd_conn_unref(conn);
-        return -1;
-    }
-    /* The rest of a multipart message is already here (ZeroMQ delivers whole
-     * messages), so these receives do not block. */
-    more = zmq_msg_more(&conn->ident);
-    while (more) {
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, b->sock, 0) < 0) {
-            zmq_msg_close(&m);
-            break;
-        }
-        more = zmq_msg_more(&m);
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            kvcd_frame_t *f;
-
-            if (cap > b->max_frames || !(f = realloc(frames, ncap * sizeof(*f)))) {
-                overflow = 1;
-                zmq_msg_close(&m);
-                continue;
-            }
-            frames = f;
-            cap = ncap;
-        }
-        frames[n] = take(&m);
-        if (!frames[n].owner)
-            overflow = 1;
-        else
-            n++;
-    }
-    if (n == 0) {
-        /* A message without a header still gets an answer (EMALFORMED). */
-        free(frames);
-        frames = calloc(1, sizeof(*frames));
-        if (!frames) {
-            kvcd_conn_unref(conn);
-            return 0;
-        }
-        n = 1;
-    }
-    b->cb(b->cb_data, conn, frames, n, overflow);
+    admit(b);
     return 0;
 }
 
-static void drain_n(kvcd_bridge_t *b, int budget)
-{
-    uint32_t events;
-    size_t sz;
+/* ---- status ---- */
 
-    for (; b->sock && (!b->paused || budget < 0); budget--) {
-        sz = sizeof(events);
-        if (zmq_getsockopt(b->sock, ZMQ_EVENTS, &events, &sz) != 0 ||
-            !(events & ZMQ_POLLIN))
-            break;
-        if (budget == 0) {
-            uv_idle_start(&b->idle, idle_cb);
-            return;
-        }
-        if (recv_one(b) != 0)
-            break;
-    }
-    if (!uv_is_closing((uv_handle_t *)&b->idle))
-        uv_idle_stop(&b->idle);
-}
-
-static void idle_cb(uv_idle_t *h)
+json_t *kvcd_bridge_status(const kvcd_bridge_t *b)
 {
-    drain_n(h->data, DRAIN_BUDGET);
-}
+    kvcd_zstats_t zs;
 
-static void poll_cb(uv_poll_t *h, int status, int events)
-{
-    if (status < 0)
-        KVCD_LOG(KVCD_LOG_ERROR, "bridge", "poll on the ZeroMQ fd: %s", uv_strerror(status));
-    drain_n(h->data, DRAIN_BUDGET);
-}
-
-void kvcd_bridge_drain_all(kvcd_bridge_t *b)
-{
-    drain_n(b, -1);
-}
-
-void kvcd_bridge_pause(kvcd_bridge_t *b)
-{
-    if (b->paused || b->closed)
-        return;
-    b->paused = 1;
-    uv_poll_stop(&b->poll);
-    uv_idle_stop(&b->idle);
-}
-
-void kvcd_bridge_resume(kvcd_bridge_t *b)
-{
-    if (!b->paused || b->closed)
-        return;
-    b->paused = 0;
-    uv_poll_start(&b->poll, UV_READABLE, poll_cb);
-    uv_idle_start(&b->idle, idle_cb); /* the edge may have passed while paused */
-}
-
-int kvcd_bridge_paused(const kvcd_bridge_t *b)
-{
-    return b->paused;
-}
-
-size_t kvcd_bridge_unsent(const kvcd_bridge_t *b)
-{
-    return b->unsent;
+    kvcd_zsrv_stats(b->z, &zs);
+    return json_pack("{s:{s:I, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I},"
+                     " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}}",
+                     "admission", "budget_bytes", (json_int_t)b->budget, "used_bytes",
+                     (json_int_t)(b->held + b->unsent), "request_bytes", (json_int_t)b->held,
+                     "unsent_bytes", (json_int_t)b->unsent, "per_connection_unsent_bytes",
+                     (json_int_t)b->max_unsent, "paused", b->paused, "pauses",
+                     (json_int_t)b->pauses, "connection_pauses", (json_int_t)b->self_pauses,
+                     "dropped_messages", (json_int_t)b->discarded,
+                     "transport",
+                     "connections", (json_int_t)zs.conns, "accepted", (json_int_t)zs.accepted,
+                     "handshakes", (json_int_t)zs.handshakes, "rejected",
+                     (json_int_t)zs.rejected, "protocol_errors", (json_int_t)zs.protocol_errors,
+                     "refused", (json_int_t)zs.refused, "messages", (json_int_t)zs.messages,
+                     "discarded", (json_int_t)zs.discarded, "unanswerable",
+                     (json_int_t)b->unanswerable, "bytes_in", (json_int_t)zs.bytes_in,
+                     "bytes_out", (json_int_t)zs.bytes_out, "bytes_direct",
+                     (json_int_t)zs.bytes_direct);
 }
 
 /* ---- lifecycle ---- */
@@ -401,9 +430,10 @@ int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_fr
                        size_t errlen)
 {
     kvcd_bridge_t *b = calloc(1, sizeof(*b));
-    int one = 1, zero = 0, fd, rc;
-    int64_t maxmsg;
-    size_t sz;
+    kvcd_zsrv_opts_t zo;
+    kvcd_zsrv_cbs_t zc;
+    char why[400];
+    int rc;
 
     *out = NULL;
     if (!b) {
@@ -411,54 +441,41 @@ int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_fr
         return -ENOMEM;
     }
     b->loop = loop;
-    b->max_frames = max_frames;
     b->cb = cb;
     b->cb_data = data;
-    pthread_mutex_init(&b->rel_lock, NULL);
-    b->zctx = zmq_ctx_new();
-    b->sock = b->zctx ? zmq_socket(b->zctx, ZMQ_ROUTER) : NULL;
-    if (!b->sock) {
-        rc = -zmq_errno();
-        snprintf(err, errlen, "cannot create the ZeroMQ socket: %s", zmq_strerror(-rc));
-        goto fail;
+    b->budget = opt->max_pending;
+    b->max_unsent = opt->max_unsent;
+    memset(&zo, 0, sizeof(zo));
+    /* Larger frames and messages are read and dropped, never buffered. */
+    zo.max_frame = opt->max_frame > HEADER_MAX ? opt->max_frame : HEADER_MAX;
+    zo.max_frames = max_frames;
+    zo.max_message = opt->max_request + HEADER_MAX;
+    memset(&zc, 0, sizeof(zc));
+    zc.frame_alloc = frame_alloc;
+    zc.frame_free = frame_free;
+    zc.on_connect = on_connect;
+    zc.on_message = on_message;
+    zc.on_discard = on_discard;
+    zc.on_close = on_close;
+    zc.data = b;
+    rc = kvcd_zsrv_create(loop, &zo, &zc, &b->z);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot create the transport: %s", kvcd_strerror(rc));
+        free(b);
+        return rc;
     }
-    /* Unlimited send queue: replies are zero-copy references into L1, and a
-     * ROUTER would otherwise drop them silently at the high-water mark. */
-    /* No frame larger than a bulk frame may be (or a header, whichever is
-     * larger) plus framing slack: ZeroMQ closes a peer that sends one. */
-    maxmsg = (int64_t)((opt->max_frame > (4u << 20) ? opt->max_frame : (4u << 20)) +
-                       (64u << 10));
-    zmq_setsockopt(b->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-    zmq_setsockopt(b->sock, ZMQ_SNDHWM, &zero, sizeof(zero));
-    zmq_setsockopt(b->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
-    zmq_setsockopt(b->sock, ZMQ_LINGER, &zero, sizeof(zero));
-    if (zmq_bind(b->sock, opt->endpoint) != 0) {
-        rc = -zmq_errno();
-        snprintf(err, errlen, "cannot bind %s: %s", opt->endpoint, zmq_strerror(-rc));
-        goto fail;
+    rc = kvcd_zsrv_bind(b->z, opt->endpoint, why, sizeof(why));
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot bind %s", why);
+        kvcd_zsrv_close(b->z, 0, NULL, NULL);
+        uv_run(loop, UV_RUN_NOWAIT);
+        free(b);
+        return rc;
     }
-    sz = sizeof(fd);
-    zmq_getsockopt(b->sock, ZMQ_FD, &fd, &sz);
-    uv_poll_init(loop, &b->poll, fd);
-    uv_idle_init(loop, &b->idle);
-    uv_async_init(loop, &b->wake, wake_cb);
     uv_timer_init(loop, &b->later);
-    b->poll.data = b->idle.data = b->wake.data = b->later.data = b;
-    b->wake_live = 1;
-    uv_poll_start(&b->poll, UV_READABLE, poll_cb);
-    /* Messages may already be queued before the first edge. */
-    uv_idle_start(&b->idle, idle_cb);
+    b->later.data = b;
     *out = b;
     return 0;
-
-fail:
-    if (b->sock)
-        zmq_close(b->sock);
-    if (b->zctx)
-        zmq_ctx_term(b->zctx);
-    pthread_mutex_destroy(&b->rel_lock);
-    free(b);
-    return rc ? rc : KVCD_EINTERNAL;
 }
 
 void kvcd_bridge_close(kvcd_bridge_t *b, int linger_ms)
@@ -466,24 +483,14 @@ void kvcd_bridge_close(kvcd_bridge_t *b, int linger_ms)
     if (b->closed)
         return;
     b->closed = 1;
-    zmq_setsockopt(b->sock, ZMQ_LINGER, &linger_ms, sizeof(linger_ms));
-    zmq_close(b->sock);
-    b->sock = NULL;
-    uv_close((uv_handle_t *)&b->poll, NULL);
-    uv_close((uv_handle_t *)&b->idle, NULL);
+    kvcd_zsrv_close(b->z, (unsigned)linger_ms, NULL, NULL);
+    /* Releases still waiting run now rather than never. */
+    later_cb(&b->later);
     uv_close((uv_handle_t *)&b->later, NULL);
-    pthread_mutex_lock(&b->rel_lock);
-    b->wake_live = 0;
-    pthread_mutex_unlock(&b->rel_lock);
-    uv_close((uv_handle_t *)&b->wake, NULL);
 }
 
 void kvcd_bridge_destroy(kvcd_bridge_t *b)
 {
-    /* Waits until queued replies are out (bounded by the linger set at close);
-     * every zero-copy frame's free callback has run when it returns. */
-    zmq_ctx_term(b->zctx);
-    release_queued(b);
-    pthread_mutex_destroy(&b->rel_lock);
+    free(b->later_q);
     free(b);
 }

@@ -1,6 +1,8 @@
 /*
- * bridge.h - the daemon's socket: whole messages in, replies out, and the
- * switch that stops reading when the admission budget is spent.
+ * bridge.h - the daemon's socket (kvcd's ZMTP transport, daemon/zmtp.h):
+ * whole messages in, replies out, and the admission switch that stops reading
+ * when the budget is spent (--max-pending-mb for everyone, --max-unsent-mb
+ * per connection).
  *
  * A message arrives as frames (frame 0 is the header) from a connection
  * (kvcd_conn_t, referenced by every request it sent until that request is
@@ -19,6 +21,7 @@
 #include <uv.h>
 
 #include "conf/options.h"
+#include "daemon/peer.h"
 
 typedef struct kvcd_bridge_s kvcd_bridge_t;
 typedef struct kvcd_conn_s kvcd_conn_t;
@@ -37,14 +40,16 @@ typedef struct {
 } kvcd_bulk_t;
 
 /* A whole message: frames[0] is the header (len 0 if the message had none),
- * frames[1..n) the bulk frames; `overflow` when more frames came than kept
- * (the message is then answered with an error). The callee owns `frames` (a
- * malloc'd array), every frame in it, and one reference on conn. */
+ * frames[1..n) the bulk frames. `dropped` is NULL, or the reason the
+ * transport dropped the rest of the message unread (a limit): frames then
+ * holds only the header, and the request is answered ETOOLARGE. The callee
+ * owns `frames` (a malloc'd array), every frame in it, and one reference on
+ * conn. */
 typedef void (*kvcd_bridge_msg_cb)(void *data, kvcd_conn_t *conn, kvcd_frame_t *frames,
-                                   size_t n, int overflow);
+                                   size_t n, const char *dropped);
 
-/* Bind opt->endpoint. max_frames: frames kept per message (beyond, the rest
- * is dropped and `overflow` set). 0 or a negative code with a message. */
+/* Bind opt->endpoint. max_frames: frames per message (more: dropped). 0 or a
+ * negative code with a message naming the endpoint. */
 int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_frames,
                        kvcd_bridge_msg_cb cb, void *data, kvcd_bridge_t **out, char *err,
                        size_t errlen);
@@ -58,17 +63,11 @@ int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_
                      const kvcd_bulk_t *bulk, size_t nbulk, void (*sent)(void *arg),
                      void *arg);
 
-/* Stop / restart reading new messages (replies still go out). */
-void kvcd_bridge_pause(kvcd_bridge_t *b);
-void kvcd_bridge_resume(kvcd_bridge_t *b);
-int kvcd_bridge_paused(const kvcd_bridge_t *b);
-
-/* Read every message already queued now, whatever the pause state (used at
- * shutdown to answer them ESHUTDOWN). */
-void kvcd_bridge_drain_all(kvcd_bridge_t *b);
-
-/* Bytes of bulk frames handed to send whose `sent` has not run. */
-size_t kvcd_bridge_unsent(const kvcd_bridge_t *b);
+/* {"admission": {budget_bytes, used_bytes, request_bytes, unsent_bytes,
+ * per_connection_unsent_bytes, paused, pauses, connection_pauses,
+ * dropped_messages}, "transport": {connections, ...}} (new reference). */
+struct json_t;
+struct json_t *kvcd_bridge_status(const kvcd_bridge_t *b);
 
 /* Stop receiving and close the socket; queued replies get up to linger_ms to
  * go out. The bridge's handles are closed; destroy after uv_run. */
@@ -82,5 +81,8 @@ void kvcd_conn_unref(kvcd_conn_t *c);
 /* Bytes that identify the peer for as long as it is connected (segment
  * ownership). */
 const void *kvcd_conn_ident(const kvcd_conn_t *c, size_t *len);
+/* Who the peer is, as far as the kernel says (peer.h): verified only for a
+ * local peer whose credentials the transport read from the socket. */
+void kvcd_conn_peer(const kvcd_conn_t *c, kvcd_peer_t *out);
 
 #endif

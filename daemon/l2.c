@@ -30,10 +30,11 @@
 #include "daemon/log.h"
 
 #define DEFAULT_TIMEOUT_MS 10000 /* when neither the request nor the instance sets one */
-#define UNHEALTHY_AFTER 3        /* consecutive failed calls */
+#define UNHEALTHY_AFTER 3        /* consecutive failed calls of one operation */
+#define HEALTH_WINDOW_MS 10000   /* a streak without a new failure this long ends */
 #define LOG_INTERVAL_MS 5000
 
-#define bad kvcd_adapter_config_error
+#define bad(err, errlen, ...) kvcd_errf((err), (errlen), KVCD_ECONFIG, __VA_ARGS__)
 
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
@@ -91,6 +92,7 @@ struct kvcd_l2_s {
     kvcd_hist_t latency[4]; /* submit to results, per operation */
     uint64_t failures, timeouts, late, consecutive, rejected;
     uint64_t streak[4];  /* consecutive failed calls, per operation */
+    uint64_t last_fail_ms[4];
     json_t *item_errors; /* error name -> count of item results */
 };
 
@@ -144,6 +146,29 @@ static void count_item_error(kvcd_l2_t *l2, int result)
     json_object_set_new(l2->item_errors, nm, json_integer(v ? json_integer_value(v) + 1 : 1));
 }
 
+/* The longest failure streak of an operation that failed within the health
+ * window decides: unhealthy at UNHEALTHY_AFTER. A streak ends when that
+ * operation works again, or when it has not failed for HEALTH_WINDOW_MS (an
+ * operation nobody calls any more cannot keep a recovered tier unhealthy). */
+static void update_health(kvcd_l2_t *l2)
+{
+    uint64_t now = uv_now(l2->loop);
+    size_t i;
+
+    l2->consecutive = 0;
+    for (i = 0; i < 4; i++)
+        if (l2->streak[i] > l2->consecutive && now - l2->last_fail_ms[i] < HEALTH_WINDOW_MS)
+            l2->consecutive = l2->streak[i];
+    if (l2->healthy && l2->consecutive >= UNHEALTHY_AFTER) {
+        l2->healthy = 0;
+        KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: unhealthy after %llu consecutive failed calls",
+                 l2->name, (unsigned long long)l2->consecutive);
+    } else if (!l2->healthy && l2->consecutive < UNHEALTHY_AFTER) {
+        KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: healthy again", l2->name);
+        l2->healthy = 1;
+    }
+}
+
 /* Health and counters for a call whose results are final (loop thread). */
 static void account(kvcd_l2_t *l2, kvcd_l2_req_t *req, int timed_out, uint64_t t0)
 {
@@ -182,21 +207,11 @@ static void account(kvcd_l2_t *l2, kvcd_l2_req_t *req, int timed_out, uint64_t t
     if (failed) {
         l2->failures++;
         l2->streak[req->op]++;
+        l2->last_fail_ms[req->op] = uv_now(l2->loop);
     } else {
         l2->streak[req->op] = 0;
     }
-    l2->consecutive = 0;
-    for (i = 0; i < 4; i++)
-        if (l2->streak[i] > l2->consecutive)
-            l2->consecutive = l2->streak[i];
-    if (l2->healthy && l2->consecutive >= UNHEALTHY_AFTER) {
-        l2->healthy = 0;
-        KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: unhealthy after %llu consecutive failed calls",
-                 l2->name, (unsigned long long)l2->consecutive);
-    } else if (!l2->healthy && l2->consecutive < UNHEALTHY_AFTER) {
-        KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: healthy again", l2->name);
-        l2->healthy = 1;
-    }
+    update_health(l2);
 }
 
 static void timer_closed_cb(uv_handle_t *h)
@@ -310,23 +325,21 @@ static void timer_cb(uv_timer_t *t)
     finish(run, run->pending > 0);
 }
 
-/* Async adapters: kvcd_l2_batch_done (loop thread). */
-static void async_done(kvcd_l2_batch_t *b)
+/* svc->batch_done. Async adapters (loop thread); a blocking adapter's batch has
+ * no core_ (they complete by returning), so a stray call from a worker touches
+ * nothing. */
+void kvcd_l2_batch_done(kvcd_l2_batch_t *b)
 {
-    slice_t *s = b->data;
+    slice_t *s = b ? b->core_ : NULL;
 
+    if (!s)
+        return;
     if (s->done) {
         KVCD_LOG(KVCD_LOG_ERROR, "l2", "%s: adapter completed a batch twice (ignored)",
                  s->run->l2->name);
         return;
     }
     slice_back(s);
-}
-
-/* Blocking adapters complete by returning; a stray kvcd_l2_batch_done from a
- * worker must not touch loop-thread state. */
-static void blocking_done(kvcd_l2_batch_t *b)
-{
 }
 
 static void work_cb(kvcd_task_t *t)
@@ -474,8 +487,7 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
         s->b.items = run->items + lo;
         s->b.n = hi - lo;
         s->b.deadline_ms = uv_now(l2->loop) + timeout;
-        s->b.done_cb = blocking ? blocking_done : async_done;
-        s->b.data = s;
+        s->b.core_ = blocking ? NULL : s;
     }
     if (blocking) {
         /* A full queue is an immediate per-key result: the tier is saturated,
@@ -530,30 +542,20 @@ static void bg_after(kvcd_task_t *t, int status)
         finalize(l2);
 }
 
-/* The runner's own spec fields, taken out before the adapter sees the spec:
- * "workers" (threads of a blocking adapter's executor) and "max_queue" (its
- * queue bound, in slices). */
-static int take_runner_fields(kvcd_l2_t *l2, json_t *spec, int index, int dflt_workers,
-                              char *err, size_t errlen)
+/* The executor's size: "workers" (or the daemon's default), capped by what the
+ * adapter declares it can take at once. */
+static int size_executor(kvcd_l2_t *l2, const kvcd_runner_fields_t *rf, int index,
+                         int dflt_workers, char *err, size_t errlen)
 {
-    json_t *v;
+    uint32_t cap = l2->a->max_concurrency;
 
-    l2->workers = dflt_workers > 0 ? dflt_workers : 1;
-    l2->max_queue = KVCD_L2_DEFAULT_MAX_QUEUE;
-    if ((v = json_object_get(spec, "workers"))) {
-        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 256)
-            return bad(err, errlen, "--l2-adapter #%d (%s): workers: expected an integer "
-                       "from 1 to 256", index, l2->a->name);
-        l2->workers = (int)json_integer_value(v);
-        json_object_del(spec, "workers");
-    }
-    if ((v = json_object_get(spec, "max_queue"))) {
-        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-            json_integer_value(v) > 1000000)
-            return bad(err, errlen, "--l2-adapter #%d (%s): max_queue: expected an integer "
-                       "from 1 to 1000000", index, l2->a->name);
-        l2->max_queue = (size_t)json_integer_value(v);
-        json_object_del(spec, "max_queue");
+    l2->workers = rf->workers ? (int)rf->workers : dflt_workers > 0 ? dflt_workers : 1;
+    l2->max_queue = rf->max_queue ? (size_t)rf->max_queue : KVCD_L2_DEFAULT_MAX_QUEUE;
+    if (cap && (uint32_t)l2->workers > cap) {
+        if (rf->workers)
+            return bad(err, errlen, "--l2-adapter #%d (%s): workers: at most %u (the adapter "
+                       "takes at most %u calls at once)", index, l2->a->name, cap, cap);
+        l2->workers = (int)cap;
     }
     return 0;
 }
@@ -562,8 +564,8 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
                    uint64_t default_timeout_ms, kvcd_l2_t **out, char *err, size_t errlen)
 {
     char aerr[512], known[512], ename[128];
+    kvcd_runner_fields_t rf;
     const kvcd_adapter_t *a;
-    json_t *aspec = NULL;
     const char *type;
     kvcd_l2_t *l2;
     int rc;
@@ -585,8 +587,7 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
         return bad(err, errlen, "--l2-adapter #%d (%s): out of memory", index, type);
     l2->self = calloc(1, a->instance_size ? a->instance_size : 1);
     l2->item_errors = json_object();
-    aspec = json_deep_copy(spec);
-    if (!l2->self || !l2->item_errors || !aspec) {
+    if (!l2->self || !l2->item_errors) {
         rc = bad(err, errlen, "--l2-adapter #%d (%s): out of memory", index, type);
         goto fail;
     }
@@ -595,9 +596,17 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
     snprintf(l2->name, sizeof(l2->name), "#%d (%s)", index, a->name);
     if (env)
         l2->env = *env;
-    rc = take_runner_fields(l2, aspec, index, l2->env.max_workers, err, errlen);
+    /* The one spec parser fills self (defaults applied) and the runner's fields;
+     * strings in self borrow from spec, which outlives init. */
+    rc = kvcd_adapter_spec_parse(a, spec, l2->self, &rf, aerr, sizeof(aerr));
+    if (rc == 0)
+        rc = size_executor(l2, &rf, index, l2->env.max_workers, err, errlen);
+    else
+        bad(err, errlen, "--l2-adapter #%d (%s): %s", index, a->name, aerr);
     if (rc != 0)
         goto fail;
+    l2->env.struct_size = sizeof(l2->env);
+    l2->env.svc = kvcd_l2_services();
     l2->env.loop = loop;
     l2->env.instance = l2->name;
     /* What the adapter is told is what its executor has. */
@@ -621,7 +630,7 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
     }
 
     aerr[0] = '\0';
-    rc = a->init(l2->self, aspec, &l2->env, aerr, sizeof(aerr));
+    rc = a->init(l2->self, spec, &l2->env, aerr, sizeof(aerr));
     if (rc != 0) {
         /* init releases what it acquired before failing */
         bad(err, errlen, "--l2-adapter #%d (%s): %s", index, a->name,
@@ -629,7 +638,6 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
         rc = rc < 0 ? rc : KVCD_ECONFIG;
         goto fail;
     }
-    json_decref(aspec);
     uv_timer_init(loop, &l2->fail_timer);
     l2->fail_timer.data = l2;
     KVCD_LOG(KVCD_LOG_INFO, "l2", "%s: ready (timeout %llu ms, %d workers, queue %zu)",
@@ -648,7 +656,6 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index, const kvcd_ad
     return 0;
 
 fail:
-    json_decref(aspec);
     kvcd_exec_close(l2->exec);
     kvcd_exec_close(l2->bg_exec);
     json_decref(l2->item_errors);
@@ -672,8 +679,9 @@ const char *kvcd_l2_name(const kvcd_l2_t *l2)
     return l2->name;
 }
 
-int kvcd_l2_healthy(const kvcd_l2_t *l2)
+int kvcd_l2_healthy(kvcd_l2_t *l2)
 {
+    update_health(l2);
     return l2->healthy;
 }
 
@@ -685,6 +693,7 @@ json_t *kvcd_l2_status(kvcd_l2_t *l2)
     int adapter_healthy = 1;
     size_t i;
 
+    update_health(l2);
     if (l2->a->status)
         l2->a->status(l2->self, o);
     h = json_object_get(o, "healthy");

@@ -10,7 +10,7 @@
  *    the slice at once with KVCD_EQUEUEFULL, so a slow tier never holds up
  *    anything but its own calls;
  *  - async adapters: the method is called on the loop thread and completes
- *    through kvcd_l2_batch_done.
+ *    through env->svc->batch_done (kvcd_l2_batch_done).
  * Each submit has a deadline. When it passes, the callback fires at once with
  * every unfinished item's result set to KVCD_ETIMEDOUT; the late completion,
  * when it comes, is discarded, and only then is the batch's memory released
@@ -70,6 +70,10 @@ int kvcd_l2_create(uv_loop_t *loop, const json_t *spec, int index,
                    const kvcd_adapter_env_t *env, uint64_t default_timeout_ms,
                    kvcd_l2_t **out, char *err, size_t errlen);
 
+/* An async adapter's batch is complete (the services table's batch_done).
+ * Loop thread; ignored for a blocking adapter's batch. */
+void kvcd_l2_batch_done(kvcd_l2_batch_t *b);
+
 /* Run req on l2 (see above). Always calls req->cb exactly once, later. */
 void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req);
 
@@ -78,7 +82,7 @@ size_t kvcd_l2_inflight(const kvcd_l2_t *l2);
 
 const kvcd_adapter_t *kvcd_l2_adapter(const kvcd_l2_t *l2);
 const char *kvcd_l2_name(const kvcd_l2_t *l2);   /* e.g. "#1 (fs)" */
-int kvcd_l2_healthy(const kvcd_l2_t *l2);
+int kvcd_l2_healthy(kvcd_l2_t *l2);
 
 /* A new JSON object: the adapter's own status plus the runner's counters
  * (calls, failures, timeouts, consecutive_failures, healthy, inflight). */

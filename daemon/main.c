@@ -42,7 +42,14 @@ int main(int argc, char **argv)
         kvcd_options_free(&opt);
         return rc < 0 ? 2 : 0;
     }
-    kvcd_log_level = opt.log_level;
+    /* conf/ has its own level numbers; --help and --help-adapter print text
+     * only, not the registry's start-up lines. */
+    kvcd_log_level = opt.log_level == KVCD_OPT_LOG_DEBUG     ? KVCD_LOG_DEBUG
+                     : opt.log_level == KVCD_OPT_LOG_WARNING ? KVCD_LOG_WARNING
+                     : opt.log_level == KVCD_OPT_LOG_ERROR   ? KVCD_LOG_ERROR
+                                                             : KVCD_LOG_INFO;
+    if ((opt.want_help || opt.help_adapter) && kvcd_log_level < KVCD_LOG_WARNING)
+        kvcd_log_level = KVCD_LOG_WARNING;
 
     /* Plugins first: --help and --help-adapter list what they bring too. */
     for (size_t i = 0; i < opt.n_plugins; i++) {

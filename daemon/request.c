@@ -10,9 +10,8 @@
  *    (`busy`: storage operations and copies still running for it), so a
  *    completion that comes after a forced answer finds the call and only
  *    cleans up;
- *  - admission: the bytes of unfreed requests (`held`) plus the bulk bytes of
- *    unsent replies stay under --max-pending-mb; above it the bridge stops
- *    reading, so the peers' kernels and ZeroMQ queues apply back-pressure;
+ *  - admission is the bridge's (bridge.c): a request's frames count against
+ *    the budget from the first byte received until the call is freed here;
  *  - parked calls (waiting for L1 to change) are kept in arrival order on one
  *    list and each is retried until it answers or its deadline forces it.
  */
@@ -25,31 +24,6 @@
 #include "daemon/log.h"
 #include "daemon/server_int.h"
 #include "protocol/kvcd_err.h"
-
-static uint64_t budget(const kvcd_server_t *srv)
-{
-    return srv->opt->max_pending;
-}
-
-static uint64_t pending_bytes(const kvcd_server_t *srv)
-{
-    return srv->held + kvcd_bridge_unsent(srv->bridge);
-}
-
-/* Re-evaluate the admission switch (after anything that changes the bytes). */
-void kvcd_admission_check(kvcd_server_t *srv)
-{
-    if (!srv->bridge || srv->state == KVCD_STATE_CLOSING)
-        return;
-    if (pending_bytes(srv) > budget(srv)) {
-        if (!kvcd_bridge_paused(srv->bridge)) {
-            srv->c.admission_pauses++;
-            kvcd_bridge_pause(srv->bridge);
-        }
-    } else if (kvcd_bridge_paused(srv->bridge)) {
-        kvcd_bridge_resume(srv->bridge);
-    }
-}
 
 static void call_free(call_t *call)
 {
@@ -70,9 +44,7 @@ static void call_free(call_t *call)
     free(call->shm_lens);
     if (call->conn)
         kvcd_conn_unref(call->conn);
-    srv->held -= call->held;
     free(call);
-    kvcd_admission_check(srv);
     kvcd_server_step(srv);
 }
 
@@ -327,11 +299,12 @@ static void dispatch(call_t *call)
     if (srv->state != KVCD_STATE_RUNNING)
         return kvcd_call_error(call, KVCD_ESHUTDOWN, "server is shutting down");
 
+    if (call->dropped)
+        return kvcd_call_error(call, KVCD_ETOOLARGE, call->dropped);
     want = call->req.op == KVCD_OP_STORE ? call->req.nkeys : 0;
-    if (call->frames_overflow || call->nframes != want) {
-        snprintf(msg, sizeof(msg), "%s expects %zu bulk frames, got %s%zu",
-                 kvcd_op_name(call->req.op), want, call->frames_overflow ? "more than " : "",
-                 call->nframes);
+    if (call->nframes != want) {
+        snprintf(msg, sizeof(msg), "%s expects %zu bulk frames, got %zu",
+                 kvcd_op_name(call->req.op), want, call->nframes);
         return kvcd_call_error(call, KVCD_EFRAMES, msg);
     }
 
@@ -367,7 +340,7 @@ static void dispatch(call_t *call)
 
 /* The bridge's message callback: frames[0] is the header. */
 void kvcd_call_arrived(void *data, kvcd_conn_t *conn, kvcd_frame_t *frames, size_t n,
-                       int overflow)
+                       const char *dropped)
 {
     kvcd_server_t *srv = data;
     call_t *call = calloc(1, sizeof(*call));
@@ -388,10 +361,8 @@ void kvcd_call_arrived(void *data, kvcd_conn_t *conn, kvcd_frame_t *frames, size
     call->srv = srv;
     call->conn = conn;
     call->hdr = frames[0];
-    call->frames_overflow = overflow;
+    call->dropped = dropped;
     call->t_start_ns = uv_hrtime();
-    for (i = 0; i < n; i++)
-        call->held += frames[i].len;
     if (n > 1) {
         /* The bulk frames, without the header, in the same array. */
         memmove(frames, frames + 1, (n - 1) * sizeof(*frames));
@@ -400,13 +371,11 @@ void kvcd_call_arrived(void *data, kvcd_conn_t *conn, kvcd_frame_t *frames, size
     } else {
         free(frames);
     }
-    srv->held += call->held;
     srv->inflight++;
     srv->c.requests++;
     call->next = srv->calls;
     if (call->next)
         call->next->prev = call;
     srv->calls = call;
-    kvcd_admission_check(srv);
     dispatch(call);
 }

@@ -3,7 +3,9 @@
  *
  * The checks at registration run on the file the daemon actually opened
  * (/proc/self/fd/<ours>), not on the client's path again, so a client cannot
- * swap the fd between the check and the map. Registered segments sit in a small
+ * swap the fd between the check and the map. They run on a worker (reg_work)
+ * that sees only its own reg_t; the table changes on the loop thread only, when
+ * the registration completes (reg_after). Registered segments sit in a small
  * hash table by id; owners (routing identities with at least one segment) in a
  * list with the time of their last request, walked by the lease timer.
  */
@@ -50,21 +52,12 @@ struct kvcd_segtab_s {
     size_t mapped_bytes;    /* every mapping, registered or still referenced */
     size_t registered_bytes; /* registered segments only: what the limit bounds */
     size_t live;            /* mappings not yet unmapped */
+    size_t npending;        /* registrations on a worker */
+    size_t pending_bytes;   /* their sizes: they count against the limit */
     uint64_t expired;
 };
 
-static int segfail(char *msg, size_t msglen, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int segfail(char *msg, size_t msglen, int err, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, msglen, fmt, ap);
-    va_end(ap);
-    return err;
-}
+#define segfail kvcd_errf
 
 static kvcd_seg_owner_t *owner_find(const kvcd_segtab_t *t, const void *id, size_t len)
 {
@@ -224,92 +217,134 @@ void kvcd_segtab_destroy(kvcd_segtab_t *t)
     free(t);
 }
 
-int kvcd_segtab_register(kvcd_segtab_t *t, const void *owner, size_t owner_len,
-                         uint64_t pid, uint64_t fd, uint64_t size, uint64_t *id,
-                         char *msg, size_t msglen)
+/* A registration between its request and its completion. */
+typedef struct {
+    uv_work_t work;
+    kvcd_segtab_t *tab;
+    kvcd_segtab_register_cb cb;
+    void *data;
+    uint64_t pid, fd, size;
+    uid_t euid;
+    size_t owner_len;
+    uint8_t owner[OWNER_MAX];
+    /* filled by the worker */
+    int rc;
+    void *base;
+    char msg[256];
+} reg_t;
+
+/* The peer may share memory with kvcd at all. */
+static int peer_ok(const kvcd_peer_t *peer, char *msg, size_t msglen)
 {
-    uint64_t max_bytes = (uint64_t)(t->opt->max_segment_gb * (double)(1ull << 30));
-    kvcd_seg_owner_t *o = NULL;
-    kvcd_seg_t *s = NULL;
+    if (!peer || !peer->verified)
+        return segfail(msg, msglen, KVCD_EPEERUNVERIFIED,
+                       "shared memory needs a peer whose user kvcd can verify: connect "
+                       "over ipc://, or use frames");
+    if (peer->uid != geteuid())
+        return segfail(msg, msglen, KVCD_EPEERUNVERIFIED,
+                       "peer runs as uid %ju, kvcd as uid %ju: shared memory only with "
+                       "kvcd's own user", (uintmax_t)peer->uid, (uintmax_t)geteuid());
+    return 0;
+}
+
+/* Worker thread: open, check and map the client's descriptor. Touches nothing
+ * but r. O_NONBLOCK: an open that would wait (a FIFO, a lease to break) fails
+ * at once instead of holding the worker. */
+static void reg_work(uv_work_t *w)
+{
+    reg_t *r = w->data;
     char path[64], target[128];
     struct stat st;
     ssize_t n;
     void *base;
-    int mfd = -1, seals, rc;
+    int mfd, seals;
 
-    if (owner_len == 0 || owner_len > OWNER_MAX)
-        return segfail(msg, msglen, KVCD_ESEGMENT, "connection has no routing identity");
-    if (t->nregistered >= (size_t)t->opt->max_segments)
-        return segfail(msg, msglen, KVCD_ESEGMENT,
-                       "%zu segments are registered, the most allowed (--max-segments)",
-                       t->nregistered);
-    /* Registered bytes, not mapped ones: a segment unregistered a moment ago
-     * may stay mapped until its copies finish, and that must not make the
-     * client's next registration fail. */
-    if (size > SIZE_MAX || size > max_bytes || t->registered_bytes > max_bytes - size)
-        return segfail(msg, msglen, KVCD_ESEGMENT,
-                       "size: %" PRIu64 " more bytes would take the registered segments "
-                       "over --max-segment-gb %g GiB (%zu bytes registered)",
-                       size, t->opt->max_segment_gb, t->registered_bytes);
-
-    snprintf(path, sizeof(path), "/proc/%" PRIu64 "/fd/%" PRIu64, pid, fd);
-    mfd = open(path, O_RDWR | O_CLOEXEC);
-    if (mfd < 0)
-        return segfail(msg, msglen, KVCD_ESEGMENT, "cannot open fd %" PRIu64
-                       " of process %" PRIu64 ": %s", fd, pid, strerror(errno));
+    r->rc = 0;
+    snprintf(path, sizeof(path), "/proc/%" PRIu64 "/fd/%" PRIu64, r->pid, r->fd);
+    mfd = open(path, O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (mfd < 0) {
+        r->rc = segfail(r->msg, sizeof(r->msg), KVCD_ESEGMENT,
+                        "cannot open fd %" PRIu64 " of process %" PRIu64 ": %s", r->fd,
+                        r->pid, strerror(errno));
+        return;
+    }
     /* From here on, look only at the file we hold. */
     snprintf(path, sizeof(path), "/proc/self/fd/%d", mfd);
     n = readlink(path, target, sizeof(target) - 1);
     if (n < 0 || (target[n] = '\0', strncmp(target, NAME_PREFIX, strlen(NAME_PREFIX)) != 0)) {
-        rc = segfail(msg, msglen, KVCD_ESEGMENT,
-                     "not a kvcd memfd segment (memfd_create name must start with \"kvcd-\")");
-        goto fail;
+        r->rc = segfail(r->msg, sizeof(r->msg), KVCD_ESEGMENT,
+                        "not a kvcd memfd segment (memfd_create name must start with \"kvcd-\")");
+        goto out;
     }
     if (fstat(mfd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = segfail(msg, msglen, KVCD_ESEGMENT, "not a kvcd memfd segment");
-        goto fail;
+        r->rc = segfail(r->msg, sizeof(r->msg), KVCD_ESEGMENT, "not a kvcd memfd segment");
+        goto out;
     }
-    if (st.st_uid != geteuid()) {
-        rc = segfail(msg, msglen, KVCD_ESEGMENT, "segment belongs to another user");
-        goto fail;
+    if (st.st_uid != r->euid) {
+        r->rc = segfail(r->msg, sizeof(r->msg), KVCD_ESEGMENT,
+                        "segment belongs to another user");
+        goto out;
     }
     seals = fcntl(mfd, F_GET_SEALS);
     if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
-        rc = segfail(msg, msglen, KVCD_ESEGMENT,
-                     "segment must be sealed against shrinking (F_SEAL_SHRINK)");
-        goto fail;
+        r->rc = segfail(r->msg, sizeof(r->msg), KVCD_ESEGMENT,
+                        "segment must be sealed against shrinking (F_SEAL_SHRINK)");
+        goto out;
     }
-    if ((uint64_t)st.st_size < size) {
-        rc = segfail(msg, msglen, KVCD_ESEGMENT,
-                     "size: %" PRIu64 " bytes asked, the memfd has %jd", size,
-                     (intmax_t)st.st_size);
-        goto fail;
+    if ((uint64_t)st.st_size < r->size) {
+        r->rc = segfail(r->msg, sizeof(r->msg), KVCD_ESEGMENT,
+                        "size: %" PRIu64 " bytes asked, the memfd has %jd", r->size,
+                        (intmax_t)st.st_size);
+        goto out;
     }
-    s = calloc(1, sizeof(*s));
-    o = owner_find(t, owner, owner_len);
-    if (!s || (!o && !(o = calloc(1, sizeof(*o))))) {
-        rc = segfail(msg, msglen, -ENOMEM, "out of memory");
-        goto fail;
-    }
-    base = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    base = mmap(NULL, (size_t)r->size, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
     if (base == MAP_FAILED) {
-        rc = segfail(msg, msglen, KVCD_ESEGMENT, "cannot map the segment: %s",
-                     strerror(errno));
-        goto fail;
+        r->rc = segfail(r->msg, sizeof(r->msg), KVCD_ESEGMENT, "cannot map the segment: %s",
+                        strerror(errno));
+        goto out;
     }
+    r->base = base;
+out:
     close(mfd);
+}
 
+/* Loop thread: put the mapped segment in the table, or report why not. */
+static void reg_after(uv_work_t *w, int status)
+{
+    reg_t *r = w->data;
+    kvcd_segtab_t *t = r->tab;
+    kvcd_seg_owner_t *o = NULL;
+    kvcd_seg_t *s = NULL;
+
+    t->npending--;
+    t->pending_bytes -= (size_t)r->size;
+    if (status != 0 && r->rc == 0) {
+        /* Canceled before it ran (uv_cancel): nothing was mapped. */
+        r->rc = segfail(r->msg, sizeof(r->msg), KVCD_ECANCELED, "registration canceled");
+    }
+    if (r->rc != 0)
+        goto done;
+    s = calloc(1, sizeof(*s));
+    o = owner_find(t, r->owner, r->owner_len);
+    if (!s || (!o && !(o = calloc(1, sizeof(*o))))) {
+        r->rc = segfail(r->msg, sizeof(r->msg), -ENOMEM, "out of memory");
+        if (o && o->nsegs == 0)
+            free(o);
+        free(s);
+        munmap(r->base, (size_t)r->size);
+        goto done;
+    }
     if (o->nsegs == 0) {
-        memcpy(o->id, owner, owner_len);
-        o->len = owner_len;
+        memcpy(o->id, r->owner, r->owner_len);
+        o->len = r->owner_len;
         o->next = t->owners;
         t->owners = o;
     }
     o->nsegs++;
     o->last_ms = uv_now(t->loop);
     s->id = t->next_id++;
-    s->base = base;
-    s->size = (size_t)size;
+    s->base = r->base;
+    s->size = (size_t)r->size;
     s->registered = 1;
     s->refs = 1;
     s->tab = t;
@@ -331,16 +366,70 @@ int kvcd_segtab_register(kvcd_segtab_t *t, const void *owner, size_t owner_len,
         uv_timer_start(&t->lease_timer, lease_cb, every, every);
     }
     KVCD_LOG(KVCD_LOG_DEBUG, "segment", "segment %" PRIu64 " registered: %zu bytes, fd %"
-             PRIu64 " of process %" PRIu64, s->id, s->size, fd, pid);
-    *id = s->id;
-    return 0;
+             PRIu64 " of process %" PRIu64, s->id, s->size, r->fd, r->pid);
+done:
+    r->cb(r->data, r->rc, s && r->rc == 0 ? s->id : 0, r->msg);
+    free(r);
+}
 
-fail:
-    if (o && o->nsegs == 0)
-        free(o);
-    free(s);
-    close(mfd);
-    return rc;
+/* The one place registrations leave the loop thread. A named bounded executor
+ * can replace the threadpool here without touching anything else. */
+static int offload(kvcd_segtab_t *t, reg_t *r)
+{
+    r->work.data = r;
+    return uv_queue_work(t->loop, &r->work, reg_work, reg_after);
+}
+
+int kvcd_segtab_register(kvcd_segtab_t *t, const kvcd_peer_t *peer, const void *owner,
+                         size_t owner_len, uint64_t pid, uint64_t fd, uint64_t size,
+                         kvcd_segtab_register_cb cb, void *data, char *msg, size_t msglen)
+{
+    uint64_t max_bytes = (uint64_t)(t->opt->max_segment_gb * (double)(1ull << 30));
+    size_t held = t->registered_bytes + t->pending_bytes;
+    reg_t *r;
+    int rc;
+
+    if ((rc = peer_ok(peer, msg, msglen)) != 0)
+        return rc;
+    if (pid != (uint64_t)peer->pid)
+        return segfail(msg, msglen, KVCD_EPEERUNVERIFIED,
+                       "pid: %" PRIu64 " is not the connected process (%ju): a segment must "
+                       "be a descriptor of the client's own process",
+                       pid, (uintmax_t)peer->pid);
+    if (owner_len == 0 || owner_len > OWNER_MAX)
+        return segfail(msg, msglen, KVCD_ESEGMENT, "connection has no routing identity");
+    if (t->nregistered + t->npending >= (size_t)t->opt->max_segments)
+        return segfail(msg, msglen, KVCD_ESEGMENT,
+                       "%zu segments are registered, the most allowed (--max-segments)",
+                       t->nregistered + t->npending);
+    /* Registered (and being registered) bytes, not mapped ones: a segment
+     * unregistered a moment ago may stay mapped until its copies finish, and
+     * that must not make the client's next registration fail. */
+    if (size > SIZE_MAX || size > max_bytes || held > max_bytes - size)
+        return segfail(msg, msglen, KVCD_ESEGMENT,
+                       "size: %" PRIu64 " more bytes would take the registered segments "
+                       "over --max-segment-gb %g GiB (%zu bytes registered)",
+                       size, t->opt->max_segment_gb, held);
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return segfail(msg, msglen, -ENOMEM, "out of memory");
+    r->tab = t;
+    r->cb = cb;
+    r->data = data;
+    r->pid = pid;
+    r->fd = fd;
+    r->size = size;
+    r->euid = geteuid();
+    r->owner_len = owner_len;
+    memcpy(r->owner, owner, owner_len);
+    if ((rc = offload(t, r)) != 0) {
+        free(r);
+        return segfail(msg, msglen, KVCD_EINTERNAL, "cannot queue the registration: %s",
+                       uv_strerror(rc));
+    }
+    t->npending++;
+    t->pending_bytes += (size_t)size;
+    return 0;
 }
 
 /* The registered segment id if this owner may use it. */
@@ -358,11 +447,14 @@ static int owned(kvcd_segtab_t *t, const void *owner, size_t owner_len, uint64_t
     return 0;
 }
 
-int kvcd_segtab_unregister(kvcd_segtab_t *t, const void *owner, size_t owner_len,
-                           uint64_t id, char *msg, size_t msglen)
+int kvcd_segtab_unregister(kvcd_segtab_t *t, const kvcd_peer_t *peer, const void *owner,
+                           size_t owner_len, uint64_t id, char *msg, size_t msglen)
 {
     kvcd_seg_t *s;
-    int rc = owned(t, owner, owner_len, id, &s, msg, msglen);
+    int rc = peer_ok(peer, msg, msglen);
+
+    if (rc == 0)
+        rc = owned(t, owner, owner_len, id, &s, msg, msglen);
 
     if (rc != 0)
         return rc;
@@ -372,10 +464,14 @@ int kvcd_segtab_unregister(kvcd_segtab_t *t, const void *owner, size_t owner_len
     return 0;
 }
 
-int kvcd_segtab_acquire(kvcd_segtab_t *t, const void *owner, size_t owner_len,
-                        uint64_t id, kvcd_seg_t **out, char *msg, size_t msglen)
+int kvcd_segtab_acquire(kvcd_segtab_t *t, const kvcd_peer_t *peer, const void *owner,
+                        size_t owner_len, uint64_t id, kvcd_seg_t **out, char *msg,
+                        size_t msglen)
 {
-    int rc = owned(t, owner, owner_len, id, out, msg, msglen);
+    int rc = peer_ok(peer, msg, msglen);
+
+    if (rc == 0)
+        rc = owned(t, owner, owner_len, id, out, msg, msglen);
 
     if (rc == 0)
         (*out)->refs++;

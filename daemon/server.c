@@ -11,8 +11,9 @@
  *             more, least recently used first) write-behind drains to the L2
  *             adapters; arrivals still get ESHUTDOWN; --nothing written behind
  *             and SHUTDOWN_QUIET_MS without an arrival-->  closing
- *   closing   what is queued in the socket is answered ESHUTDOWN, the socket
- *             closes (queued replies get LINGER_MS), storage closes the
+ *   closing   the socket closes (queued replies get LINGER_MS; a message
+ *             still being received then is lost with its connection, which
+ *             the quiet window makes rare), storage closes the
  *             adapters once nothing can call them, the copy executor closes
  *             once idle; then no handle is left and uv_run returns.
  *
@@ -118,8 +119,6 @@ static void begin_closing(kvcd_server_t *srv)
     if (srv->state == KVCD_STATE_CLOSING)
         return;
     srv->state = KVCD_STATE_CLOSING;
-    /* Everything still queued in the socket is answered ESHUTDOWN now. */
-    kvcd_bridge_drain_all(srv->bridge);
     kvcd_call_retry_parked(srv, 1);
     kvcd_storage_stop(srv->storage);
     kvcd_segtab_stop(srv->segs);
@@ -186,7 +185,7 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
 
     memset(&l1cfg, 0, sizeof(l1cfg));
     l1cfg.capacity = (size_t)(opt->l1_size_gb * (double)(1ull << 30));
-    l1cfg.policy = opt->eviction_policy;
+    l1cfg.policy = opt->eviction_policy == KVCD_OPT_EVICT_NOOP ? KVCD_EVICT_NOOP : KVCD_EVICT_LRU;
     l1cfg.high_watermark = opt->high_watermark;
     l1cfg.low_watermark = opt->low_watermark;
     l1cfg.hugepages = opt->hugepages;
@@ -234,7 +233,7 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
     KVCD_LOG(KVCD_LOG_INFO, "server",
              "kvcd %s listening on %s (L1 %.3f GiB %s, chunk size %" PRIu64 ", %d workers)",
              KVCD_VERSION, opt->endpoint, opt->l1_size_gb,
-             opt->eviction_policy == KVCD_EVICT_LRU ? "LRU" : "noop", opt->chunk_size,
+             kvcd_options_evict_name(opt->eviction_policy), opt->chunk_size,
              opt->max_workers);
     *out = srv;
     return 0;

@@ -42,7 +42,7 @@ typedef struct {
     uint64_t loads, load_hits, load_misses, load_bytes;
     uint64_t removes, clears, clear_requests, dropped_replies;
     uint64_t shm_stores, shm_loads;
-    uint64_t forced_answers, admission_pauses;
+    uint64_t forced_answers;
 } counters_t;
 
 typedef enum {
@@ -68,8 +68,7 @@ struct call_s {
     kvcd_frame_t hdr;
     kvcd_frame_t *frames;       /* bulk frames received */
     size_t nframes;
-    int frames_overflow;
-    size_t held;                /* bytes counted against the admission budget */
+    const char *dropped;        /* why the transport dropped the bulk (then ETOOLARGE) */
     kvcd_req_t req;
     int decoded;
     int answered;
@@ -103,7 +102,6 @@ struct kvcd_server_s {
     kvcd_state_t state;
     call_t *calls;              /* unanswered calls */
     uint64_t inflight;          /* unanswered calls */
-    uint64_t held;              /* bytes of unfreed requests (admission) */
     call_t *parked, *parked_tail;
     int retrying, retry_again;
     uv_timer_t park_timer;
@@ -122,12 +120,11 @@ struct kvcd_server_s {
 
 /* request.c */
 void kvcd_call_arrived(void *srv, kvcd_conn_t *conn, kvcd_frame_t *frames, size_t n,
-                       int overflow);
+                       const char *dropped);
 /* The one reply: `sent(arg)` runs once the bulk buffers are free again (at
  * once when the call was already answered). */
 void kvcd_call_reply(call_t *call, kvcd_wbuf_t *w, const kvcd_bulk_t *bulk, size_t nbulk,
                      void (*sent)(void *), void *arg);
-void kvcd_admission_check(kvcd_server_t *srv);
 void kvcd_call_error(call_t *call, int err, const char *msg);
 void kvcd_call_results(call_t *call);
 /* Free the call if it was answered and nothing runs for it any more. */

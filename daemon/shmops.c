@@ -17,21 +17,39 @@
 #include "daemon/server_int.h"
 #include "protocol/kvcd_err.h"
 
-void kvcd_op_register_segment(call_t *call)
+/* Registration completes off the loop (segment.c); the call waits for it. */
+static void register_done(void *data, int status, uint64_t id, const char *msg)
 {
-    char msg[256];
-    uint64_t id;
-    size_t ilen;
-    const void *ident = kvcd_conn_ident(call->conn, &ilen);
+    call_t *call = data;
     kvcd_wbuf_t w;
-    int rc = kvcd_segtab_register(call->srv->segs, ident, ilen, call->req.seg_pid,
-                                  call->req.seg_fd, call->req.seg_size, &id, msg, sizeof(msg));
 
-    if (rc != 0)
-        return kvcd_call_error(call, rc, msg);
+    call->busy--;
+    if (call->answered)
+        return kvcd_call_maybe_free(call);
+    if (status != 0)
+        return kvcd_call_error(call, status, msg);
     kvcd_wbuf_init(&w);
     kvcd_proto_encode_segment(&w, call->req.id, id);
     kvcd_call_reply(call, &w, NULL, 0, NULL, NULL);
+}
+
+void kvcd_op_register_segment(call_t *call)
+{
+    char msg[256];
+    size_t ilen;
+    const void *ident = kvcd_conn_ident(call->conn, &ilen);
+    kvcd_peer_t peer;
+    int rc;
+
+    kvcd_conn_peer(call->conn, &peer);
+    call->busy++;
+    rc = kvcd_segtab_register(call->srv->segs, &peer, ident, ilen, call->req.seg_pid,
+                              call->req.seg_fd, call->req.seg_size, register_done, call, msg,
+                              sizeof(msg));
+    if (rc != 0) {
+        call->busy--;
+        kvcd_call_error(call, rc, msg);
+    }
 }
 
 void kvcd_op_unregister_segment(call_t *call)
@@ -39,10 +57,13 @@ void kvcd_op_unregister_segment(call_t *call)
     char msg[256];
     size_t ilen;
     const void *ident = kvcd_conn_ident(call->conn, &ilen);
+    kvcd_peer_t peer;
     kvcd_wbuf_t w;
-    int rc = kvcd_segtab_unregister(call->srv->segs, ident, ilen, call->req.segment, msg,
-                                    sizeof(msg));
+    int rc;
 
+    kvcd_conn_peer(call->conn, &peer);
+    rc = kvcd_segtab_unregister(call->srv->segs, &peer, ident, ilen, call->req.segment, msg,
+                                sizeof(msg));
     if (rc != 0)
         return kvcd_call_error(call, rc, msg);
     kvcd_wbuf_init(&w);
@@ -58,8 +79,12 @@ static int shm_acquire(call_t *call, const char *lname)
     char msg[256];
     size_t ilen, i;
     const void *ident = kvcd_conn_ident(call->conn, &ilen);
-    int rc = kvcd_segtab_acquire(srv->segs, ident, ilen, call->req.segment, &call->seg, msg,
-                                 sizeof(msg));
+    kvcd_peer_t peer;
+    int rc;
+
+    kvcd_conn_peer(call->conn, &peer);
+    rc = kvcd_segtab_acquire(srv->segs, &peer, ident, ilen, call->req.segment, &call->seg, msg,
+                             sizeof(msg));
 
     if (rc != 0) {
         kvcd_call_error(call, rc, msg);

@@ -4,9 +4,22 @@
  * Replies are matched by request id. Replies for ids other than the awaited
  * one are parked on a list until asked for; replies for ids given up on (a
  * timeout) are dropped when they arrive, so a slow server cannot grow the list.
+ * The set of given-up ids has no fixed size: an id leaves it when its reply
+ * arrives (the server answers every request once) or when the connection is
+ * reset, after which no reply of the old connection can arrive.
+ *
+ * Bulk frames of a STORE are handed to ZeroMQ without a copy, each with a free
+ * function that counts down a per-request hold record (zc_t). ZeroMQ calls it
+ * from its I/O thread once it no longer reads the caller's buffer, so the
+ * records are under a mutex; everything else is the calling thread's. A wait
+ * never returns while ZeroMQ may still read that request's buffers: after the
+ * reply the release is immediate (the server has every byte), and after a
+ * timeout the client resets its connection, which makes ZeroMQ drop the
+ * unsent frames (zmq_ctx_term returns only once every message is freed).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +31,6 @@
 
 #include "client.h"
 
-#define ABANDONED_MAX 256
-
 struct kvcd_reply_s {
     kvcd_reply_t *next;
     kvcd_reply_hdr_t hdr;
@@ -27,14 +38,28 @@ struct kvcd_reply_s {
     zmq_msg_t *frames;
 };
 
+/* Frames of one request that ZeroMQ may still read. */
+typedef struct zc_s zc_t;
+struct zc_s {
+    zc_t *next;
+    kvcd_client_t *c;
+    uint64_t id;
+    size_t left;            /* frames not yet freed by ZeroMQ */
+};
+
 struct kvcd_client_s {
     void *ctx;
-    void *sock;
+    void *sock;             /* NULL after a reset failed to reconnect */
+    char *endpoint;
     int timeout_ms;
     uint64_t next_id;
+    uint64_t first_id;      /* first id sent on the current connection */
     kvcd_reply_t *parked;
-    uint64_t abandoned[ABANDONED_MAX];
-    size_t nabandoned;
+    uint64_t *abandoned;    /* ids given up on, whose replies are still due */
+    size_t nabandoned, capabandoned;
+    pthread_mutex_t mu;     /* guards held (ZeroMQ's I/O thread frees frames) */
+    pthread_cond_t cv;
+    zc_t *held;
     char errmsg[256];
 };
 
@@ -46,15 +71,10 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-int kvcd_client_connect(const char *endpoint, int timeout_ms, kvcd_client_t **out)
+static int open_socket(kvcd_client_t *c)
 {
-    kvcd_client_t *c = calloc(1, sizeof(*c));
     int zero = 0;
 
-    if (!c)
-        return -ENOMEM;
-    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
-    c->next_id = 1;
     c->ctx = zmq_ctx_new();
     c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_DEALER) : NULL;
     if (!c->sock)
@@ -62,9 +82,9 @@ int kvcd_client_connect(const char *endpoint, int timeout_ms, kvcd_client_t **ou
     zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero));
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &zero, sizeof(zero));
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &zero, sizeof(zero));
-    if (zmq_connect(c->sock, endpoint) != 0)
+    if (zmq_connect(c->sock, c->endpoint) != 0)
         goto fail;
-    *out = c;
+    c->first_id = c->next_id;
     return 0;
 fail:
     {
@@ -74,9 +94,48 @@ fail:
             zmq_close(c->sock);
         if (c->ctx)
             zmq_ctx_term(c->ctx);
-        free(c);
+        c->sock = c->ctx = NULL;
         return err ? -err : KVCD_ECONNECT;
     }
+}
+
+/* Close the socket and its context: ZeroMQ frees every message it still holds
+ * (LINGER 0) before zmq_ctx_term returns. */
+static void close_socket(kvcd_client_t *c)
+{
+    if (c->sock)
+        zmq_close(c->sock);
+    if (c->ctx)
+        zmq_ctx_term(c->ctx);
+    c->sock = c->ctx = NULL;
+}
+
+int kvcd_client_connect(const char *endpoint, int timeout_ms, kvcd_client_t **out)
+{
+    kvcd_client_t *c = calloc(1, sizeof(*c));
+    int rc;
+
+    if (!c)
+        return -ENOMEM;
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
+    c->next_id = 1;
+    c->endpoint = strdup(endpoint);
+    if (!c->endpoint) {
+        free(c);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    rc = open_socket(c);
+    if (rc != 0) {
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+        free(c->endpoint);
+        free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
 }
 
 void kvcd_client_close(kvcd_client_t *c)
@@ -89,8 +148,11 @@ void kvcd_client_close(kvcd_client_t *c)
         next = r->next;
         kvcd_reply_free(r);
     }
-    zmq_close(c->sock);
-    zmq_ctx_term(c->ctx);
+    close_socket(c); /* every zc_t is freed by now */
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c->abandoned);
+    free(c->endpoint);
     free(c);
 }
 
@@ -106,32 +168,137 @@ void kvcd_keyset(kvcd_key_t *base, const char *model, uint32_t world_size,
     base->salt_len = salt ? (uint32_t)strlen(salt) : 0;
 }
 
-/* Send a header made by the caller, then one bulk frame per bufs entry. */
-static int send_frames(kvcd_client_t *c, kvcd_wbuf_t *w, size_t n, const void *const *bufs,
-                       const size_t *lens)
+/* ZeroMQ is done with one frame of z's request (its I/O thread, or ours when
+ * a send fails). */
+static void zc_free(void *data, void *hint)
+{
+    zc_t *z = hint;
+    kvcd_client_t *c = z->c;
+    zc_t **pp;
+
+    pthread_mutex_lock(&c->mu);
+    if (--z->left == 0) {
+        for (pp = &c->held; *pp != z; pp = &(*pp)->next)
+            ;
+        *pp = z->next;
+        free(z);
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Frames of request id that ZeroMQ may still read? */
+static int is_held(kvcd_client_t *c, uint64_t id)
+{
+    zc_t *z;
+    int held = 0;
+
+    pthread_mutex_lock(&c->mu);
+    for (z = c->held; z; z = z->next)
+        if (z->id == id)
+            held = 1;
+    pthread_mutex_unlock(&c->mu);
+    return held;
+}
+
+/* Wait until ZeroMQ let go of id's frames, at most until deadline (ms,
+ * CLOCK_MONOTONIC as now_ms). 0, or -1 if it still holds them. */
+static int wait_released(kvcd_client_t *c, uint64_t id, uint64_t deadline)
+{
+    struct timespec ts;
+    zc_t *z;
+    int held;
+
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        for (held = 0, z = c->held; z; z = z->next)
+            if (z->id == id)
+                held = 1;
+        if (!held || now_ms() >= deadline)
+            break;
+        /* The condition variable uses CLOCK_REALTIME: wait in short steps. */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return held ? -1 : 0;
+}
+
+/* Drop the connection and open a new one: ZeroMQ gives back every buffer it
+ * held, requests still in flight lose their replies (their waits answer
+ * KVCD_ECONNECT), and the server sees a new peer. */
+static void reset_connection(kvcd_client_t *c)
+{
+    close_socket(c);
+    c->nabandoned = 0; /* no reply of the old connection can arrive now */
+    if (open_socket(c) != 0)
+        c->first_id = c->next_id;
+}
+
+/* Send a header made by the caller, then one bulk frame per bufs entry,
+ * zero-copy, held until ZeroMQ frees it (zc_t). */
+static int send_frames(kvcd_client_t *c, uint64_t id, kvcd_wbuf_t *w, size_t n,
+                       const void *const *bufs, const size_t *lens)
 {
     zmq_msg_t m;
-    size_t len, i;
+    size_t len, i, nbulk = bufs ? n : 0;
+    zc_t *z = NULL;
     char *hdr;
-    int nbulk = bufs ? (int)n : 0;
+    int rc = 0;
 
     hdr = kvcd_wbuf_release(w, &len);
     if (!hdr)
         return -ENOMEM;
-    if (zmq_send(c->sock, hdr, len, nbulk ? ZMQ_SNDMORE : 0) < 0) {
+    if (!c->sock) {
         free(hdr);
-        return -zmq_errno();
+        return KVCD_ECONNECT;
     }
-    free(hdr);
-    for (i = 0; i < (size_t)nbulk; i++) {
-        /* No free function: the caller keeps bufs valid until the reply. */
-        zmq_msg_init_data(&m, (void *)bufs[i], lens[i], NULL, NULL);
+    if (nbulk) {
+        z = calloc(1, sizeof(*z));
+        if (!z) {
+            free(hdr);
+            return -ENOMEM;
+        }
+        z->c = c;
+        z->id = id;
+        z->left = nbulk + 1; /* + ours, dropped below: no early free */
+        pthread_mutex_lock(&c->mu);
+        z->next = c->held;
+        c->held = z;
+        pthread_mutex_unlock(&c->mu);
+    }
+    if (zmq_send(c->sock, hdr, len, nbulk ? ZMQ_SNDMORE : 0) < 0) {
+        rc = -zmq_errno();
+        i = 0;
+        goto out;
+    }
+    for (i = 0; i < nbulk; i++) {
+        if (zmq_msg_init_data(&m, (void *)bufs[i], lens[i], zc_free, z) != 0) {
+            rc = -ENOMEM;
+            break;
+        }
         if (zmq_msg_send(&m, c->sock, i + 1 < n ? ZMQ_SNDMORE : 0) < 0) {
-            zmq_msg_close(&m);
-            return -zmq_errno();
+            rc = -zmq_errno();
+            zmq_msg_close(&m); /* calls zc_free */
+            i++;
+            break;
         }
     }
-    return 0;
+out:
+    free(hdr);
+    if (z) {
+        /* Frames never handed to ZeroMQ, and our own count. */
+        pthread_mutex_lock(&c->mu);
+        z->left -= nbulk - i;
+        pthread_mutex_unlock(&c->mu);
+        zc_free(NULL, z);
+    }
+    return rc;
 }
 
 int kvcd_client_send(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
@@ -143,7 +310,7 @@ int kvcd_client_send(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
     *id = c->next_id++;
     kvcd_wbuf_init(&w);
     kvcd_proto_encode_req(&w, *id, op, base, hashes, n);
-    return send_frames(c, &w, n, bufs, lens);
+    return send_frames(c, *id, &w, n, bufs, lens);
 }
 
 int kvcd_client_send_shm(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
@@ -155,21 +322,34 @@ int kvcd_client_send_shm(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
     *id = c->next_id++;
     kvcd_wbuf_init(&w);
     kvcd_proto_encode_req_shm(&w, *id, op, base, hashes, n, shm);
-    return send_frames(c, &w, 0, NULL, NULL);
+    return send_frames(c, *id, &w, 0, NULL, NULL);
 }
 
 static void abandon(kvcd_client_t *c, uint64_t id)
 {
-    c->abandoned[c->nabandoned++ % ABANDONED_MAX] = id;
+    if (c->nabandoned == c->capabandoned) {
+        size_t cap = c->capabandoned ? c->capabandoned * 2 : 64;
+        uint64_t *a = realloc(c->abandoned, cap * sizeof(*a));
+
+        if (!a)
+            return; /* its late reply will be parked instead: never mismatched */
+        c->abandoned = a;
+        c->capabandoned = cap;
+    }
+    c->abandoned[c->nabandoned++] = id;
 }
 
-static int is_abandoned(const kvcd_client_t *c, uint64_t id)
+/* If id was given up on, forget it (its one reply is here) and say so. */
+static int take_abandoned(kvcd_client_t *c, uint64_t id)
 {
-    size_t i, n = c->nabandoned < ABANDONED_MAX ? c->nabandoned : ABANDONED_MAX;
+    size_t i;
 
-    for (i = 0; i < n; i++)
-        if (c->abandoned[i] == id)
+    for (i = 0; i < c->nabandoned; i++) {
+        if (c->abandoned[i] == id) {
+            c->abandoned[i] = c->abandoned[--c->nabandoned];
             return 1;
+        }
+    }
     return 0;
 }
 
@@ -178,6 +358,9 @@ static int recv_reply(kvcd_client_t *c, uint64_t deadline, kvcd_reply_t **out)
 {
     zmq_pollitem_t pi = {.socket = c->sock, .events = ZMQ_POLLIN};
     kvcd_reply_t *r;
+
+    if (!c->sock)
+        return KVCD_ECONNECT;
     zmq_msg_t hdr, m;
     uint64_t now;
     size_t cap = 0;
@@ -234,6 +417,20 @@ static int recv_reply(kvcd_client_t *c, uint64_t deadline, kvcd_reply_t **out)
     return 0;
 }
 
+/* The reply to id is in hand: make sure ZeroMQ no longer reads id's buffers
+ * before handing it over. The server had every byte, so the release is
+ * immediate; the bound is only there so a wait can never hang on it. */
+static int deliver(kvcd_client_t *c, uint64_t id, uint64_t deadline, kvcd_reply_t *r,
+                   kvcd_reply_t **out)
+{
+    uint64_t floor = now_ms() + 1000;
+
+    if (wait_released(c, id, deadline > floor ? deadline : floor) != 0)
+        reset_connection(c);
+    *out = r;
+    return 0;
+}
+
 int kvcd_client_wait(kvcd_client_t *c, uint64_t id, int timeout_ms,
                      kvcd_reply_t **out)
 {
@@ -246,30 +443,50 @@ int kvcd_client_wait(kvcd_client_t *c, uint64_t id, int timeout_ms,
             r = *pp;
             *pp = r->next;
             r->next = NULL;
-            *out = r;
-            return 0;
+            return deliver(c, id, deadline, r, out);
         }
+    }
+    if (id < c->first_id) {
+        snprintf(c->errmsg, sizeof(c->errmsg),
+                 "request %llu was lost when the connection was reset after a timeout",
+                 (unsigned long long)id);
+        return KVCD_ECONNECT;
     }
     for (;;) {
         rc = recv_reply(c, deadline, &r);
         if (rc == KVCD_EMALFORMED)
             continue; /* not a reply we can read; keep waiting for ours */
         if (rc != 0) {
-            if (rc == KVCD_ETIMEDOUT)
-                abandon(c, id);
+            if (rc == KVCD_ETIMEDOUT) {
+                if (is_held(c, id))
+                    reset_connection(c); /* takes back the caller's buffers */
+                else
+                    abandon(c, id);
+            }
             return rc;
         }
-        if (r->hdr.id == id) {
-            *out = r;
-            return 0;
-        }
-        if (is_abandoned(c, r->hdr.id)) {
+        if (r->hdr.id == id)
+            return deliver(c, id, deadline, r, out);
+        if (take_abandoned(c, r->hdr.id)) {
             kvcd_reply_free(r);
             continue;
         }
         r->next = c->parked;
         c->parked = r;
     }
+}
+
+void kvcd_client_pending(const kvcd_client_t *c, size_t *parked, size_t *abandoned)
+{
+    const kvcd_reply_t *r;
+    size_t n = 0;
+
+    for (r = c->parked; r; r = r->next)
+        n++;
+    if (parked)
+        *parked = n;
+    if (abandoned)
+        *abandoned = c->nabandoned;
 }
 
 const kvcd_reply_hdr_t *kvcd_reply_hdr(const kvcd_reply_t *r)
@@ -316,7 +533,7 @@ static int call_any(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
                     const kvcd_bytes_t *hashes, size_t n, const void *const *bufs,
                     const size_t *lens, const kvcd_shm_args_t *shm, kvcd_reply_t **out)
 {
-    uint64_t id;
+    uint64_t id, first = c->first_id;
     int rc;
 
     c->errmsg[0] = '\0';
@@ -325,7 +542,8 @@ static int call_any(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
     if (rc == 0)
         rc = kvcd_client_wait(c, id, 0, out);
     if (rc == KVCD_ETIMEDOUT)
-        snprintf(c->errmsg, sizeof(c->errmsg), "no reply within %d ms", c->timeout_ms);
+        snprintf(c->errmsg, sizeof(c->errmsg), "no reply within %d ms%s", c->timeout_ms,
+                 c->first_id != first ? " (connection reset to take back the buffers)" : "");
     if (rc != 0)
         return rc;
     if ((*out)->hdr.err != 0) {

@@ -10,11 +10,23 @@
  *    kvcd_client_wait(id) returns that request's reply; replies that arrive for
  *    other ids meanwhile are kept until asked for.
  *
- * Bulk bytes are sent without copying: buffers passed to a STORE must stay valid
- * and unchanged until its reply has been received (blocking calls guarantee this
- * by returning after the reply). Functions return 0 or a negative code from
- * kvcd_err.h (request-level errors of the server come back as their code;
- * KVCD_ETIMEDOUT when the server did not answer in time).
+ * Bulk bytes are sent without copying. Ownership of a STORE's buffers:
+ *  - blocking calls: the buffers are the caller's again when the call returns,
+ *    whatever it returns, including KVCD_ETIMEDOUT;
+ *  - kvcd_client_send: the buffers must stay valid and unchanged until
+ *    kvcd_client_wait for that id returns (whatever it returns) or the client
+ *    is closed.
+ * To keep that promise after a timeout, a wait that gives up on a request
+ * whose frames ZeroMQ has not finished sending resets the connection: ZeroMQ
+ * drops the unsent bytes, every other request still in flight loses its reply
+ * (waiting for it answers KVCD_ECONNECT at once), and the server sees a new
+ * peer, so segments registered before belong to the old one (the server drops
+ * them after --segment-lease-ms; register again). A reset never happens while
+ * the server answers within the timeout.
+ *
+ * Functions return 0 or a negative code from kvcd_err.h (request-level errors
+ * of the server come back as their code; KVCD_ETIMEDOUT when the server did not
+ * answer in time).
  */
 #ifndef KVCD_CLIENT_H
 #define KVCD_CLIENT_H
@@ -52,9 +64,17 @@ int kvcd_client_send(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
 /* Wait for the reply to id (timeout_ms <= 0: the client's timeout). On success
  * *out is the reply (free with kvcd_reply_free) and the return value is 0, even
  * when the server answered with an error: check kvcd_reply_hdr(r)->err. On a
- * timeout the id is abandoned and a late reply is discarded. */
+ * timeout (KVCD_ETIMEDOUT) the id is abandoned and its late reply discarded
+ * when it comes; if ZeroMQ was still sending the id's frames the connection is
+ * reset first (see above). KVCD_ECONNECT: the request was lost in such a reset.
+ * When it returns, ZeroMQ no longer reads the id's buffers. */
 int kvcd_client_wait(kvcd_client_t *c, uint64_t id, int timeout_ms,
                      kvcd_reply_t **out);
+
+/* Diagnostics: replies received but not yet asked for, and ids given up on
+ * whose replies have not arrived yet. Neither has a fixed bound: abandoned ids
+ * leave when their reply arrives or the connection is reset. */
+void kvcd_client_pending(const kvcd_client_t *c, size_t *parked, size_t *abandoned);
 
 const kvcd_reply_hdr_t *kvcd_reply_hdr(const kvcd_reply_t *r);
 size_t kvcd_reply_nframes(const kvcd_reply_t *r);

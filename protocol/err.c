@@ -5,6 +5,8 @@
  * the kernel's; only the common ones have names, the rest print as "ESYS".
  */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "kvcd_err.h"
@@ -54,4 +56,16 @@ int kvcd_errcode(const char *name)
     SYS_ERR_MAP(SYS_CMP)
 #undef SYS_CMP
     return 0;
+}
+
+int kvcd_errf(char *buf, size_t buflen, int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!buf || !buflen)
+        return code;
+    va_start(ap, fmt);
+    vsnprintf(buf, buflen, fmt, ap);
+    va_end(ap);
+    return code;
 }

@@ -12,6 +12,8 @@
 #ifndef KVCD_ERR_H
 #define KVCD_ERR_H
 
+#include <stddef.h>
+
 /* X(symbol, wire code, stable name, message) */
 #define KVCD_ERR_MAP(X)                                                        \
     X(EMALFORMED, 1001, "EMALFORMED", "malformed request")                     \
@@ -34,6 +36,7 @@
     X(ESEGMENT, 1018, "ESEGMENT", "bad shared-memory segment reference")       \
     X(ECANCELED, 1019, "ECANCELED", "operation canceled")                      \
     X(ECONNECT, 1020, "ECONNECT", "cannot reach server")                       \
+    X(EPEERUNVERIFIED, 1021, "EPEERUNVERIFIED", "peer's user cannot be verified for shared memory") \
     X(EQUEUEFULL, 1022, "EQUEUEFULL", "work queue full")
 
 enum {
@@ -50,5 +53,11 @@ const char *kvcd_errname(int err);
 
 /* Map a wire name back to a code; 0 if unknown. */
 int kvcd_errcode(const char *name);
+
+/* The one "format a message, return a code" helper of kvcd: vsnprintf into
+ * buf (always NUL-terminated when buflen > 0), return code. Config errors
+ * pass KVCD_ECONFIG and a message "field: what is wrong". Any thread. */
+int kvcd_errf(char *buf, size_t buflen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif

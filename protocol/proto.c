@@ -38,15 +38,7 @@ int kvcd_op_uses_segment(uint32_t op)
            op == KVCD_OP_LOAD_SHM;
 }
 
-static int fail(char *msg, size_t msglen, int err, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, msglen, fmt, ap);
-    va_end(ap);
-    return err;
-}
+#define fail kvcd_errf
 
 static int key_is(const msgpack_object *k, const char *name)
 {
@@ -165,6 +157,7 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
     const msgpack_object *offsets = NULL, *lengths = NULL, *capacities = NULL;
     uint64_t v, world = 1, worker = 0, rank = 0;
     int have_v = 0, have_id = 0, have_op = 0, have_rank = 0, have_model = 0;
+    uint64_t big_v = 0, big_op = 0; /* v, op above 2^32-1: known to be unknown */
     int have_pid = 0, have_fd = 0, have_size = 0, have_segment = 0;
     size_t off = 0, i;
     int rc;
@@ -198,6 +191,9 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
         else if (key_is(k, "op") && get_uint(val, UINT32_MAX, &v) == 0) {
             req->op = (uint32_t)v;
             have_op = 1;
+        } else if (key_is(k, "op") && val->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            big_op = val->via.u64; /* a number, just not one we know */
+            have_op = 1;
         }
     }
     if (off != len) {
@@ -211,6 +207,11 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
         const msgpack_object *val = &map->via.map.ptr[i].val;
 
         if (key_is(k, "v")) {
+            if (val->type == MSGPACK_OBJECT_POSITIVE_INTEGER && val->via.u64 > UINT32_MAX) {
+                big_v = val->via.u64; /* a version, only not one we speak */
+                have_v = 1;
+                continue;
+            }
             if (get_uint(val, UINT32_MAX, &v) != 0) {
                 rc = fail(msg, msglen, KVCD_EBADFIELD, "v: expected a positive integer");
                 goto out;
@@ -315,10 +316,10 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
         rc = fail(msg, msglen, KVCD_EMISSING, "v: required field missing");
         goto out;
     }
-    if (req->version != KVCD_PROTO_VERSION) {
+    if (big_v || req->version != KVCD_PROTO_VERSION) {
         rc = fail(msg, msglen, KVCD_EVERSION,
-                  "protocol version %" PRIu32 " not supported (server speaks %d)",
-                  req->version, KVCD_PROTO_VERSION);
+                  "protocol version %" PRIu64 " not supported (server speaks %d)",
+                  big_v ? big_v : (uint64_t)req->version, KVCD_PROTO_VERSION);
         goto out;
     }
     if (!have_id) {
@@ -327,6 +328,10 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
     }
     if (!have_op) {
         rc = fail(msg, msglen, KVCD_EMISSING, "op: required field missing");
+        goto out;
+    }
+    if (big_op) {
+        rc = fail(msg, msglen, KVCD_EUNKNOWNOP, "unknown operation %" PRIu64, big_op);
         goto out;
     }
     if (kvcd_op_name(req->op) == NULL) {

@@ -8,7 +8,7 @@ libuv1-dev libzmq3-dev libmsgpack-dev libjansson-dev check
 libxxhash-dev libhiredis-dev redis-server memcached
 libmicrohttpd-dev prometheus
 python3 python3-zmq python3-msgpack
-procps util-linux"
+procps util-linux b3sum"
 
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=sudo

@@ -3,12 +3,14 @@
 #
 #   kvcd-launch.sh [--pid-file FILE] [--wait-timeout SECONDS] [--] [KVCD FLAGS...]
 #
-# Starts kvcd with the given flags, waits until it answers PING (exit 1 if it
-# never does within the timeout, or kvcd's own status if it dies first), writes
-# the pid file, prints the settings an inference server needs (and, with
-# --http-port, the Prometheus scrape config for kvcd's /metrics), then stays in the
-# foreground: SIGTERM/SIGINT/SIGHUP are forwarded to kvcd, and the script exits
-# with kvcd's exit status once it has stopped (removing the pid file).
+# Starts kvcd with the given flags, waits until it answers PING on the endpoint
+# it binds (from --endpoint, --host/--port or a --config file, as kvcd itself
+# reads them; exit 1 if it never answers within the timeout, or kvcd's own
+# status if it dies first or refuses its flags), writes the pid file, prints the
+# settings an inference server needs (and, with --http-port, the Prometheus
+# scrape config for kvcd's /metrics), then stays in the foreground:
+# SIGTERM/SIGINT/SIGHUP are forwarded to kvcd, and the script exits with kvcd's
+# exit status once it has stopped (removing the pid file).
 #
 # The binaries come from $KVCD_BIN / $KVCDCTL_BIN, else next to this script's
 # build directory, else $PATH.
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
     --pid-file) pid_file=$2; shift 2 ;;
     --wait-timeout) wait_timeout=$2; shift 2 ;;
     --help|-h)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         exit 0 ;;
     --) shift; break ;;
     *) break ;;
@@ -39,26 +41,27 @@ pick() {
 kvcd=$(pick "${KVCD_BIN:-}" kvcd)
 kvcdctl=$(pick "${KVCDCTL_BIN:-}" kvcdctl)
 
-# The endpoint kvcd will bind, from the same flags it parses.
-endpoint= host=127.0.0.1 port=5555 prev= http_host=127.0.0.1 http_port=
+# The endpoint kvcd will bind, from kvcd's own parser: the flags and the
+# --config file they name (its "endpoint", "host", "port"). A bad flag stops
+# here with kvcd's message and status.
+endpoint=$("$kvcd" "$@" --print-endpoint) || {
+    rc=$?
+    echo "kvcd-launch: kvcd refused its flags (status $rc)" >&2
+    exit "$rc"
+}
+# The HTTP endpoint, for the scrape config printed below.
+http_host=127.0.0.1 http_port= prev=
 for a in "$@"; do
     case "$prev" in
-    --endpoint) endpoint=$a ;;
-    --host) host=$a ;;
-    --port) port=$a ;;
     --http-host) http_host=$a ;;
     --http-port) http_port=$a ;;
     esac
     case "$a" in
-    --endpoint=*) endpoint=${a#--endpoint=} ;;
-    --host=*) host=${a#--host=} ;;
-    --port=*) port=${a#--port=} ;;
     --http-host=*) http_host=${a#--http-host=} ;;
     --http-port=*) http_port=${a#--http-port=} ;;
     esac
     prev=$a
 done
-[ -n "$endpoint" ] || endpoint="tcp://$host:$port"
 
 "$kvcd" "$@" &
 child=$!

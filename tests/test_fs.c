@@ -30,6 +30,7 @@
 
 #include "adapters/adapter.h"
 #include "adapters/fs.h"
+#include "adapters/registry.h"
 
 extern const kvcd_adapter_t kvcd_adapter_fs;
 
@@ -109,7 +110,7 @@ static int try_init(void **out, char *err, size_t errlen, const char *fmt, ...)
     REQUIRE(self);
     kvcd_adapter_env_t env = {.arena_align = 4096, .max_workers = 4, .instance = "#1 (fs)"};
     err[0] = '\0';
-    r = kvcd_adapter_fs.init(self, j, &env, err, errlen);
+    r = kvcd_adapter_instance_init(&kvcd_adapter_fs, self, j, &env, err, errlen);
     json_decref(j);
     if (r) {
         free(self);

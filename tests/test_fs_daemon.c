@@ -61,8 +61,12 @@ static void start_fs(kvcd_proc_t *p, const char *dir, const char *endpoint_dir,
 
     snprintf(spec, sizeof(spec), "{\"type\":\"fs\",\"base_path\":\"%s\"}", dir);
     if (endpoint_dir) {
+        char edir[sizeof(p->dir)];
+
+        /* endpoint_dir may be p->dir itself: copy it before p is cleared. */
+        snprintf(edir, sizeof(edir), "%s", endpoint_dir);
         memset(p, 0, sizeof(*p));
-        snprintf(p->dir, sizeof(p->dir), "%s", endpoint_dir);
+        snprintf(p->dir, sizeof(p->dir), "%s", edir);
         snprintf(p->endpoint, sizeof(p->endpoint), "ipc://%s/kvcd.sock", p->dir);
         snprintf(p->log, sizeof(p->log), "%s/kvcd.log", p->dir);
         ck_assert_msg(kvcd_proc_restart(p, args) == 0, "kvcd did not start: %s", p->log);

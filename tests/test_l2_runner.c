@@ -132,10 +132,8 @@ static void async_timer(uv_timer_t *t)
 static int async_init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, char *err,
                       size_t errlen)
 {
-    async_t *a = self;
-    const char *mode = json_string_value(json_object_get(spec, "mode"));
+    async_t *a = self; /* a->mode: from the spec (async_fields) */
 
-    a->mode = !mode || strcmp(mode, "later") == 0 ? 0 : strcmp(mode, "sync") == 0 ? 1 : 2;
     a->timer = malloc(sizeof(*a->timer));
     uv_timer_init(env->loop, a->timer);
     a->timer->data = a;
@@ -171,9 +169,18 @@ static void async_close(void *self)
     uv_close((uv_handle_t *)a->timer, free_handle);
 }
 
+static const char *const async_modes[] = {"later", "sync", "never", NULL};
+
+static const kvcd_adapter_field_t async_fields[] = {
+    {KVCD_FIELD("mode", KVCD_FIELD_ENUM, async_t, mode), .choices = async_modes,
+     .dflt = "\"later\"", .doc = "when batches complete"},
+    {.name = NULL},
+};
+
 static const kvcd_adapter_t asynctest = {
     KVCD_ADAPTER_HEADER("asynctest", async_t, 0),
     .doc = "asynchronous test adapter",
+    .fields = async_fields,
     .init = async_init,
     .store = async_op,
     .lookup = async_op,

@@ -21,7 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <zmq.h>
+
 #include "protocol/client.h"
+#include "protocol/proto.h"
 #include "protocol/kvcd_err.h"
 #include "tests/support.h"
 
@@ -583,6 +586,192 @@ START_TEST(stress_pipelined_mixed_ops)
 }
 END_TEST
 
+
+/* Item 18: STATUS showed the configured low watermark (0 = "default") while L1
+ * used another; the EFRAMES message miscounted. */
+START_TEST(test_item18_status_watermarks_in_effect)
+{
+    const char *args[] = {"--l1-high-watermark", "0.5", "--l1-low-watermark", "0", NULL};
+    json_t *st;
+
+    start(args);
+    st = kvcd_test_status(cli);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(json_object_get(st, "l1"),
+                                                            "high_watermark")), 0.5, 1e-9);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(json_object_get(st, "l1"),
+                                                            "low_watermark")), 0.5, 1e-9);
+    json_decref(st);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
+static void raw_store(void *s, size_t nkeys, size_t nframes, char *msg, size_t msglen, int *err)
+{
+    kvcd_wbuf_t w;
+    char *hdr, rbuf[4096];
+    size_t len, i;
+    int rc;
+    kvcd_reply_hdr_t rh;
+
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, 5, KVCD_OP_STORE, &base, H, nkeys);
+    hdr = kvcd_wbuf_release(&w, &len);
+    ck_assert_int_eq(zmq_send(s, hdr, len, nframes ? ZMQ_SNDMORE : 0), (int)len);
+    for (i = 0; i < nframes; i++)
+        ck_assert_int_eq(zmq_send(s, "abcd", 4, i + 1 < nframes ? ZMQ_SNDMORE : 0), 4);
+    free(hdr);
+    rc = zmq_recv(s, rbuf, sizeof(rbuf), 0);
+    ck_assert_int_gt(rc, 0);
+    ck_assert_int_eq(kvcd_proto_decode_reply(rbuf, (size_t)rc, &rh), 0);
+    *err = rh.err;
+    snprintf(msg, msglen, "%s", rh.msg);
+    kvcd_proto_reply_free(&rh);
+}
+
+START_TEST(test_item18_eframes_message_counts)
+{
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, err = 0;
+    char msg[256];
+
+    start(NULL);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
+    ck_assert_int_eq(zmq_connect(s, proc.endpoint), 0);
+    raw_store(s, 2, 3, msg, sizeof(msg), &err);
+    ck_assert_int_eq(err, KVCD_EFRAMES);
+    ck_assert_str_eq(msg, "STORE expects 2 bulk frames, got 3");
+    raw_store(s, 3, 1, msg, sizeof(msg), &err);
+    ck_assert_int_eq(err, KVCD_EFRAMES);
+    ck_assert_str_eq(msg, "STORE expects 3 bulk frames, got 1");
+    raw_store(s, 1, 1, msg, sizeof(msg), &err);
+    ck_assert_int_eq(err, 0);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
+/* VmHWM (peak resident set) of a process, in bytes. */
+static uint64_t peak_rss(pid_t pid)
+{
+    char path[64], line[256];
+    uint64_t kb = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmHWM: %llu kB", (unsigned long long *)&kb) == 1)
+            break;
+    fclose(f);
+    return kb * 1024;
+}
+
+/* Item 5 and the hostile-peer evidence: one client offers 1 GiB in one
+ * message, another never reads its replies. ZeroMQ used to buffer the whole
+ * message (3 GB RSS for 3,000 x 1 MiB) and the unread replies grew without
+ * bound. Now the daemon's peak RSS stays below L1 + the budget + a fixed
+ * overhead (64 MiB; 768 MiB under the sanitizers, whose allocator keeps a
+ * quarantine of freed memory and shadow pages), the 1 GiB message is answered
+ * ETOOLARGE, and a third client's PINGs keep answering within 100 ms (300 ms
+ * under the sanitizers, which slow the daemon down about threefold). */
+START_TEST(test_item05_hostile_peers_bounded)
+{
+    /* The budget is the default, 2 x --max-request-mb = 128 MiB; the
+     * per-connection bound too (256 MiB): the old daemon takes these flags. */
+    const char *args[] = {"--l1-size-gb", "0.0625", "--max-request-mb", "64",
+                          "--max-frame-mb", "8", "--max-keys", "2048", NULL};
+    const uint64_t l1 = 64 * MiB, budget = 128 * MiB;
+    const int sanitized = strstr(getenv("KVCD_BUILD") ? getenv("KVCD_BUILD") : "", "san") != NULL;
+    const uint64_t overhead = sanitized ? 768 * MiB : 64 * MiB;
+    const uint64_t ping_ms = sanitized ? 300 : 100;
+    enum { BIG = 1024, LOADS = 3000 };
+    kvcd_client_t *b = NULL, *c = NULL;
+    void *ctx = zmq_ctx_new(), *a = zmq_socket(ctx, ZMQ_DEALER);
+    static char one[MiB];
+    kvcd_wbuf_t w;
+    kvcd_bytes_t *hs = calloc(BIG, sizeof(*hs));
+    uint8_t (*hbig)[8] = calloc(BIG, 8);
+    uint64_t id, t_end, worst = 0, pings = 0, slow = 0, hwm;
+    size_t i, len;
+    char *hdr, rbuf[4096];
+    int linger = 0, rc, more = 0;
+    size_t msz = sizeof(more);
+
+    start(args);
+    for (i = 0; i < 16; i++)
+        ck_assert_int_eq(store_one(cli, i), 0);
+    /* A: one STORE of 1024 x 1 MiB = 1 GiB, sent without copying. */
+    for (i = 0; i < BIG; i++)
+        hs[i] = kvcd_test_hash(hbig[i], 100000 + i);
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, 77, KVCD_OP_STORE, &base, hs, BIG);
+    hdr = kvcd_wbuf_release(&w, &len);
+    zmq_setsockopt(a, ZMQ_LINGER, &linger, sizeof(linger));
+    ck_assert_int_eq(zmq_connect(a, proc.endpoint), 0);
+    ck_assert_int_eq(zmq_send(a, hdr, len, ZMQ_SNDMORE), (int)len);
+    for (i = 0; i < BIG; i++)
+        ck_assert_int_eq(zmq_send_const(a, one, MiB, i + 1 < BIG ? ZMQ_SNDMORE : 0), (int)MiB);
+    free(hdr);
+    /* B: thousands of 1 MiB LOADs whose replies it never reads. */
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &b), 0);
+    for (i = 0; i < LOADS; i++)
+        ck_assert_int_eq(kvcd_client_send(b, KVCD_OP_LOAD, &base, &H[i % 16], 1, NULL, NULL, &id),
+                         0);
+    /* C: PING while both go on. */
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c), 0);
+    t_end = now_ms() + 4000;
+    while (now_ms() < t_end) {
+        uint64_t t0 = now_ms(), dt;
+        kvcd_ping_t pi;
+        char pb[128];
+
+        ck_assert_int_eq(kvcd_client_ping(c, &pi, pb, sizeof(pb)), 0);
+        dt = now_ms() - t0;
+        worst = dt > worst ? dt : worst;
+        slow += dt > ping_ms;
+        pings++;
+        usleep(20 * 1000);
+    }
+    /* A gets its answer: ETOOLARGE, the bulk never held. */
+    rc = zmq_recv(a, rbuf, sizeof(rbuf), 0);
+    ck_assert_int_gt(rc, 0);
+    {
+        kvcd_reply_hdr_t rh;
+
+        ck_assert_int_eq(kvcd_proto_decode_reply(rbuf, (size_t)rc, &rh), 0);
+        ck_assert_uint_eq(rh.id, 77);
+        ck_assert_int_eq(rh.err, KVCD_ETOOLARGE);
+        kvcd_proto_reply_free(&rh);
+    }
+    zmq_getsockopt(a, ZMQ_RCVMORE, &more, &msz);
+    ck_assert_int_eq(more, 0);
+    hwm = peak_rss(proc.pid);
+    printf("hostile peers: peak RSS %llu MiB (bound %llu MiB), %llu PINGs, worst %llu ms, "
+           "%llu over the bound\n",
+           (unsigned long long)(hwm >> 20), (unsigned long long)((l1 + budget + overhead) >> 20),
+           (unsigned long long)pings, (unsigned long long)worst, (unsigned long long)slow);
+    ck_assert_uint_gt(hwm, 0);
+    ck_assert_msg(hwm < l1 + budget + overhead, "peak RSS %llu MiB",
+                  (unsigned long long)(hwm >> 20));
+    ck_assert_msg(slow == 0, "%llu of %llu PINGs took over %llu ms (worst %llu ms)",
+                  (unsigned long long)slow, (unsigned long long)pings,
+                  (unsigned long long)ping_ms, (unsigned long long)worst);
+    ck_assert_int_ge(kvcd_test_stat(c, "admission", "connection_pauses"), 1);
+    ck_assert_int_ge(kvcd_test_stat(c, "admission", "dropped_messages"), 1);
+    zmq_close(a);
+    zmq_ctx_term(ctx);
+    kvcd_client_close(b);
+    kvcd_client_close(c);
+    free(hs);
+    free(hbig);
+    ck_assert_int_eq(stop_within(20000), 0);
+    end();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("lifecycle");
@@ -594,12 +783,15 @@ static Suite *suite(void)
     tcase_add_test(t, test_item03_shutdown_bounded_slow_call);
     tcase_add_test(t, test_item03_shutdown_bounded_stuck_call);
     tcase_add_test(t, test_item04_copies_not_behind_slow_l2);
+    tcase_add_test(t, test_item05_hostile_peers_bounded);
     tcase_add_test(t, test_item06_remove_not_resurrected);
     tcase_add_test(t, test_item07_clear_frees_pinned);
     tcase_add_test(t, test_item07_remove_frees_pinned);
     tcase_add_test(t, test_item08_lookup_deadline_in_prefetch_queue);
     tcase_add_test(t, test_item10_present_for_trimmed_l2_keys);
     tcase_add_test(t, test_item11_load_shm_capacity_bounded);
+    tcase_add_test(t, test_item18_status_watermarks_in_effect);
+    tcase_add_test(t, test_item18_eframes_message_counts);
     tcase_add_test(t, hung_tier_keeps_l1_serving_and_exit_bounded);
     tcase_add_test(t, stress_pipelined_mixed_ops);
     suite_add_tcase(s, t);

@@ -11,7 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <grp.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -397,7 +402,9 @@ START_TEST(wrong_name_unsealed_small_rejected)
     close(fd);
     /* An fd that does not exist, a process that does not exist. */
     ck_assert_int_eq(register_fd(getpid(), 999999, MiB, msg, sizeof(msg)), KVCD_ESEGMENT);
-    ck_assert_int_eq(register_fd(0x7ffffff0, 3, MiB, msg, sizeof(msg)), KVCD_ESEGMENT);
+    /* Another process's descriptor, here one that does not exist: not this
+     * connection's process, refused before anything is opened. */
+    ck_assert_int_eq(register_fd(0x7ffffff0, 3, MiB, msg, sizeof(msg)), KVCD_EPEERUNVERIFIED);
     /* Missing and mistyped fields. */
     {
         kvcd_shm_args_t shm = {.pid = (uint64_t)getpid(), .fd = 3, .size = 0};
@@ -412,21 +419,161 @@ START_TEST(wrong_name_unsealed_small_rejected)
 }
 END_TEST
 
+/* Send fd over a Unix socket (SCM_RIGHTS). */
+static int send_fd(int sock, int fd)
+{
+    char cbuf[CMSG_SPACE(sizeof(int))], c = 'f';
+    struct iovec iov = {.iov_base = &c, .iov_len = 1};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof(cbuf)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+    memset(cbuf, 0, sizeof(cbuf));
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    return sendmsg(sock, &mh, 0) == 1 ? 0 : -1;
+}
+
+static int recv_fd(int sock)
+{
+    char cbuf[CMSG_SPACE(sizeof(int))], c;
+    struct iovec iov = {.iov_base = &c, .iov_len = 1};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof(cbuf)};
+    struct cmsghdr *cm;
+    int fd = -1;
+
+    if (recvmsg(sock, &mh, 0) != 1)
+        return -1;
+    cm = CMSG_FIRSTHDR(&mh);
+    if (cm && cm->cmsg_type == SCM_RIGHTS)
+        memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+    return fd;
+}
+
+/* Fork a child that runs as nobody (65534). Returns its pid; the caller must
+ * waitpid it. */
+static pid_t fork_nobody(void)
+{
+    pid_t child = fork();
+
+    ck_assert_int_ge(child, 0);
+    if (child == 0 && (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0))
+        _exit(2);
+    return child;
+}
+
 START_TEST(other_users_segment_rejected)
 {
     /* Needs root: a child setuid()s to nobody (65534), creates a sealed
-     * kvcd-named memfd (so the memfd belongs to nobody), tells us its pid and
-     * fd through a pipe and waits, keeping the fd open, until we close the
-     * other pipe. The daemon runs as root and can open the fd, but must refuse
-     * a segment that belongs to another user. */
-    int to_parent[2], to_child[2], fd = -1, status;
-    char msg[256], c;
+     * kvcd-named memfd (so the memfd belongs to nobody) and hands it to us over
+     * a Unix socket. We (kvcd's user, a verified peer) register our own copy of
+     * the descriptor: kvcd can open it, but must refuse memory that belongs to
+     * another user. */
+    int sv[2], fd = -1, status;
+    char msg[256];
     pid_t child;
 
     if (geteuid() != 0) {
         fprintf(stderr, "other_users_segment_rejected: skipped (needs root)\n");
         return;
     }
+    start(NULL);
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    child = fork_nobody();
+    if (child == 0) {
+        close(sv[0]);
+        fd = memfd_create("kvcd-nobody", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0 || ftruncate(fd, MiB) != 0 ||
+            fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
+            _exit(3);
+        _exit(send_fd(sv[1], fd) == 0 ? 0 : 4);
+    }
+    close(sv[1]);
+    fd = recv_fd(sv[0]);
+    ck_assert_int_ge(fd, 0);
+    close(sv[0]);
+    ck_assert_int_eq(waitpid(child, &status, 0), child);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    ck_assert_int_eq(register_fd(getpid(), fd, MiB, msg, sizeof(msg)), KVCD_ESEGMENT);
+    ck_assert_msg(strstr(msg, "belongs to another user"), "%s", msg);
+    close(fd);
+    ck_assert_int_eq(stat_of(NULL, "segments"), 0);
+    stop();
+}
+END_TEST
+
+/* ---- item 14: shared memory only with verified peers of kvcd's user ---- */
+
+/* A free loopback TCP port (bound and released: good enough for a test). */
+static int free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port;
+
+    ck_assert_int_ge(s, 0);
+    ck_assert_int_eq(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(getsockname(s, (struct sockaddr *)&a, &len), 0);
+    port = ntohs(a.sin_port);
+    close(s);
+    return port;
+}
+
+START_TEST(test_item14_tcp_peer_refused)
+{
+    uint8_t hb[8];
+    kvcd_bytes_t h = kvcd_test_hash(hb, 1);
+    uint64_t off = 0, len = 10, got;
+    kvcd_shm_args_t shm = {.segment = 1};
+    kvcd_segment_t *seg, fake;
+    kvcd_key_t base;
+    char tmpl[] = "/tmp/kvcd-test-XXXXXX", msg[256];
+    int res, i;
+
+    /* kvcd on tcp:// (loopback): every peer is unverified. */
+    memset(&proc, 0, sizeof(proc));
+    ck_assert_ptr_nonnull(mkdtemp(tmpl));
+    snprintf(proc.dir, sizeof(proc.dir), "%s", tmpl);
+    snprintf(proc.log, sizeof(proc.log), "%s/kvcd.log", proc.dir);
+    for (i = 0; i < 5; i++) {
+        snprintf(proc.endpoint, sizeof(proc.endpoint), "tcp://127.0.0.1:%d", free_port());
+        if (kvcd_proc_restart(&proc, NULL) == 0)
+            break;
+    }
+    ck_assert_msg(i < 5, "kvcd did not start on tcp (log in %s)", proc.log);
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 10000, &cli), 0);
+
+    ck_assert_int_eq(kvcd_client_segment_create(cli, MiB, &seg), KVCD_EPEERUNVERIFIED);
+    ck_assert_msg(strstr(kvcd_client_errmsg(cli), "ipc://"), "%s", kvcd_client_errmsg(cli));
+    kvcd_keyset(&base, "m", 1, 0, 0, "");
+    memset(&fake, 0, sizeof(fake));
+    fake.id = 1;
+    ck_assert_int_eq(kvcd_client_store_shm(cli, &base, &h, 1, &fake, &off, &len, &res),
+                     KVCD_EPEERUNVERIFIED);
+    ck_assert_int_eq(kvcd_client_load_shm(cli, &base, &h, 1, &fake, &off, &len, &got, &res),
+                     KVCD_EPEERUNVERIFIED);
+    ck_assert_int_eq(shm_call(cli, KVCD_OP_UNREGISTER_SEGMENT, NULL, NULL, 0, &shm, msg,
+                              sizeof(msg), NULL), KVCD_EPEERUNVERIFIED);
+    ck_assert_str_eq(kvcd_errname(KVCD_EPEERUNVERIFIED), "EPEERUNVERIFIED");
+    /* Frames still work for it. */
+    ck_assert_int_eq(kvcd_client_ping(cli, NULL, NULL, 0), 0);
+    ck_assert_int_eq(stat_of(NULL, "segments"), 0);
+    stop();
+}
+END_TEST
+
+START_TEST(test_item14_ipc_other_pid_refused)
+{
+    /* Same user, ipc://, but the descriptor named is another process's (a
+     * child of ours): only the connected process's own descriptors count. */
+    int to_parent[2], to_child[2], fd = -1, status;
+    kvcd_segment_t *seg;
+    char msg[256], c;
+    pid_t child;
+
     start(NULL);
     ck_assert_int_eq(pipe(to_parent), 0);
     ck_assert_int_eq(pipe(to_child), 0);
@@ -435,9 +582,7 @@ START_TEST(other_users_segment_rejected)
     if (child == 0) {
         close(to_parent[0]);
         close(to_child[1]);
-        if (setgid(65534) != 0 || setuid(65534) != 0)
-            _exit(2);
-        fd = memfd_create("kvcd-nobody", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        fd = memfd_create("kvcd-child", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (fd < 0 || ftruncate(fd, MiB) != 0 ||
             fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
             _exit(3);
@@ -449,13 +594,186 @@ START_TEST(other_users_segment_rejected)
     close(to_parent[1]);
     close(to_child[0]);
     ck_assert_int_eq(read(to_parent[0], &fd, sizeof(fd)), sizeof(fd));
-    ck_assert_int_eq(register_fd(child, fd, MiB, msg, sizeof(msg)), KVCD_ESEGMENT);
-    ck_assert_msg(strstr(msg, "belongs to another user"), "%s", msg);
+    ck_assert_int_eq(register_fd(child, fd, MiB, msg, sizeof(msg)), KVCD_EPEERUNVERIFIED);
+    ck_assert_msg(strstr(msg, "pid"), "%s", msg);
     close(to_child[1]);
     close(to_parent[0]);
     ck_assert_int_eq(waitpid(child, &status, 0), child);
     ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     ck_assert_int_eq(stat_of(NULL, "segments"), 0);
+    /* The normal path on the same daemon: our own memfd over ipc://. */
+    ck_assert_int_eq(kvcd_client_segment_create(cli, MiB, &seg), 0);
+    ck_assert_int_eq(stat_of(NULL, "segments"), 1);
+    ck_assert_int_eq(kvcd_client_segment_destroy(cli, seg), 0);
+    stop();
+}
+END_TEST
+
+START_TEST(test_item14_other_user_refused)
+{
+    /* Needs root: a child running as nobody connects over ipc:// (we open the
+     * socket to it) and registers a memfd of its own: kvcd (root) could open
+     * it, but the peer is not kvcd's user. The child is forked before this
+     * process starts any ZeroMQ thread (a fork of a threaded process may
+     * inherit a locked allocator) and gets the endpoint through a pipe. */
+    char sock[400];
+    int go[2], status;
+    pid_t child;
+
+    if (geteuid() != 0) {
+        fprintf(stderr, "test_item14_other_user_refused: skipped (needs root)\n");
+        return;
+    }
+    ck_assert_int_eq(pipe(go), 0);
+    child = fork_nobody();
+    if (child == 0) {
+        char endpoint[sizeof(proc.endpoint)];
+        kvcd_client_t *c;
+        kvcd_segment_t *seg = NULL;
+        ssize_t n;
+        int rc;
+
+        close(go[1]);
+        n = read(go[0], endpoint, sizeof(endpoint) - 1);
+        if (n <= 0)
+            _exit(9);
+        endpoint[n] = '\0';
+        if (kvcd_client_connect(endpoint, 10000, &c) != 0)
+            _exit(3);
+        rc = kvcd_client_ping(c, NULL, NULL, 0);
+        if (rc != 0) {
+            fprintf(stderr, "nobody's PING: %s (%s)\n", kvcd_errname(rc),
+                    kvcd_client_errmsg(c));
+            _exit(4); /* it can reach kvcd: only shared memory is refused */
+        }
+        rc = kvcd_client_segment_create(c, MiB, &seg);
+        if (rc != KVCD_EPEERUNVERIFIED)
+            _exit(rc == 0 ? 5 : rc == KVCD_ESEGMENT ? 6 : 7);
+        if (!strstr(kvcd_client_errmsg(c), "uid 65534"))
+            _exit(8);
+        kvcd_client_close(c);
+        _exit(0);
+    }
+    close(go[0]);
+    start(NULL);
+    snprintf(sock, sizeof(sock), "%s/kvcd.sock", proc.dir);
+    ck_assert_int_eq(chmod(proc.dir, 0711), 0);
+    ck_assert_int_eq(chmod(sock, 0777), 0);
+    ck_assert_int_eq(write(go[1], proc.endpoint, strlen(proc.endpoint)),
+                     (ssize_t)strlen(proc.endpoint));
+    close(go[1]);
+    ck_assert_int_eq(waitpid(child, &status, 0), child);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d",
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    ck_assert_int_eq(stat_of(NULL, "segments"), 0);
+    stop();
+}
+END_TEST
+
+/* ---- item 13: registration never blocks the loop ---- */
+
+/* Send REGISTER_SEGMENT without waiting for its reply. */
+static uint64_t register_async(kvcd_client_t *c, pid_t pid, int fd, size_t size)
+{
+    kvcd_shm_args_t shm = {.pid = (uint64_t)pid, .fd = (uint64_t)fd, .size = size};
+    uint64_t id;
+
+    ck_assert_int_eq(kvcd_client_send_shm(c, KVCD_OP_REGISTER_SEGMENT, NULL, NULL, 0, &shm,
+                                          &id), 0);
+    return id;
+}
+
+/* PING from a second connection must answer within 1 s. */
+static void ping_other_quickly(void)
+{
+    kvcd_client_t *other;
+
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 1000, &other), 0);
+    ck_assert_msg(kvcd_client_ping(other, NULL, NULL, 0) == 0,
+                  "PING from another client got no answer within 1 s while a "
+                  "REGISTER_SEGMENT was in progress");
+    kvcd_client_close(other);
+}
+
+START_TEST(test_item13_register_blocking_file_keeps_loop)
+{
+    /* A file under a read lease held by us: a blocking open() for writing
+     * waits until the lease is given up or /proc/sys/fs/lease-break-time
+     * (45 s by default) passes. kvcd must keep answering everyone meanwhile. */
+    char path[400], msg[256];
+    kvcd_reply_t *r;
+    uint64_t id;
+    int fd, wfd;
+
+    start(NULL);
+    signal(SIGIO, SIG_IGN); /* the lease-break notice */
+    snprintf(path, sizeof(path), "%s/kvcd-leased", proc.dir);
+    wfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ck_assert_int_ge(wfd, 0);
+    ck_assert_int_eq(ftruncate(wfd, MiB), 0);
+    close(wfd);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    if (fcntl(fd, F_SETLEASE, F_RDLCK) != 0) {
+        fprintf(stderr, "test_item13: leases unavailable here (%s), lease part skipped\n",
+                strerror(errno));
+    } else {
+        id = register_async(cli, getpid(), fd, MiB);
+        usleep(100000); /* let the daemon start on it */
+        ping_other_quickly();
+        ck_assert_int_eq(kvcd_client_wait(cli, id, 5000, &r), 0);
+        ck_assert_int_eq(kvcd_reply_hdr(r)->err, KVCD_ESEGMENT);
+        kvcd_reply_free(r);
+        ck_assert_int_eq(fcntl(fd, F_SETLEASE, F_UNLCK), 0);
+    }
+    close(fd);
+
+    /* A FIFO: opened without blocking, refused as not a regular file. */
+    snprintf(path, sizeof(path), "%s/kvcd-fifo", proc.dir);
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    ck_assert_int_ge(fd, 0);
+    id = register_async(cli, getpid(), fd, MiB);
+    ping_other_quickly();
+    ck_assert_int_eq(kvcd_client_wait(cli, id, 5000, &r), 0);
+    ck_assert_int_eq(kvcd_reply_hdr(r)->err, KVCD_ESEGMENT);
+    snprintf(msg, sizeof(msg), "%s", kvcd_reply_hdr(r)->msg);
+    ck_assert_msg(strstr(msg, "not a kvcd memfd segment"), "%s", msg);
+    kvcd_reply_free(r);
+    close(fd);
+    ck_assert_int_eq(stat_of(NULL, "segments"), 0);
+    stop();
+}
+END_TEST
+
+START_TEST(test_item13_concurrent_registrations)
+{
+    /* Registrations complete asynchronously: many in flight at once all get
+     * their own reply, the limit counts the ones still in flight, and every
+     * registered segment works. */
+    const char *args[] = {"--max-segments", "4", NULL};
+    kvcd_reply_t *r;
+    uint64_t ids[6];
+    int fds[6], ok = 0, full = 0, i;
+
+    start(args);
+    for (i = 0; i < 6; i++) {
+        fds[i] = make_memfd("kvcd-many", MiB, F_SEAL_SHRINK);
+        ids[i] = register_async(cli, getpid(), fds[i], MiB);
+    }
+    for (i = 0; i < 6; i++) {
+        ck_assert_int_eq(kvcd_client_wait(cli, ids[i], 5000, &r), 0);
+        if (kvcd_reply_hdr(r)->err == 0)
+            ok++;
+        else if (kvcd_reply_hdr(r)->err == KVCD_ESEGMENT &&
+                 strstr(kvcd_reply_hdr(r)->msg, "--max-segments"))
+            full++;
+        kvcd_reply_free(r);
+        close(fds[i]);
+    }
+    ck_assert_int_eq(ok, 4);
+    ck_assert_int_eq(full, 2);
+    ck_assert_int_eq(stat_of(NULL, "segments"), 4);
     stop();
 }
 END_TEST
@@ -727,8 +1045,10 @@ START_TEST(unregister_while_store_waits_for_space)
         bufs[i] = buf;
         lens[i] = MiB;
     }
-    ck_assert_int_eq(kvcd_client_store(cli, &base, h, N, bufs, lens, res), 0);
+    /* Register first: registration runs on the threadpool, which the slow
+     * write-behind below occupies for 1.5 s. */
     ck_assert_int_eq(kvcd_client_segment_create(cli, 8 * MiB, &seg), 0);
+    ck_assert_int_eq(kvcd_client_store(cli, &base, h, N, bufs, lens, res), 0);
     shm.segment = seg->id;
     shm.offsets = &off;
     shm.lengths = &len;
@@ -770,6 +1090,11 @@ static Suite *suite(void)
     tcase_add_test(tc, client_death_releases_segments);
     tcase_add_test(tc, unregister_during_store);
     tcase_add_test(tc, unregister_while_store_waits_for_space);
+    tcase_add_test(tc, test_item13_register_blocking_file_keeps_loop);
+    tcase_add_test(tc, test_item13_concurrent_registrations);
+    tcase_add_test(tc, test_item14_tcp_peer_refused);
+    tcase_add_test(tc, test_item14_ipc_other_pid_refused);
+    tcase_add_test(tc, test_item14_other_user_refused);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -79,16 +79,19 @@ typedef struct {
     char tmp_top[NAME_LIMIT + 1]; /* first component of tmp_dir */
     uint64_t read_ahead;
     bool odirect, fsync_on, checksum, skip_existing;
+    int checksum_kind; /* spec: index in "xxh3", "none" */
     mode_t file_mode, dir_mode;
     bool chmod_files, chmod_dirs; /* the umask would strip bits */
-    int dir_levels;
+    int32_t dir_levels;
     double max_capacity_gb, min_free_gb, min_free_percent;
     uint64_t capacity;  /* bytes, 0 = unbounded */
     uint64_t floor_abs; /* bytes from min_free_gb */
     double floor_pct;   /* effective min_free_percent */
     uint64_t orphan_age_ms, health_window_ms;
+    const char *rec_field;         /* recency_file as parsed, borrowed during init */
     char rec_name[NAME_LIMIT + 1]; /* recency_file; "" = off */
 
+    const kvcd_core_services_t *svc; /* the core's functions (log) */
     int base_fd;
     _Atomic int tmp_fd; /* -1 while relative_tmp_dir could not be made (full disk) */
     char ident[128];    /* "<host>.<boot>.<pidns>.<pid>.<nonce>" temp name prefix */
@@ -202,7 +205,8 @@ KVCD_FS_HIDDEN int kvcd_fs_read_obj(fs_t *fs, int fd, void *buf, size_t plen, ui
                                     size_t tlen);
 KVCD_FS_HIDDEN int kvcd_fs_tmp_create(fs_t *fs, char *tmp, size_t tmplen);
 
-/* config.c: the JSON spec and the directories */
+/* config.c: the JSON spec (the field table, then checks across fields) and the
+ * directories */
 extern const kvcd_adapter_field_t kvcd_fs_fields[] KVCD_FS_HIDDEN;
 KVCD_FS_HIDDEN int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen);
 KVCD_FS_HIDDEN int kvcd_fs_open_dirs(fs_t *fs, char *err, size_t errlen);

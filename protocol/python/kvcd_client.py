@@ -65,7 +65,7 @@ import zmq
 __all__ = [
     "Client", "KvcdError", "KvcdTimeout", "LoadResult", "Segment", "kv_rank",
     "hash_bytes", "error_name", "PROTO_VERSION", "OK", "ENOTFOUND", "ENOSPACE",
-    "ESEGMENT", "EMSGSIZE",
+    "ESEGMENT", "EPEERUNVERIFIED", "EMSGSIZE",
 ]
 
 PROTO_VERSION = 1
@@ -81,11 +81,13 @@ _ERRORS = {
     1009: "ENOSPACE", 1010: "ENOTFOUND", 1011: "ESHUTDOWN", 1012: "EBUSY",
     1013: "ETIMEDOUT", 1014: "EINTERNAL", 1015: "ECHECKSUM", 1016: "ECONFIG",
     1017: "EUNAVAIL", 1018: "ESEGMENT", 1019: "ECANCELED", 1020: "ECONNECT",
+    1021: "EPEERUNVERIFIED",
 }
 OK = 0
 ENOSPACE = 1009
 ENOTFOUND = 1010
 ESEGMENT = 1018
+EPEERUNVERIFIED = 1021  # shared memory refused: connect over ipc:// as kvcd's user
 EMSGSIZE = errno.EMSGSIZE   # per key in load_shm: the capacity was too small
 
 _MASK64 = (1 << 64) - 1

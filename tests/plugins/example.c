@@ -6,8 +6,10 @@
  *
  * A tiny in-memory store: a linked list under one mutex. It uses nothing from
  * kvcd but the ABI header, so it shows everything an adapter outside the tree
- * needs: a kvcd_adapter_t filled through KVCD_ADAPTER_HEADER and the exported
- * function kvcd_adapter_entry returning it.
+ * needs: a kvcd_adapter_t filled through KVCD_ADAPTER_HEADER (which records
+ * the layout it was built with), a field table the core parses its spec with,
+ * the core's services reached only through env->svc, and the exported
+ * function kvcd_adapter_entry returning the adapter.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -27,12 +29,15 @@ typedef struct ent_s {
 typedef struct {
     pthread_mutex_t mu;
     ent_t *head;
-    size_t n, max;
+    size_t n;
+    uint64_t max; /* spec: max_objects */
+    const kvcd_core_services_t *svc;
 } example_t;
 
 static const kvcd_adapter_field_t fields[] = {
-    {"max_objects", "integer", "1024", "objects kept; a store beyond it fails with ENOSPC"},
-    {NULL, NULL, NULL, NULL},
+    {KVCD_FIELD("max_objects", KVCD_FIELD_INT, example_t, max), .min = 1, .max = 1 << 30,
+     .dflt = "1024", .doc = "objects kept; a store beyond it fails with ENOSPC"},
+    {.name = NULL},
 };
 
 /* A key as one byte string, so equality is memcmp. */
@@ -76,23 +81,12 @@ static int init(void *self, const json_t *spec, const kvcd_adapter_env_t *env, c
                 size_t errlen)
 {
     example_t *x = self;
-    const char *k;
-    json_t *v;
 
-    x->max = 1024;
-    json_object_foreach((json_t *)spec, k, v) {
-        if (strcmp(k, "type") == 0)
-            continue;
-        if (strcmp(k, "max_objects") == 0 && json_is_integer(v) && json_integer_value(v) > 0) {
-            x->max = (size_t)json_integer_value(v);
-            continue;
-        }
-        snprintf(err, errlen, "%s: %s", k,
-                 strcmp(k, "max_objects") == 0 ? "expected a positive integer"
-                                               : "unknown field (known: max_objects)");
-        return KVCD_ECONFIG;
-    }
+    /* x->max is set from the spec already; nothing spans fields here */
+    x->svc = env->svc;
     pthread_mutex_init(&x->mu, NULL);
+    KVCD_ALOG(x->svc, KVCD_ALOG_DEBUG, "example", "%s: up to %llu objects", env->instance,
+              (unsigned long long)x->max);
     return 0;
 }
 
