@@ -811,6 +811,8 @@ static void fs_status(void *self, json_t *out)
     JSET(scan, "bytes", JU(LD(fs->scan_bytes)));
     JSET(scan, "orphans_removed", JU(LD(fs->orphans_removed)));
     JSET(scan, "recency_restored", JU(LD(fs->rec_restored)));
+    i = LD(fs->rec_state);
+    JSET(scan, "recency", json_string(i == 1 ? "applied" : i == 2 ? "invalid" : "none"));
     JSET(out, "scan", scan);
 }
 

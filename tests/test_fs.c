@@ -2400,6 +2400,13 @@ START_TEST(test_recency_survives_restart)
     kvcd_adapter_fs.background(b);
     REQUIRE_EQ(st_int(b, "scan.files"), REC_N);
     REQUIRE_EQ(st_int(b, "scan.recency_restored"), REC_N);
+    {
+        json_t *js = status(b);
+
+        REQUIRE(!strcmp(json_string_value(json_object_get(json_object_get(js, "scan"),
+                                                           "recency")), "applied"));
+        json_decref(js);
+    }
     /* applied once: a crash later must not apply it again */
     REQUIRE(stat(p, &st) != 0 && errno == ENOENT);
     REQUIRE_EQ(rec_second_run(b, rec_use), REC_N);
@@ -2447,6 +2454,13 @@ START_TEST(test_recency_bad_journal)
     kvcd_adapter_fs.background(b);
     REQUIRE_EQ(st_int(b, "scan.files"), REC_N);
     REQUIRE_EQ(st_int(b, "scan.recency_restored"), 0);
+    {
+        json_t *js = status(b);
+
+        REQUIRE(!strcmp(json_string_value(json_object_get(json_object_get(js, "scan"),
+                                                           "recency")), "invalid"));
+        json_decref(js);
+    }
     REQUIRE(stat(p, &st) != 0 && errno == ENOENT);
     for (unsigned i = 0; i < REC_N; i++) {
         tkey_t k = key_n("org/recency", i);

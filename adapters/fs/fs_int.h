@@ -131,6 +131,7 @@ typedef struct {
     _Atomic int scan_state; /* 0 not started, 1 running, 2 done */
     _Atomic uint64_t scan_files, scan_bytes, orphans_removed, next_sweep;
     _Atomic uint64_t rec_restored; /* scanned files the recency journal ordered */
+    _Atomic int rec_state;         /* journal at the scan: 0 none, 1 applied, 2 invalid */
 } fs_t;
 
 #define CNT(f, n) atomic_fetch_add_explicit(&(f), (n), memory_order_relaxed)

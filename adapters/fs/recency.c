@@ -18,10 +18,11 @@
  *
  * Format (docs/ADAPTERS.md): "KVCDRCY1", u64 count, count x u64 path hash,
  * u64 XXH3-64 of all bytes before it; integers little-endian. A file that does
- * not match is ignored (and removed).
+ * not match is ignored (and removed); status scan.recency says which happened.
  *
- * Threading: kvcd_fs_rec_save on the loop thread in close (no worker runs);
- * load, rank and drop on the background worker. The index is read under mu.
+ * Threading: kvcd_fs_rec_save on the loop thread in close (no worker runs; it
+ * logs one line); load, rank and done on the background worker, which does not
+ * log. The index is read under mu.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -34,7 +35,6 @@
 #include <xxhash.h>
 
 #include "adapters/fs/fs_int.h"
-#include "daemon/log.h"
 
 #define REC_MAGIC "KVCDRCY1"
 #define REC_HDR 16 /* magic + count */
@@ -109,9 +109,10 @@ int kvcd_fs_rec_save(fs_t *fs)
         kvcd_fs_sys->unlinkat(fs->tmp_fd, tmp, 0);
         return r;
     }
-    KVCD_LOG(KVCD_LOG_INFO, "fs",
-             "%s: saved the recency of %" PRIu64 " files (%zu bytes) in %" PRIu64 " ms",
-             fs->base_path, i, len, kvcd_fs_now_ms() - t0);
+    if (fs->svc)
+        KVCD_ALOG(fs->svc, KVCD_ALOG_INFO, "fs",
+                  "%s: saved the recency of %" PRIu64 " files (%zu bytes) in %" PRIu64 " ms",
+                  fs->base_path, i, len, kvcd_fs_now_ms() - t0);
     return 0;
 }
 
@@ -166,9 +167,8 @@ void kvcd_fs_rec_load(fs_t *fs, fs_rec_t *rec)
     rec->n = n;
     rec->valid = true;
 out:
-    if (rec->found && !rec->valid)
-        KVCD_LOG(KVCD_LOG_WARNING, "fs", "%s: recency file %s is not valid; ordering by file times",
-                 fs->base_path, fs->rec_name);
+    /* a worker does not log: status says it (scan.recency) */
+    atomic_store(&fs->rec_state, rec->valid ? 1 : 2);
     free(buf);
     kvcd_fs_sys->close(fd);
 }
