@@ -122,9 +122,19 @@ static void lookup_cb(void *data, size_t prefix, const uint8_t *present)
     calls++;
 }
 
+static void do_remove(void)
+{
+    kvcd_storage_remove(st, &req, remove_cb, NULL);
+}
+
+static void do_lookup(void)
+{
+    kvcd_storage_lookup(st, &req, lookup_cb, NULL);
+}
+
 /* Fail allocation k (k = 0, 1, ...) of one operation, until an operation
  * makes no allocation that fails: each must call back exactly once. */
-START_TEST(test_item15_remove_out_of_memory)
+static void fail_each_allocation(void (*op)(void))
 {
     long k;
 
@@ -132,7 +142,7 @@ START_TEST(test_item15_remove_out_of_memory)
         calls = 0;
         failed = 0;
         countdown = k;
-        kvcd_storage_remove(st, &req, remove_cb, NULL);
+        op();
         countdown = -1;
         uv_run(&loop, UV_RUN_DEFAULT);
         ck_assert_msg(calls == 1, "allocation %ld failed: %d callbacks", k, calls);
@@ -142,25 +152,16 @@ START_TEST(test_item15_remove_out_of_memory)
     ck_assert_int_lt(k, 200);
     ck_assert_int_gt(k, 2);
 }
+
+START_TEST(test_item15_remove_out_of_memory)
+{
+    fail_each_allocation(do_remove);
+}
 END_TEST
 
 START_TEST(test_item15_lookup_out_of_memory)
 {
-    long k;
-
-    for (k = 0; k < 200; k++) {
-        calls = 0;
-        failed = 0;
-        countdown = k;
-        kvcd_storage_lookup(st, &req, lookup_cb, NULL);
-        countdown = -1;
-        uv_run(&loop, UV_RUN_DEFAULT);
-        ck_assert_msg(calls == 1, "allocation %ld failed: %d callbacks", k, calls);
-        if (!failed)
-            break;
-    }
-    ck_assert_int_lt(k, 200);
-    ck_assert_int_gt(k, 2);
+    fail_each_allocation(do_lookup);
 }
 END_TEST
 
