@@ -23,7 +23,8 @@
  *    fails with -ENOSPC without writing.
  *  - The directory is the truth: lookup and load stat and open the file, so the
  *    files of other daemons sharing the directory are hits. The in-memory index
- *    only accounts usage and orders eviction; the background scan rebuilds it.
+ *    only accounts usage and orders eviction; the background scan rebuilds it,
+ *    in the order the last close saved (fs/recency.c).
  *    Nothing is pinned (fs/index.c says why).
  *  - No open can block: files are opened O_NONBLOCK and anything that fstat
  *    does not call a regular file is a miss, left alone (it is not ours).
@@ -480,7 +481,8 @@ typedef struct {
 } vec_t;
 
 /* Collect every *.data file under dir (base, or a hash-prefix level). */
-static void scan_dir(fs_t *fs, int pfd, const char *name, const char *rel, int depth, vec_t *out)
+static void scan_dir(fs_t *fs, int pfd, const char *name, const char *rel, int depth, vec_t *out,
+                     const fs_rec_t *rec)
 {
     struct dirent *de;
     DIR *d;
@@ -495,6 +497,7 @@ static void scan_dir(fs_t *fs, int pfd, const char *name, const char *rel, int d
     while ((de = kvcd_fs_sys->readdir(d))) {
         char sub[REL_MAX];
         struct stat st;
+        uint64_t rank;
         ent_t *e;
 
         if (de->d_name[0] == '.' && (!de->d_name[1] || (de->d_name[1] == '.' && !de->d_name[2])))
@@ -504,7 +507,7 @@ static void scan_dir(fs_t *fs, int pfd, const char *name, const char *rel, int d
         if (depth < 2 && kvcd_fs_is_hex2(de->d_name) &&
             (de->d_type == DT_DIR || de->d_type == DT_UNKNOWN)) {
             snprintf(sub, sizeof(sub), "%s%s/", rel, de->d_name);
-            scan_dir(fs, dirfd(d), de->d_name, sub, depth + 1, out);
+            scan_dir(fs, dirfd(d), de->d_name, sub, depth + 1, out, rec);
             continue;
         }
         if (!kvcd_fs_is_data(de->d_name) || strlen(rel) + strlen(de->d_name) >= REL_MAX ||
@@ -525,8 +528,12 @@ static void scan_dir(fs_t *fs, int pfd, const char *name, const char *rel, int d
         }
         if (!(e = kvcd_fs_ent_new(sub, (uint64_t)st.st_size)))
             continue;
-        /* recency of a file we have not seen used: its last access or write */
-        {
+        /* recency: its place in the journal of the last run (above any file
+         * time), else its last access or write */
+        if ((rank = kvcd_fs_rec_rank(rec, e->hash)) != 0) {
+            e->stamp = UINT64_MAX - rank;
+            CNT(fs->rec_restored, 1);
+        } else {
             uint64_t at = (uint64_t)st.st_atim.tv_sec * 1000 +
                           (uint64_t)st.st_atim.tv_nsec / 1000000,
                      mt = (uint64_t)st.st_mtim.tv_sec * 1000 +
@@ -548,12 +555,15 @@ static void fs_background(void *self)
 {
     fs_t *fs = self;
     vec_t v = {NULL, 0, 0};
+    fs_rec_t rec;
 
     atomic_store(&fs->scan_state, 1);
     atomic_store(&fs->next_sweep, kvcd_fs_now_ms() + fs->orphan_age_ms);
     sweep_tmp(fs);
-    scan_dir(fs, fs->base_fd, ".", "", 0, &v);
+    kvcd_fs_rec_load(fs, &rec);
+    scan_dir(fs, fs->base_fd, ".", "", 0, &v, &rec);
     kvcd_fs_idx_add_scanned(fs, v.v, v.n);
+    kvcd_fs_rec_done(fs, &rec);
     free(v.v);
     kvcd_fs_reserve(fs, 0);
     if (LD(fs->ro_errno))
@@ -666,6 +676,7 @@ static void fs_close(void *self)
 
     if (!fs->inited)
         return;
+    kvcd_fs_rec_save(fs); /* logs its own failure; the files are what matters */
     kvcd_fs_idx_free(fs);
     if (fs->tmp_fd >= 0)
         kvcd_fs_sys->close(fs->tmp_fd);
@@ -799,6 +810,9 @@ static void fs_status(void *self, json_t *out)
     JSET(scan, "files", JU(LD(fs->scan_files)));
     JSET(scan, "bytes", JU(LD(fs->scan_bytes)));
     JSET(scan, "orphans_removed", JU(LD(fs->orphans_removed)));
+    JSET(scan, "recency_restored", JU(LD(fs->rec_restored)));
+    i = LD(fs->rec_state);
+    JSET(scan, "recency", json_string(i == 1 ? "applied" : i == 2 ? "invalid" : "none"));
     JSET(out, "scan", scan);
 }
 

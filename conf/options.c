@@ -27,7 +27,7 @@ enum {
     OPT_STORE_POLICY, OPT_PREFETCH_POLICY, OPT_PREFETCH_MAX, OPT_L2_TIMEOUT,
     OPT_PIN_TIMEOUT, OPT_CONFIG, OPT_HELP_ADAPTER,
     OPT_MAX_SEGMENTS, OPT_MAX_SEGMENT_GB, OPT_SEGMENT_LEASE, OPT_PRINT_ENDPOINT,
-    OPT_HTTP_HOST, OPT_HTTP_PORT,
+    OPT_HTTP_HOST, OPT_HTTP_PORT, OPT_SAVE_L1,
     OPT_STORE_COPY,
 };
 
@@ -55,6 +55,7 @@ static const struct option longopts[] = {
     {"l2-store-policy", required_argument, NULL, OPT_STORE_POLICY},
     {"l2-prefetch-policy", required_argument, NULL, OPT_PREFETCH_POLICY},
     {"l2-prefetch-max-in-flight", required_argument, NULL, OPT_PREFETCH_MAX},
+    {"l2-save-l1-on-stop", no_argument, NULL, OPT_SAVE_L1},
     {"l2-timeout-ms", required_argument, NULL, OPT_L2_TIMEOUT},
     {"pin-timeout-ms", required_argument, NULL, OPT_PIN_TIMEOUT},
     {"max-segments", required_argument, NULL, OPT_MAX_SEGMENTS},
@@ -93,8 +94,10 @@ void kvcd_options_usage(const char *adapter_types)
 "  --chunk-size N           tokens per chunk, reported to clients (default 256)\n"
 "  --l1-size-gb G           L1 memory pool in GiB, fractions allowed (default 1)\n"
 "  --eviction-policy P      LRU or noop (noop refuses stores when full) (default LRU)\n"
-"  --l1-high-watermark F    start evicting above this fraction of L1 (default 0.95)\n"
-"  --l1-low-watermark F     evict down to this fraction of L1 (default 0.85)\n"
+"  --l1-high-watermark F    start evicting above this fraction of L1 (default 1: evict\n"
+"                           only what an allocation needs, L1 stays full)\n"
+"  --l1-low-watermark F     evict down to this fraction of L1 once above the high one\n"
+"                           (batch eviction); 0 means the high watermark (default 0)\n"
 "  --l1-hugepages           back L1 with huge pages if available (default off)\n"
 "  --l1-mlock               lock L1 in RAM; failing to is an error (default off)\n"
 "  --store-copy             receive STORE frames into their own buffers and copy\n"
@@ -114,6 +117,10 @@ void kvcd_options_usage(const char *adapter_types)
 "  --l2-prefetch-max-in-flight N\n"
 "                           LOOKUP prefetches running at once (default 8)\n"
 "  --l2-timeout-ms N        deadline of every L2 call (default 5000)\n"
+"  --l2-save-l1-on-stop     on a clean stop, write L1's objects to the L2 adapters\n"
+"                           once more, least recently used first (fs skips files it\n"
+"                           has and only marks them recent), so a restart keeps what\n"
+"                           L1 held (default off)\n"
 "\n"
 "Limits:\n"
 "  --max-workers N          threads that copy bytes between clients and L1, and\n"
@@ -213,8 +220,8 @@ static void set_defaults(kvcd_options_t *o)
     o->chunk_size = 256;
     o->l1_size_gb = 1.0;
     o->eviction_policy = KVCD_OPT_EVICT_LRU;
-    o->high_watermark = 0.95;
-    o->low_watermark = 0.85;
+    o->high_watermark = 1.0; /* exact-capacity LRU (docs/DECISIONS.md) */
+    o->low_watermark = 0.0;  /* 0: the high watermark */
     o->max_workers = 4;
     o->log_level = KVCD_OPT_LOG_INFO;
     o->max_keys = 4096;
@@ -302,6 +309,9 @@ static int parse_args(int argc, char **argv, kvcd_options_t *o, char *err, size_
             break;
         case OPT_STORE_COPY:
             o->store_copy = 1;
+            break;
+        case OPT_SAVE_L1:
+            o->l2_save_l1_on_stop = 1;
             break;
         case OPT_MAX_WORKERS:
             if (parse_u64(optarg, 1, 1024, &u))

@@ -75,6 +75,7 @@ typedef struct {
     const char *config_path;    /* --config FILE */
     char **config_argv;         /* flags made from the config file (owned) */
     int config_argc;
+    int l2_save_l1_on_stop;     /* --l2-save-l1-on-stop */
 } kvcd_options_t;
 
 /* Print --help (adapter_types: comma-separated list of registered types). */

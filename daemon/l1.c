@@ -21,8 +21,12 @@
  * pinned objects may use the space between high and capacity, and capacity is
  * the only hard limit. If the allocator has no fitting block (fragmentation),
  * LRU keeps evicting one object at a time until it does. A watermark of 0 in
- * the config means its default (0.95 high, 0.85 low), so a zeroed config with
- * only a capacity is valid. Used and evicted bytes count whole blocks
+ * the config means its default: high 1.0, low = high. So the default is
+ * exact-capacity LRU: a reserve evicts least recently used objects only until
+ * the new block fits, L1 stays as full as it can be and holds exactly the
+ * objects a strict LRU cache of the same bytes holds (for equal-size objects;
+ * docs/DECISIONS.md says why batches between watermarks are only an option).
+ * A zeroed config with only a capacity is valid. Used and evicted bytes count whole blocks
  * (payload rounded up to KVCD_L1_ALIGN), the memory actually taken.
  */
 #include <assert.h>
@@ -36,8 +40,7 @@
 #include "l1.h"
 #include "log.h"
 
-#define HIGH_DEFAULT 0.95
-#define LOW_DEFAULT 0.85
+#define HIGH_DEFAULT 1.0 /* exact capacity: evict only what an allocation needs */
 #define BUCKETS_MIN 256
 #define HUGE_2MB ((size_t)2 << 20)
 
@@ -206,8 +209,9 @@ static kvcd_blk_t *make_room(kvcd_l1_t *l1, size_t need)
 
     used = kvcd_alloc_used(l1->alloc);
     if (l1->policy == KVCD_EVICT_LRU && used + need > l1->high_bytes) {
-        /* Evicting to low, not just under high, leaves headroom so the next
-         * reserves do not each pay for an eviction. */
+        /* With low < high (an option), evicting to low leaves headroom so
+         * the next reserves do not each pay for an eviction; with low ==
+         * high (the default) only what this block needs goes. */
         while (used > l1->low_bytes || used + need > l1->high_bytes) {
             victim = next_victim(l1, cursor);
             if (!victim)
@@ -275,7 +279,7 @@ int kvcd_l1_create(const kvcd_l1_config_t *cfg, kvcd_l1_t **out)
     if (high == 0.0)
         high = HIGH_DEFAULT;
     if (low == 0.0)
-        low = high < LOW_DEFAULT ? high : LOW_DEFAULT;
+        low = high;
     /* Written so NaN fails too. */
     if (!(high > 0.0 && high <= 1.0) || !(low > 0.0 && low <= high))
         return KVCD_ECONFIG;

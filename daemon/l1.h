@@ -18,7 +18,9 @@
  * Eviction (policy LRU): when an allocation would push used bytes above
  * high_watermark * capacity, or the allocator has no fitting block, the least
  * recently used unreferenced READY objects are unlinked until used bytes fall to
- * low_watermark * capacity and the block fits. Policy NOOP never evicts.
+ * low_watermark * capacity and the block fits. The defaults (high 1, low =
+ * high) evict only what the allocation needs: exact-capacity LRU. Policy NOOP
+ * never evicts.
  *
  * Threading: everything here runs on the loop thread only; no locks. Object data
  * may be read or written by worker threads while the caller holds a reference.
@@ -73,8 +75,8 @@ struct kvcd_obj_s {
 typedef struct {
     size_t capacity;          /* bytes; rounded up to KVCD_L1_ALIGN */
     kvcd_evict_policy_t policy;
-    double high_watermark;    /* (0, 1]; default 0.95 */
-    double low_watermark;     /* (0, high]; default 0.85 */
+    double high_watermark;    /* (0, 1]; 0 = default 1.0 */
+    double low_watermark;     /* (0, high]; 0 = default: the high watermark */
     int hugepages;            /* try MAP_HUGETLB, fall back with a log line */
     int lock_memory;          /* mlock the arena; failure is an error */
 } kvcd_l1_config_t;

@@ -7,9 +7,10 @@
  *   running   --SIGTERM/SIGINT-->  draining
  *   draining  requests that arrive get ESHUTDOWN; those in flight finish;
  *             --no request in flight-->  flushing
- *   flushing  write-behind drains to the L2 adapters; arrivals still get
- *             ESHUTDOWN; --nothing written behind and SHUTDOWN_QUIET_MS without
- *             an arrival-->  closing
+ *   flushing  (with --l2-save-l1-on-stop, L1's objects are written behind once
+ *             more, least recently used first) write-behind drains to the L2
+ *             adapters; arrivals still get ESHUTDOWN; --nothing written behind
+ *             and SHUTDOWN_QUIET_MS without an arrival-->  closing
  *   closing   the socket closes (queued replies get LINGER_MS; a message
  *             still being received then is lost with its connection, which
  *             the quiet window makes rare), storage closes the
@@ -71,6 +72,8 @@ void kvcd_server_step(kvcd_server_t *srv)
         if (srv->inflight > 0)
             return;
         srv->state = KVCD_STATE_FLUSHING;
+        if (srv->opt->l2_save_l1_on_stop)
+            kvcd_storage_save_l1(srv->storage);
         KVCD_LOG(KVCD_LOG_INFO, "server", "no request in flight; flushing %zu L2 operations",
                  kvcd_storage_inflight(srv->storage));
         /* fall through */

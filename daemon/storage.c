@@ -342,6 +342,31 @@ void kvcd_storage_write_behind(kvcd_storage_t *st, kvcd_obj_t *const *objs, size
     }
 }
 
+void kvcd_storage_save_l1(kvcd_storage_t *st)
+{
+    kvcd_obj_t *o, **v;
+    size_t n = 0;
+
+    if (st->nl2 == 0 || st->stopped)
+        return;
+    for (o = kvcd_l1_lru_next(st->l1, NULL); o; o = kvcd_l1_lru_next(st->l1, o))
+        n += o->state == KVCD_OBJ_READY;
+    if (n == 0)
+        return;
+    v = malloc(n * sizeof(*v));
+    if (!v) {
+        KVCD_LOG(KVCD_LOG_ERROR, "storage", "saving L1 at stop: out of memory");
+        return;
+    }
+    n = 0;
+    for (o = kvcd_l1_lru_next(st->l1, NULL); o; o = kvcd_l1_lru_next(st->l1, o))
+        if (o->state == KVCD_OBJ_READY)
+            v[n++] = o;
+    KVCD_LOG(KVCD_LOG_INFO, "storage", "saving %zu L1 objects to the L2 adapters", n);
+    kvcd_storage_write_behind(st, v, n);
+    free(v);
+}
+
 /* ---- lookup ---- */
 
 enum { K_NONE, K_L1, K_L2, K_LOADED, K_FAILED, K_BUSY };

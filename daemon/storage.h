@@ -36,6 +36,13 @@ void kvcd_storage_on_change(kvcd_storage_t *st, void (*cb)(void *), void *data);
 /* STORE published these objects: start write-behind. NULLs are skipped. */
 void kvcd_storage_write_behind(kvcd_storage_t *st, kvcd_obj_t *const *objs, size_t n);
 
+/* Clean stop (--l2-save-l1-on-stop): write every READY L1 object behind once
+ * more, least recently used first, one batch per adapter. An adapter that skips
+ * what it has (fs skip_existing) then holds L1's objects as its most recent
+ * ones, in L1's order, so a restart loses nothing L1 held. Loop thread; before
+ * kvcd_storage_stop. */
+void kvcd_storage_save_l1(kvcd_storage_t *st);
+
 /* LOOKUP. cb gets the prefix and per-key presence (n flags), once, possibly
  * before this returns (no L2). The request (keys) must stay valid until cb. */
 typedef void (*kvcd_storage_lookup_cb)(void *data, size_t prefix, const uint8_t *present);

@@ -2325,6 +2325,185 @@ START_TEST(test_item17_tmp_sweep_spares_other_namespaces)
 }
 END_TEST
 
+/* ---- recency across a restart -------------------------------------------- */
+
+#define REC_N 8
+#define REC_OBJ 4096 /* payload; a file is REC_OBJ + TRL bytes */
+
+/* A capacity bound that holds exactly REC_N files. */
+static void rec_spec(char *out, size_t n, const char *extra)
+{
+    snprintf(out, n, ", \"max_capacity_gb\": %.12f%s",
+             ((double)REC_N * (REC_OBJ + TRL) + 100) / 1073741824.0, extra);
+}
+
+/* Store REC_N files, then use them in the order `use` (lookups), close. The
+ * LRU list is then use[0] (least recent) ... use[REC_N-1]. */
+static void rec_first_run(const char *extra, const unsigned *use)
+{
+    char spec[256];
+    void *a;
+    tkey_t k;
+    unsigned i;
+
+    rec_spec(spec, sizeof(spec), extra);
+    a = open_fs(spec);
+    kvcd_adapter_fs.background(a);
+    for (i = 0; i < REC_N; i++) {
+        k = key_n("org/recency", i);
+        store_ok(a, &k, REC_OBJ, i);
+    }
+    for (i = 0; i < REC_N; i++) {
+        k = key_n("org/recency", use[i]);
+        REQUIRE_EQ(lookup_r(a, &k), 0);
+    }
+    close_fs(a);
+}
+
+/* After the restart, each new store evicts one file: how many of them went in
+ * the order `use` says (REC_N when the order survived exactly). A lookup miss
+ * does not touch the index, so checking the victim changes nothing. */
+static unsigned rec_second_run(void *b, const unsigned *use)
+{
+    unsigned i, in_order = 0;
+    tkey_t k;
+
+    for (i = 0; i < REC_N; i++) {
+        k = key_n("org/recency-new", i);
+        store_ok(b, &k, REC_OBJ, 100 + i);
+        k = key_n("org/recency", use[i]);
+        if (lookup_r(b, &k) != KVCD_ENOTFOUND)
+            break;
+        in_order++;
+    }
+    return in_order;
+}
+
+static const unsigned rec_use[REC_N] = {5, 2, 7, 0, 3, 6, 1, 4};
+
+/* The order of the LRU list before the stop is the order after the start,
+ * whatever the file times say (lookups move neither atime nor mtime). */
+START_TEST(test_recency_survives_restart)
+{
+    char spec[256], p[400];
+    struct stat st;
+    void *b;
+
+    rec_first_run("", rec_use);
+    data_path(p, sizeof(p), ".kvcd-recency");
+    REQUIRE(stat(p, &st) == 0);
+    REQUIRE_EQ(st.st_size, 16 + REC_N * 8 + 8);
+    REQUIRE_EQ(st.st_mode & 0777, 0600);
+
+    rec_spec(spec, sizeof(spec), "");
+    b = open_fs(spec);
+    kvcd_adapter_fs.background(b);
+    REQUIRE_EQ(st_int(b, "scan.files"), REC_N);
+    REQUIRE_EQ(st_int(b, "scan.recency_restored"), REC_N);
+    {
+        json_t *js = status(b);
+
+        REQUIRE(!strcmp(json_string_value(json_object_get(json_object_get(js, "scan"),
+                                                           "recency")), "applied"));
+        json_decref(js);
+    }
+    /* applied once: a crash later must not apply it again */
+    REQUIRE(stat(p, &st) != 0 && errno == ENOENT);
+    REQUIRE_EQ(rec_second_run(b, rec_use), REC_N);
+    close_fs(b);
+}
+END_TEST
+
+/* Files used after the start but before the scan finished stay more recent
+ * than everything the journal names. */
+START_TEST(test_recency_use_before_scan)
+{
+    const unsigned want[REC_N] = {2, 7, 0, 3, 6, 1, 4, 5};
+    char spec[256];
+    tkey_t k = key_n("org/recency", 5);
+    void *b;
+
+    rec_first_run("", rec_use);
+    rec_spec(spec, sizeof(spec), "");
+    b = open_fs(spec);
+    REQUIRE_EQ(lookup_r(b, &k), 0); /* 5, the least recent, is used first */
+    kvcd_adapter_fs.background(b);
+    REQUIRE_EQ(rec_second_run(b, want), REC_N);
+    close_fs(b);
+}
+END_TEST
+
+/* A damaged journal only loses the order: the scan still finds every file,
+ * falls back to file times and removes the bad journal. */
+START_TEST(test_recency_bad_journal)
+{
+    char spec[256], p[400];
+    struct stat st;
+    FILE *f;
+    void *b;
+
+    rec_first_run("", rec_use);
+    data_path(p, sizeof(p), ".kvcd-recency");
+    f = fopen(p, "r+");
+    REQUIRE(f);
+    REQUIRE(fseek(f, 20, SEEK_SET) == 0);
+    REQUIRE(fputc(0x5a, f) != EOF);
+    fclose(f);
+    rec_spec(spec, sizeof(spec), "");
+    b = open_fs(spec);
+    kvcd_adapter_fs.background(b);
+    REQUIRE_EQ(st_int(b, "scan.files"), REC_N);
+    REQUIRE_EQ(st_int(b, "scan.recency_restored"), 0);
+    {
+        json_t *js = status(b);
+
+        REQUIRE(!strcmp(json_string_value(json_object_get(json_object_get(js, "scan"),
+                                                           "recency")), "invalid"));
+        json_decref(js);
+    }
+    REQUIRE(stat(p, &st) != 0 && errno == ENOENT);
+    for (unsigned i = 0; i < REC_N; i++) {
+        tkey_t k = key_n("org/recency", i);
+
+        load_ok(b, &k, REC_OBJ, i);
+    }
+    close_fs(b);
+}
+END_TEST
+
+/* recency_file "" turns it off (nothing written); a bad name is a config
+ * error naming the field. */
+START_TEST(test_recency_off_and_bad_name)
+{
+    char spec[256], p[400], err[512];
+    struct stat st;
+    void *b;
+
+    rec_first_run(", \"recency_file\": \"\"", rec_use);
+    data_path(p, sizeof(p), ".kvcd-recency");
+    REQUIRE(stat(p, &st) != 0 && errno == ENOENT);
+    rec_spec(spec, sizeof(spec), ", \"recency_file\": \"order\"");
+    b = open_fs(spec);
+    kvcd_adapter_fs.background(b);
+    REQUIRE_EQ(st_int(b, "scan.recency_restored"), 0);
+    close_fs(b);
+    data_path(p, sizeof(p), "order");
+    REQUIRE(stat(p, &st) == 0);
+
+    REQUIRE(try_init(&b, err, sizeof(err), "{\"type\":\"fs\",\"base_path\":\"%s\","
+                                           "\"recency_file\":\"a/b\"}", base) != 0);
+    REQUIRE(strstr(err, "recency_file") != NULL);
+    REQUIRE(try_init(&b, err, sizeof(err), "{\"type\":\"fs\",\"base_path\":\"%s\","
+                                           "\"recency_file\":\"x.data\"}", base) != 0);
+    REQUIRE(try_init(&b, err, sizeof(err), "{\"type\":\"fs\",\"base_path\":\"%s\","
+                                           "\"recency_file\":7}", base) != 0);
+    REQUIRE(try_init(&b, err, sizeof(err), "{\"type\":\"fs\",\"base_path\":\"%s\","
+                                           "\"recency_file\":\"t\",\"relative_tmp_dir\":\"t/x\"}",
+                     base) != 0);
+    REQUIRE(strstr(err, "recency_file") != NULL);
+}
+END_TEST
+
 static Suite *fs_suite(void)
 {
     Suite *s = suite_create("fs");
@@ -2384,6 +2563,10 @@ static Suite *fs_suite(void)
     tcase_add_test(tc, test_item16_full_disk_nothing_to_evict);
     tcase_add_test(tc, test_item16_failing_stores_are_unhealthy);
     tcase_add_test(tc, test_item17_tmp_sweep_spares_other_namespaces);
+    tcase_add_test(tc, test_recency_survives_restart);
+    tcase_add_test(tc, test_recency_use_before_scan);
+    tcase_add_test(tc, test_recency_bad_journal);
+    tcase_add_test(tc, test_recency_off_and_bad_name);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,7 +1,8 @@
 /*
  * test_fs_daemon.c - the fs adapter behind the real daemon: persistence across
- * restarts, two daemons sharing one directory, files and modes on disk, and
- * eviction of files that LOOKUP asked about but never loaded.
+ * restarts, two daemons sharing one directory, files and modes on disk,
+ * eviction of files that LOOKUP asked about but never loaded, and what L1 held
+ * surviving a restart with --l2-save-l1-on-stop.
  */
 #include <check.h>
 #include <ftw.h>
@@ -307,6 +308,143 @@ START_TEST(item09_lookups_past_a_gap_leave_files_evictable)
 }
 END_TEST
 
+/* Integer `name` under a "scan" object anywhere in the status, -1 if none. */
+static long long scan_field(json_t *j, const char *name)
+{
+    const char *k;
+    json_t *v;
+    size_t i;
+    long long r;
+
+    if (json_is_object(j)) {
+        json_t *sc = json_object_get(j, "scan");
+
+        if (json_is_object(sc) && json_is_integer(json_object_get(sc, name)))
+            return (long long)json_integer_value(json_object_get(sc, name));
+        json_object_foreach(j, k, v)
+            if ((r = scan_field(v, name)) >= 0)
+                return r;
+    } else if (json_is_array(j)) {
+        json_array_foreach(j, i, v)
+            if ((r = scan_field(v, name)) >= 0)
+                return r;
+    }
+    return -1;
+}
+
+/* 1 when every "scan" object in the status says "done". */
+static int scans_done(json_t *j)
+{
+    const char *k;
+    json_t *v, *sc;
+    size_t i;
+
+    if (json_is_object(j)) {
+        sc = json_object_get(j, "scan");
+        if (json_is_object(sc) && json_is_string(json_object_get(sc, "state")) &&
+            strcmp(json_string_value(json_object_get(sc, "state")), "done"))
+            return 0;
+        json_object_foreach(j, k, v)
+            if (!scans_done(v))
+                return 0;
+    } else if (json_is_array(j)) {
+        json_array_foreach(j, i, v)
+            if (!scans_done(v))
+                return 0;
+    }
+    return 1;
+}
+
+/* Wait for the fs start-up scan; returns scan.recency_restored. */
+static long long scan_done(kvcd_client_t *c)
+{
+    int i;
+
+    for (i = 0; i < 1000; i++) {
+        json_t *st = kvcd_test_status(c);
+        long long r = scans_done(st) ? scan_field(st, "recency_restored") : -2;
+
+        json_decref(st);
+        if (r != -2)
+            return r;
+        usleep(10000);
+    }
+    ck_abort_msg("fs scan did not finish");
+    return -1;
+}
+
+/* A is kept hot in L1 (LOOKUP + LOAD hit L1, so fs never sees them) while four
+ * more chunks go through: fs, bounded to 4 files, evicts A. On a clean stop
+ * --l2-save-l1-on-stop writes L1's chunks to fs once more, so after a restart
+ * A is a hit; without it A is gone with L1. Either way the fs order is the
+ * journal's (recency_restored). Returns whether A was a hit after the restart. */
+static int hot_chunk_survives(int save)
+{
+    char dir[64] = "/tmp/kvcd-test-fsd-XXXXXX", spec[400];
+    const char *args[] = {"--l2-adapter", spec, "--l1-size-gb", "0.001953125",
+                          save ? "--l2-save-l1-on-stop" : NULL, NULL};
+    const size_t len = MiB - 64; /* files of exactly 1 MiB: 4 fill the bound */
+    uint8_t hh[5][8];
+    kvcd_bytes_t K[5];
+    void *payload = malloc(len), *got = malloc(len);
+    const void *bufs[1] = {payload};
+    size_t lens[1] = {len}, caps[1] = {len}, prefix, i;
+    int res[1], hit;
+    kvcd_proc_t a;
+    kvcd_client_t *c;
+
+    keys();
+    ck_assert(mkdtemp(dir) != NULL);
+    snprintf(spec, sizeof(spec),
+             "{\"type\":\"fs\",\"base_path\":\"%s/l2\",\"max_capacity_gb\":0.00390625}", dir);
+    kvcd_fill_random(payload, len, 4242);
+    for (i = 0; i < 5; i++)
+        K[i] = kvcd_test_hash(hh[i], 0xa00 + i);
+    kvcd_test_start(&a, &c, args);
+    scan_done(c);
+    for (i = 0; i < 5; i++) {
+        ck_assert_int_eq(kvcd_client_store(c, &base, &K[i], 1, bufs, lens, res), 0);
+        ck_assert_int_eq(res[0], 0);
+        settle(c);
+        ck_assert_int_eq(kvcd_client_lookup(c, &base, &K[0], 1, &prefix, NULL), 0);
+        ck_assert_uint_eq(prefix, 1);
+        ck_assert_int_eq(kvcd_client_load(c, &base, &K[0], 1, &got, caps, lens, res), 0);
+        ck_assert_int_eq(res[0], 0);
+        lens[0] = len;
+    }
+    ck_assert_int_eq(stat_of(c, "l1", "objects"), 2);
+    kvcd_client_close(c);
+    ck_assert_int_eq(kvcd_proc_stop(&a, SIGTERM, 20000), 0);
+    ck_assert_uint_eq(count_files(dir, "*.data", 0), 4);
+
+    ck_assert_msg(kvcd_proc_restart(&a, args) == 0, "kvcd did not restart: %s", a.log);
+    c = connect_to(&a);
+    ck_assert_int_eq(scan_done(c), 4);
+    ck_assert_int_eq(kvcd_client_lookup(c, &base, &K[0], 1, &prefix, NULL), 0);
+    hit = prefix == 1;
+    if (hit) {
+        memset(got, 0, len);
+        ck_assert_int_eq(kvcd_client_load(c, &base, &K[0], 1, &got, caps, lens, res), 0);
+        ck_assert_int_eq(res[0], 0);
+        ck_assert(memcmp(got, payload, len) == 0);
+    }
+    /* the newest chunk made it in both cases */
+    ck_assert_int_eq(kvcd_client_lookup(c, &base, &K[4], 1, &prefix, NULL), 0);
+    ck_assert_uint_eq(prefix, 1);
+    kvcd_test_stop(&a, &c);
+    free(payload);
+    free(got);
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    return hit;
+}
+
+START_TEST(save_l1_on_stop_keeps_hot_chunks)
+{
+    ck_assert_int_eq(hot_chunk_survives(1), 1);
+    ck_assert_int_eq(hot_chunk_survives(0), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("fs_daemon");
@@ -317,6 +455,7 @@ int main(void)
     tcase_add_test(tc, two_daemons_share_a_directory);
     tcase_add_test(tc, unwritable_base_path_is_a_clear_error);
     tcase_add_test(tc, item09_lookups_past_a_gap_leave_files_evictable);
+    tcase_add_test(tc, save_l1_on_stop_keeps_hot_chunks);
     suite_add_tcase(s, tc);
     return kvcd_test_run(s);
 }

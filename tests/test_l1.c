@@ -1,7 +1,7 @@
 /*
  * test_l1.c - the L1 memory tier (daemon/l1.c): object life cycle, lookups,
- * LRU order, watermark and fragmentation eviction, reference counts, the NOOP
- * policy and the arena mapping options.
+ * LRU order, exact-capacity (default), watermark and fragmentation eviction,
+ * reference counts, the NOOP policy and the arena mapping options.
  *
  * Sizes are multiples of KVCD_L1_ALIGN so the used-byte arithmetic in the
  * assertions is exact; the allocator hands blocks out in address order from an
@@ -517,6 +517,108 @@ START_TEST(test_watermarks)
 }
 END_TEST
 
+/* The default (zeroed watermarks) is exact-capacity LRU: L1 fills to the last
+ * byte, and a reserve evicts only what it needs, least recently used first. */
+START_TEST(test_default_exact_capacity)
+{
+    kvcd_l1_t *l1 = mk(8 * MiB, KVCD_EVICT_LRU, 0, 0);
+    kvcd_l1_stats_t st;
+    unsigned i;
+
+    st = stats(l1);
+    ck_assert(st.high_watermark == 1.0);
+    ck_assert(st.low_watermark == 1.0);
+    for (i = 0; i < 8; i++)
+        put(l1, i, MiB);
+    st = stats(l1);
+    ck_assert_uint_eq(st.used, 8 * MiB);
+    ck_assert_uint_eq(st.objects, 8);
+    ck_assert_uint_eq(st.evictions, 0);
+
+    /* One object in, exactly one out: the least recently used. */
+    put(l1, 8, MiB);
+    st = stats(l1);
+    ck_assert_uint_eq(st.evictions, 1);
+    ck_assert_uint_eq(st.objects, 8);
+    ck_assert_uint_eq(st.used, 8 * MiB);
+    ck_assert_ptr_null(get(l1, 0));
+    kvcd_l1_touch(l1, get(l1, 1));
+    put(l1, 9, MiB);
+    ck_assert_ptr_nonnull(get(l1, 1));
+    ck_assert_ptr_null(get(l1, 2));
+    /* A 3 MiB object takes exactly the 3 LRU ones (3, 4, 5). */
+    put(l1, 10, 3 * MiB);
+    st = stats(l1);
+    ck_assert_uint_eq(st.evictions, 5);
+    ck_assert_uint_eq(st.used, 8 * MiB);
+    for (i = 3; i < 6; i++)
+        ck_assert_ptr_null(get(l1, i));
+    ck_assert_ptr_nonnull(get(l1, 6));
+    kvcd_l1_destroy(l1);
+}
+END_TEST
+
+/* With equal-size objects the default holds exactly what a strict LRU cache of
+ * the same bytes holds: the same hits on a skewed random access sequence as a
+ * reference model (an array ordered by recency). Batch eviction between
+ * watermarks loses hits on the same sequence. */
+static unsigned replay_hits(kvcd_l1_t *l1, unsigned cap_objs, unsigned *model_hits)
+{
+    unsigned model[64], nm = 0, hits = 0, i, j, step;
+    uint64_t x = 12345;
+
+    *model_hits = 0;
+    ck_assert_uint_le(cap_objs, 64);
+    for (step = 0; step < 20000; step++) {
+        unsigned k;
+        kvcd_obj_t *o;
+
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        /* skewed: small keys far more often than large ones */
+        k = (unsigned)((x >> 33) % 200);
+        k = k * k / 200;
+        o = get(l1, k);
+        if (o) {
+            hits++;
+            kvcd_l1_touch(l1, o);
+        } else {
+            put(l1, k, 64 * 1024);
+        }
+        for (i = 0; i < nm && model[i] != k; i++)
+            ;
+        if (i < nm) {
+            (*model_hits)++;
+        } else if (nm == cap_objs) {
+            i = 0; /* model[0] is the LRU one */
+        } else {
+            i = nm++;
+            model[i] = k;
+        }
+        for (j = i; j + 1 < nm; j++)
+            model[j] = model[j + 1];
+        model[nm - 1] = k;
+    }
+    return hits;
+}
+
+START_TEST(test_default_equals_strict_lru)
+{
+    kvcd_l1_t *l1 = mk(48 * 64 * 1024, KVCD_EVICT_LRU, 0, 0);
+    unsigned hits, model;
+
+    hits = replay_hits(l1, 48, &model);
+    ck_assert_uint_gt(model, 0);
+    ck_assert_uint_eq(hits, model);
+    ck_assert_uint_eq(stats(l1).objects, 48);
+    kvcd_l1_destroy(l1);
+
+    l1 = mk(48 * 64 * 1024, KVCD_EVICT_LRU, 0.95, 0.85);
+    hits = replay_hits(l1, 48, &model);
+    ck_assert_uint_lt(hits, model);
+    kvcd_l1_destroy(l1);
+}
+END_TEST
+
 /* An object bigger than high - low: eviction continues past low until the new
  * object fits under high. */
 START_TEST(test_watermark_large_object)
@@ -845,6 +947,8 @@ static Suite *l1_suite(void)
     tcase_add_test(tc, test_publish_is_use);
     tcase_add_test(tc, test_watermarks);
     tcase_add_test(tc, test_watermark_large_object);
+    tcase_add_test(tc, test_default_exact_capacity);
+    tcase_add_test(tc, test_default_equals_strict_lru);
     tcase_add_test(tc, test_refs_protect_from_eviction);
     tcase_add_test(tc, test_unlink_referenced);
     tcase_add_test(tc, test_noop_policy);

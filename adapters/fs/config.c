@@ -72,10 +72,35 @@ const kvcd_adapter_field_t kvcd_fs_fields[] = {
      .doc = "temp files whose writer is not provably dead are swept once older than this"},
     {F("health_window_ms", KVCD_FIELD_INT, health_window_ms), .min = 0, .dflt = "5000",
      .doc = "unhealthy while the last operation failed less than this long ago"},
+    {F("recency_file", KVCD_FIELD_STRING, rec_field), .max = NAME_LIMIT,
+     .dflt = "\".kvcd-recency\"",
+     .doc = "file in base_path that keeps the LRU order across a restart; \"\" = off"},
     {.name = NULL},
 };
 
 #undef F
+
+/* recency_file: "" or one file name in base_path that the scan never takes
+ * for an object or a directory, and not the temp directory. Copied. */
+static int check_recency(fs_t *fs, char *err, size_t errlen)
+{
+    const char *r = fs->rec_field ? fs->rec_field : "", *t = fs->tmp_dir;
+    size_t n = strlen(r);
+
+    fs->rec_field = NULL; /* borrowed from the spec */
+    if (strchr(r, '/') || !strcmp(r, ".") || !strcmp(r, "..") || kvcd_fs_is_data(r) ||
+        (n && kvcd_fs_is_hex2(r)))
+        return kvcd_errf(err, errlen, KVCD_ECONFIG,
+                         "recency_file: must be \"\" or a file name in base_path (no \"/\", "
+                         "not ending in .data)");
+    while (*t == '/' || (t[0] == '.' && t[1] == '/'))
+        t += *t == '/' ? 1 : 2;
+    if (n && !strncmp(t, r, n) && (t[n] == '\0' || t[n] == '/'))
+        return kvcd_errf(err, errlen, KVCD_ECONFIG, "recency_file: \"%s\" is relative_tmp_dir",
+                         r);
+    snprintf(fs->rec_name, sizeof(fs->rec_name), "%s", r);
+    return 0;
+}
 
 /* The core parser has filled the fields (adapters/registry.c); what is left
  * is what no single field can say. Strings are borrowed from the spec: copy. */
@@ -83,11 +108,14 @@ int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen)
 {
     bool have_gb = json_object_get(spec, "min_free_gb") != NULL;
     bool have_pct = json_object_get(spec, "min_free_percent") != NULL;
+    int r;
 
     fs->base_path = fs->base_path ? strdup(fs->base_path) : NULL;
     fs->tmp_dir = fs->tmp_dir ? strdup(fs->tmp_dir) : NULL;
     if (!fs->base_path || !fs->tmp_dir)
         return kvcd_errf(err, errlen, KVCD_ECONFIG, "base_path: out of memory");
+    if ((r = check_recency(fs, err, errlen)))
+        return r;
     fs->checksum = fs->checksum_kind == 0;
     fs->orphan_age_ms *= 1000; /* the spec says seconds */
     fs->capacity = (uint64_t)(fs->max_capacity_gb * GIB);

@@ -88,6 +88,8 @@ typedef struct {
     uint64_t floor_abs; /* bytes from min_free_gb */
     double floor_pct;   /* effective min_free_percent */
     uint64_t orphan_age_ms, health_window_ms;
+    const char *rec_field;         /* recency_file as parsed, borrowed during init */
+    char rec_name[NAME_LIMIT + 1]; /* recency_file; "" = off */
 
     const kvcd_core_services_t *svc; /* the core's functions (log) */
     int base_fd;
@@ -128,6 +130,8 @@ typedef struct {
         removes, evictions, evicted_bytes, checksum_fail, timeouts, evict_errors;
     _Atomic int scan_state; /* 0 not started, 1 running, 2 done */
     _Atomic uint64_t scan_files, scan_bytes, orphans_removed, next_sweep;
+    _Atomic uint64_t rec_restored; /* scanned files the recency journal ordered */
+    _Atomic int rec_state;         /* journal at the scan: 0 none, 1 applied, 2 invalid */
 } fs_t;
 
 #define CNT(f, n) atomic_fetch_add_explicit(&(f), (n), memory_order_relaxed)
@@ -178,6 +182,20 @@ KVCD_FS_HIDDEN void kvcd_fs_unreserve(fs_t *fs, uint64_t n);
  * freed (0: nothing left to evict). For a disk that is full below the floor's
  * radar (quota, floor 0, another writer). */
 KVCD_FS_HIDDEN uint64_t kvcd_fs_evict(fs_t *fs, uint64_t bytes);
+
+/* recency.c: the LRU order saved on close, restored by the scan */
+typedef struct {
+    struct {
+        uint64_t hash;
+        uint64_t rank1; /* 1 + position, most recent first; 0 = empty slot */
+    } *slot;
+    uint64_t mask, n;
+    bool found, valid; /* a journal file exists; it checked out */
+} fs_rec_t;
+KVCD_FS_HIDDEN int kvcd_fs_rec_save(fs_t *fs);
+KVCD_FS_HIDDEN void kvcd_fs_rec_load(fs_t *fs, fs_rec_t *rec);
+KVCD_FS_HIDDEN uint64_t kvcd_fs_rec_rank(const fs_rec_t *rec, uint64_t hash);
+KVCD_FS_HIDDEN void kvcd_fs_rec_done(fs_t *fs, fs_rec_t *rec);
 
 /* io.c: whole-object reads and writes, O_DIRECT, temp files */
 KVCD_FS_HIDDEN int kvcd_fs_io_full(int fd, const struct iovec *in, int cnt, off_t off, bool wr);
