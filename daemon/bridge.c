@@ -65,6 +65,8 @@ struct kvcd_bridge_s {
     uint64_t pauses;
     kvcd_bridge_msg_cb cb;
     void *cb_data;
+    void (*close_cb)(void *data, kvcd_conn_t *conn);
+    void *close_data;
     uv_timer_t later;        /* runs `sent` of replies that never reached the socket */
     rel_t **later_q;
     size_t nlater, caplater;
@@ -207,6 +209,8 @@ static void on_close(kvcd_zconn_t *zc)
     if (!c)
         return;
     kvcd_zconn_set_data(zc, NULL);
+    if (c->b->close_cb)
+        c->b->close_cb(c->b->close_data, c);
     kvcd_conn_unref(c);
 }
 
@@ -468,6 +472,13 @@ int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_fr
     b->later.data = b;
     *out = b;
     return 0;
+}
+
+void kvcd_bridge_on_close(kvcd_bridge_t *b, void (*cb)(void *data, kvcd_conn_t *conn),
+                          void *data)
+{
+    b->close_cb = cb;
+    b->close_data = data;
 }
 
 void kvcd_bridge_close(kvcd_bridge_t *b, int linger_ms)

@@ -69,6 +69,11 @@ int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_
 struct json_t;
 struct json_t *kvcd_bridge_status(const kvcd_bridge_t *b);
 
+/* cb(data, conn) runs (loop thread) when a connection closes, before its
+ * last reference goes: what the peer held for its connection can go. */
+void kvcd_bridge_on_close(kvcd_bridge_t *b, void (*cb)(void *data, kvcd_conn_t *conn),
+                          void *data);
+
 /* Stop receiving and close the socket; queued replies get up to linger_ms to
  * go out. The bridge's handles are closed; destroy after uv_run. */
 void kvcd_bridge_close(kvcd_bridge_t *b, int linger_ms);
