@@ -594,7 +594,7 @@ int kvcd_l1_reserve_detached(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyh
     if (size == 0)
         return -EINVAL;
     if (kvcd_l1_find(l1, key, keyhash))
-        return KVCD_EEXIST;
+        return KVCD_EDUPLICATE;
     if (size > kvcd_alloc_capacity(l1->alloc))
         return KVCD_ENOSPACE;
     need = (size + KVCD_L1_ALIGN - 1) & ~(size_t)(KVCD_L1_ALIGN - 1);
@@ -626,7 +626,7 @@ int kvcd_l1_attach(kvcd_l1_t *l1, kvcd_obj_t *obj)
     if (obj->linked || obj->state != KVCD_OBJ_WRITING)
         return -EINVAL;
     if (kvcd_l1_find(l1, &obj->key, obj->keyhash))
-        return KVCD_EEXIST;
+        return KVCD_EDUPLICATE;
     zombie_remove(l1, obj);
     if (l1->objects >= l1->nbuckets)
         table_grow(l1);

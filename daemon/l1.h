@@ -157,13 +157,13 @@ size_t kvcd_l1_map_size(const kvcd_l1_t *l1);
 size_t kvcd_l1_remove_stale(void);
 
 /* A WRITING object of `size` bytes for key, NOT linked (invisible, never
- * evicted), refs = 1. Evicts as the policy allows. 0 and *out, KVCD_EEXIST if
+ * evicted), refs = 1. Evicts as the policy allows. 0 and *out, KVCD_EDUPLICATE if
  * the key is linked now, KVCD_ENOSPACE, -ENOMEM. Free it with kvcd_l1_unref. */
 int kvcd_l1_reserve_detached(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyhash,
                              size_t size, kvcd_obj_t **out);
 
 /* Link a detached object as READY and most recently used; the caller's
- * reference stays. KVCD_EEXIST when the key was linked meanwhile (the object
+ * reference stays. KVCD_EDUPLICATE when the key was linked meanwhile (the object
  * stays detached). */
 int kvcd_l1_attach(kvcd_l1_t *l1, kvcd_obj_t *obj);
 

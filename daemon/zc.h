@@ -61,14 +61,14 @@ void kvcd_zc_touch(kvcd_zc_t *zc, const void *ident, size_t len);
 void kvcd_zc_drop(kvcd_zc_t *zc, const void *ident, size_t len);
 
 /* Reserve `size` bytes for key: 0 and *out (data/size valid until commit or
- * abort), KVCD_EEXIST (stored, or being stored by a STORE), KVCD_EBUSY
+ * abort), KVCD_EDUPLICATE (stored, or being stored by a STORE), KVCD_EBUSY
  * (reserved by a holder), KVCD_ENOSPACE, KVCD_ESHUTDOWN, -ENOMEM. */
 int kvcd_zc_reserve(kvcd_zc_t *zc, kvcd_zc_holder_t *h, const kvcd_key_t *key, size_t size,
                     kvcd_obj_t **out);
 
 /* Commit the holder's reservations of keys[0..n): results[i] 0 (visible now;
  * write-behind started for all of them in one batch), KVCD_ENOTFOUND (no
- * reservation of this holder), KVCD_EEXIST (a STORE stored the key meanwhile:
+ * reservation of this holder), KVCD_EDUPLICATE (a STORE stored the key meanwhile:
  * the reservation is dropped, the stored object kept). */
 void kvcd_zc_commit(kvcd_zc_t *zc, kvcd_zc_holder_t *h, const kvcd_key_t *keys, size_t n,
                     int *results);

@@ -108,7 +108,7 @@ void kvcd_op_reserve(call_t *call)
         call->results[i] = kvcd_zc_reserve(srv->zc, h, &k, (size_t)call->req.lengths[i], &obj);
         if (call->results[i] == KVCD_ENOSPACE)
             srv->c.store_nospace++;
-        else if (call->results[i] == KVCD_EEXIST || call->results[i] == KVCD_EBUSY)
+        else if (call->results[i] == KVCD_EDUPLICATE || call->results[i] == KVCD_EBUSY)
             srv->c.store_dups++;
         if (call->results[i] != 0)
             continue;

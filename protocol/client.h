@@ -187,13 +187,13 @@ int kvcd_client_map_l1(kvcd_client_t *c, kvcd_l1map_t **out);
 void kvcd_client_unmap_l1(kvcd_l1map_t *m);
 
 /* RESERVE lengths[i] bytes per key: results[i] 0 and offsets[i] (write at
- * map->base + offsets[i]), KVCD_EEXIST (stored already: nothing to write),
+ * map->base + offsets[i]), KVCD_EDUPLICATE (stored already: nothing to write),
  * KVCD_EBUSY (another client reserved it), KVCD_ENOSPACE. */
 int kvcd_client_reserve(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
                         size_t n, const uint64_t *lengths, uint64_t *offsets, int *results);
 
 /* COMMIT: results[i] 0 (visible now), KVCD_ENOTFOUND (no reservation of this
- * client: expired, aborted, never made), KVCD_EEXIST (stored meanwhile by a
+ * client: expired, aborted, never made), KVCD_EDUPLICATE (stored meanwhile by a
  * STORE; the reservation is gone). */
 int kvcd_client_commit(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
                        size_t n, int *results);

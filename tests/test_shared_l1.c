@@ -249,7 +249,7 @@ START_TEST(reserve_commit_map_roundtrip)
     ck_assert_int_eq(res, KVCD_ENOTFOUND);
     /* The key is stored: a reservation is refused as a duplicate. */
     ck_assert_int_eq(kvcd_client_reserve(cli, &base, &h, 1, &l, &off, &res), 0);
-    ck_assert_int_eq(res, KVCD_EEXIST);
+    ck_assert_int_eq(res, KVCD_EDUPLICATE);
     kvcd_client_unmap_l1(m);
     stop();
 }
@@ -332,7 +332,7 @@ START_TEST(two_clients_reserve_same_key)
     ck_assert_int_eq(kvcd_client_commit(c2, &base, &h, 1, &res), 0);
     ck_assert_int_eq(res, 0);
     ck_assert_int_eq(kvcd_client_reserve(cli, &base, &h, 1, &l, &off1, &res), 0);
-    ck_assert_int_eq(res, KVCD_EEXIST);
+    ck_assert_int_eq(res, KVCD_EDUPLICATE);
     ck_assert_int_eq(load1(cli, 5, l, 9), 0);
     kvcd_client_close(c2);
     kvcd_client_unmap_l1(m);
@@ -358,7 +358,7 @@ START_TEST(store_during_reservation_wins_commit_is_eexist)
     ck_assert_int_eq(kvcd_client_store(cli, &base, &h, 1, bufs, lens, &res), 0);
     ck_assert_int_eq(res, 0);
     ck_assert_int_eq(kvcd_client_commit(cli, &base, &h, 1, &res), 0);
-    ck_assert_int_eq(res, KVCD_EEXIST);
+    ck_assert_int_eq(res, KVCD_EDUPLICATE);
     ck_assert_int_eq(load1(cli, 3, l, 1), 0);
     ck_assert_int_eq(stat_of("l1", "used"), (long long)l);
     free(data);
