@@ -611,6 +611,42 @@ START_TEST(write_behind_after_commit)
 }
 END_TEST
 
+START_TEST(kvcdctl_put_get_zero_copy)
+{
+    char in[] = "/tmp/kvcd-zc-in-XXXXXX", out[64], cmp[200], buf[4096];
+    const char *put[] = {kvcd_test_ctl(), "-e", proc.endpoint, "put", "--zero-copy",
+                         "--model", "model-a", "--hash", "00000000000000aa", in, NULL};
+    const char *get[] = {kvcd_test_ctl(), "-e", proc.endpoint, "get", "--zero-copy",
+                         "--model", "model-a", "--hash", "00000000000000aa", out, NULL};
+    void *data = malloc(300001);
+    int fd;
+
+    start(NULL);
+    put[2] = get[2] = proc.endpoint;
+    fd = mkstemp(in);
+    ck_assert_int_ge(fd, 0);
+    fill(data, 300001, 5);
+    ck_assert_int_eq(write(fd, data, 300001), 300001);
+    close(fd);
+    snprintf(out, sizeof(out), "%s.out", in);
+    ck_assert_int_eq(kvcd_run(put, buf, sizeof(buf), 20000), 0);
+    ck_assert_int_eq(stat_of("counters", "zc_commits"), 1);
+    ck_assert_int_eq(kvcd_run(get, buf, sizeof(buf), 20000), 0);
+    ck_assert_int_eq(stat_of("counters", "zc_leases"), 1);
+    ck_assert_int_eq(stat_of("zero_copy", "leases"), 0);
+    snprintf(cmp, sizeof(cmp), "cmp -s '%s' '%s'", in, out);
+    ck_assert_int_eq(system(cmp), 0);
+    /* Through frames too, and a miss is exit 1. */
+    ck_assert_int_eq(load1(cli, 0xaa, 300001, 5), 0);
+    get[8] = "00000000000000ab";
+    ck_assert_int_eq(kvcd_run(get, buf, sizeof(buf), 20000), 1);
+    unlink(in);
+    unlink(out);
+    free(data);
+    stop();
+}
+END_TEST
+
 /* ---- trust boundary ---- */
 
 static int free_port(void)
@@ -680,6 +716,7 @@ static Suite *suite(void)
     tcase_add_test(tc, region_reused_after_release_holds_new_bytes);
     tcase_add_test(tc, many_clients_come_and_go);
     tcase_add_test(tc, write_behind_after_commit);
+    tcase_add_test(tc, kvcdctl_put_get_zero_copy);
     tcase_add_test(tc, tcp_peer_refused);
     suite_add_tcase(s, tc);
     return s;
