@@ -61,6 +61,7 @@ static kvcd_client_t *KC;
 static kvcd_l1map_t *M;
 static kvcd_key_t KB;
 static uint8_t *SRC, *DST;
+static size_t POOLSZ; /* bytes of SRC and DST: at least one batch of the largest size */
 static uint64_t next_key = 1;
 static uint8_t hbuf[1u << 20][8];
 
@@ -126,7 +127,7 @@ static kvcd_reply_t *wait_ok(uint64_t id, int n)
 static uint64_t run_job(int job, size_t size, uint64_t *stored0, uint64_t nstored, double *secs,
                         double *dcpu)
 {
-    size_t nchunks = POOL / size, c = 0;
+    size_t nchunks = POOLSZ / size, c = 0;
     int b = O.batch, i;
     double t0, d0 = bench_proc_cpu(D.pid);
     uint64_t bytes = 0, rid = 0, cid = 0, k = 0, kload = 0;
@@ -372,12 +373,16 @@ int main(int argc, char **argv)
     if (kvcd_client_connect(D.endpoint, TIMEOUT_MS, &KC) != 0 || kvcd_client_map_l1(KC, &M) != 0)
         bench_fail("cannot map L1: %s", kvcd_client_errmsg(KC));
     kvcd_keyset(&KB, "bench/zc", 1, 0, 0, "");
-    SRC = malloc(POOL);
-    DST = malloc(POOL);
+    POOLSZ = POOL;
+    for (si = 0; si < O.nsizes; si++)
+        if ((size_t)O.batch * O.sizes[si] > POOLSZ)
+            POOLSZ = (size_t)O.batch * O.sizes[si]; /* a batch never reuses a buffer */
+    SRC = malloc(POOLSZ);
+    DST = malloc(POOLSZ);
     if (!SRC || !DST)
         bench_fail("out of memory");
-    bench_fill_random(SRC, POOL, 1);
-    memset(DST, 0, POOL);
+    bench_fill_random(SRC, POOLSZ, 1);
+    memset(DST, 0, POOLSZ);
     memset(M->base, 0, M->size); /* first touch, out of the timed runs */
 
     printf("kvcd zero-copy vs memcpy: L1 %.1f GiB shared (%s), batch %d, %d reps of %.2f s, "
