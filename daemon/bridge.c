@@ -46,6 +46,7 @@ struct kvcd_conn_s {
     kvcd_peer_t peer;
     size_t unsent;            /* bulk bytes of this peer's unsent replies */
     int self_paused;          /* paused for its own unsent replies */
+    int closed;               /* the transport closed it */
 };
 
 typedef struct {
@@ -172,6 +173,11 @@ void kvcd_conn_peer(const kvcd_conn_t *c, kvcd_peer_t *out)
     *out = c->peer;
 }
 
+int kvcd_conn_closed(const kvcd_conn_t *c)
+{
+    return c->closed;
+}
+
 static void on_connect(kvcd_zconn_t *zc)
 {
     kvcd_bridge_t *b = kvcd_zsrv_data(kvcd_zconn_server(zc));
@@ -209,6 +215,7 @@ static void on_close(kvcd_zconn_t *zc)
     if (!c)
         return;
     kvcd_zconn_set_data(zc, NULL);
+    c->closed = 1;
     if (c->b->close_cb)
         c->b->close_cb(c->b->close_data, c);
     kvcd_conn_unref(c);

@@ -89,5 +89,7 @@ const void *kvcd_conn_ident(const kvcd_conn_t *c, size_t *len);
 /* Who the peer is, as far as the kernel says (peer.h): verified only for a
  * local peer whose credentials the transport read from the socket. */
 void kvcd_conn_peer(const kvcd_conn_t *c, kvcd_peer_t *out);
+/* 1 once the transport closed the connection (the close callback has run). */
+int kvcd_conn_closed(const kvcd_conn_t *c);
 
 #endif

@@ -173,6 +173,11 @@ static int map_serve(call_t *call, int force)
     uint64_t *offs, *lens;
     int wait;
 
+    if (kvcd_conn_closed(call->conn)) {
+        /* It closed while this MAP waited: a lease now would outlive it. */
+        kvcd_call_error(call, KVCD_ECANCELED, "the connection closed");
+        return 1;
+    }
     objs = kvcd_find_for_load(call, force, &wait);
     if (!objs) {
         if (wait)

@@ -2262,6 +2262,82 @@ START_TEST(test_err_sys_names)
 }
 END_TEST
 
+/* RESERVE carries lengths (>= 1, one per hash); the other zero-copy ops only
+ * a key set; RESERVE and MAP replies carry results, offsets and lengths. */
+START_TEST(test_zero_copy_ops_roundtrip)
+{
+    static const uint8_t h0[] = {1, 2, 3}, h1[] = {4, 5};
+    const kvcd_bytes_t hs[2] = {{h0, 3}, {h1, 2}};
+    const uint64_t lens[2] = {4096, 1}, zero[2] = {4096, 0};
+    const int results[2] = {0, KVCD_EDUPLICATE};
+    const uint64_t offs[2] = {8192, 0}, rlens[2] = {4096, 0};
+    kvcd_shm_args_t shm;
+    kvcd_reply_hdr_t rep;
+    kvcd_key_t base;
+    kvcd_wbuf_t w;
+    kvcd_req_t req;
+    char msg[256];
+    uint8_t *b;
+    uint32_t op;
+
+    memset(&base, 0, sizeof(base));
+    base.model = "m";
+    base.model_len = 1;
+    memset(&shm, 0, sizeof(shm));
+    shm.lengths = lens;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req_shm(&w, 9, KVCD_OP_RESERVE, &base, hs, 2, &shm);
+    ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), 0);
+    ck_assert_uint_eq(req.op, KVCD_OP_RESERVE);
+    ck_assert_uint_eq(req.nkeys, 2);
+    ck_assert_ptr_nonnull(req.lengths);
+    ck_assert_uint_eq(req.lengths[0], 4096);
+    ck_assert_uint_eq(req.lengths[1], 1);
+    kvcd_proto_req_free(&req);
+    free(b);
+    kvcd_wbuf_destroy(&w);
+
+    shm.lengths = zero;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req_shm(&w, 9, KVCD_OP_RESERVE, &base, hs, 2, &shm);
+    ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), KVCD_EBADFIELD);
+    ck_assert_ptr_nonnull(strstr(msg, "lengths[1]"));
+    free(b);
+    kvcd_wbuf_destroy(&w);
+
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, 9, KVCD_OP_RESERVE, &base, hs, 2);
+    ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), KVCD_EMISSING);
+    ck_assert_ptr_nonnull(strstr(msg, "lengths"));
+    free(b);
+    kvcd_wbuf_destroy(&w);
+
+    for (op = KVCD_OP_COMMIT; op <= KVCD_OP_RELEASE; op++) {
+        kvcd_wbuf_init(&w);
+        kvcd_proto_encode_req_shm(&w, 9, op, &base, hs, 2, &shm);
+        ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), 0);
+        ck_assert_uint_eq(req.nkeys, 2);
+        ck_assert_ptr_null(req.lengths);
+        kvcd_proto_req_free(&req);
+        free(b);
+        kvcd_wbuf_destroy(&w);
+    }
+
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_extents(&w, 9, KVCD_OP_MAP, results, offs, rlens, 2);
+    ck_assert_int_eq(decode_reply_wbuf(&w, &rep), 0);
+    ck_assert_uint_eq(rep.op, KVCD_OP_MAP);
+    ck_assert_uint_eq(rep.nresults, 2);
+    ck_assert_int_eq(rep.results[1], KVCD_EDUPLICATE);
+    ck_assert_uint_eq(rep.offsets[0], 8192);
+    ck_assert_uint_eq(rep.lengths[0], 4096);
+    ck_assert_uint_eq(rep.offsets[1], 0);
+    kvcd_proto_reply_free(&rep);
+    ck_assert_ptr_null(rep.offsets);
+    kvcd_wbuf_destroy(&w);
+}
+END_TEST
+
 START_TEST(test_op_names)
 {
     static const char *const names[] = {NULL, "PING", "STORE", "LOOKUP", "LOAD", "REMOVE",
@@ -3141,6 +3217,7 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, test_err_table);
     tcase_add_test(tc, test_err_sys_names);
     tcase_add_test(tc, test_op_names);
+    tcase_add_test(tc, test_zero_copy_ops_roundtrip);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("key");

@@ -242,6 +242,18 @@ START_TEST(reserve_commit_map_roundtrip)
     ck_assert_int_eq(release1(cli, 7), 0);
     ck_assert_int_eq(release1(cli, 7), KVCD_ENOTFOUND);
     ck_assert_int_eq(stat_of("zero_copy", "leases"), 0);
+    {
+        json_t *s = kvcd_test_status(cli), *ops = json_object_get(s, "ops");
+        const char *names[] = {"RESERVE", "COMMIT", "MAP", "RELEASE"};
+        size_t i;
+
+        /* Every new op has its own row in the per-op statistics. */
+        for (i = 0; i < 4; i++)
+            ck_assert_msg(json_integer_value(json_object_get(json_object_get(ops, names[i]),
+                                                             "requests")) >= 1,
+                          "%s", names[i]);
+        json_decref(s);
+    }
     /* Commit twice, abort of nothing. */
     ck_assert_int_eq(kvcd_client_commit(cli, &base, &h, 1, &res), 0);
     ck_assert_int_eq(res, KVCD_ENOTFOUND);
