@@ -180,12 +180,15 @@ static void unpin(kvcd_storage_t *st, kvcd_obj_t *obj, uint32_t count)
  * as soon as nothing else uses it, not when the pins would have expired. */
 static void forget(kvcd_storage_t *st, kvcd_obj_t *obj)
 {
+    /* Held across the unpin: the last pin of a prefetched copy unlinks and
+     * may free it. */
+    kvcd_l1_ref(obj);
     if (obj->pins > 0) {
         st->c.pins_dropped += obj->pins;
         unpin(st, obj, obj->pins);
     }
-    if (obj->linked)
-        kvcd_l1_unlink(st->l1, obj);
+    kvcd_l1_unlink(st->l1, obj);
+    kvcd_l1_unref(st->l1, obj);
 }
 
 static void expire_waiting_lookups(kvcd_storage_t *st);
