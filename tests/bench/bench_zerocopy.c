@@ -24,7 +24,7 @@
  * 8 bytes are checked; any error exits non-zero.
  *
  * Usage: bench_zerocopy [--sizes 1,4,16,32] [--batch 4] [--reps 5]
- *        [--seconds 0.5] [--l1-gb 2] [--quick] [KVCD_BINARY]
+ *        [--seconds 0.5] [--l1-gb 2] [--quick] [--meta-only] [KVCD_BINARY]
  */
 #include <errno.h>
 #include <getopt.h>
@@ -272,7 +272,7 @@ static uint64_t store_set(size_t size, uint64_t nstored)
 
 static void metadata_bench(void)
 {
-    enum { N = 200 };
+    enum { N = 2000 };
     kvcd_bytes_t *h = malloc(NKEYS_META * sizeof(*h));
     uint64_t *offs = malloc(NKEYS_META * 8), *lens = malloc(NKEYS_META * 8), k0;
     int *res = malloc(NKEYS_META * sizeof(int));
@@ -320,7 +320,7 @@ static void metadata_bench(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_zerocopy [--sizes MiB,..] [--batch N] [--reps N] "
-                    "[--seconds S] [--l1-gb G] [--quick] [KVCD_BINARY]\n");
+                    "[--seconds S] [--l1-gb G] [--quick] [--meta-only] [KVCD_BINARY]\n");
     exit(2);
 }
 
@@ -330,6 +330,7 @@ int main(int argc, char **argv)
         {"sizes", required_argument, NULL, 's'}, {"batch", required_argument, NULL, 'b'},
         {"reps", required_argument, NULL, 'r'},  {"seconds", required_argument, NULL, 't'},
         {"l1-gb", required_argument, NULL, 'l'}, {"quick", no_argument, NULL, 'q'},
+        {"meta-only", no_argument, NULL, 'm'},
         {NULL, 0, NULL, 0}};
     char l1arg[32];
     const char *args[] = {"--max-workers", "1", "--l1-size-gb", l1arg, NULL};
@@ -354,6 +355,9 @@ int main(int argc, char **argv)
             break;
         case 'l':
             O.l1_gb = atof(optarg);
+            break;
+        case 'm':
+            O.nsizes = 0; /* only the LOOKUP + MAP latency */
             break;
         case 'q':
             O.reps = 1;
