@@ -419,8 +419,7 @@ void kvcd_l1_destroy(kvcd_l1_t *l1)
     if (l1->locked)
         munlock(l1->base, l1->map_len);
     munmap(l1->base, l1->map_len);
-    if (l1->shm_name[0])
-        shm_unlink(l1->shm_name);
+    kvcd_l1_unlink_shm(l1);
     kvcd_alloc_destroy(l1->alloc);
     free(l1->buckets);
     free(l1);
@@ -579,6 +578,13 @@ const char *kvcd_l1_shm_name(const kvcd_l1_t *l1)
 size_t kvcd_l1_map_size(const kvcd_l1_t *l1)
 {
     return l1->map_len;
+}
+
+void kvcd_l1_unlink_shm(kvcd_l1_t *l1)
+{
+    if (l1->shm_name[0])
+        shm_unlink(l1->shm_name);
+    l1->shm_name[0] = '\0';
 }
 
 /* ---- detached objects (zero-copy reservations, daemon/zc.c) ---------------- */

@@ -152,6 +152,10 @@ kvcd_obj_t *kvcd_l1_lru_next(const kvcd_l1_t *l1, kvcd_obj_t *prev);
 const char *kvcd_l1_shm_name(const kvcd_l1_t *l1);
 size_t kvcd_l1_map_size(const kvcd_l1_t *l1);
 
+/* Remove the shared object's name now (mappings stay valid; no client can
+ * map L1 afterwards). For an exit that cannot free L1; destroy does it too. */
+void kvcd_l1_unlink_shm(kvcd_l1_t *l1);
+
 /* Remove the shared objects that kvcds of this user, now dead, left behind.
  * Returns how many. kvcd_l1_create calls it. */
 size_t kvcd_l1_remove_stale(void);

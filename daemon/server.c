@@ -289,6 +289,7 @@ int kvcd_server_destroy(kvcd_server_t *srv)
          * adapters and their tasks: free nothing. */
         KVCD_LOG(KVCD_LOG_WARNING, "server",
                  "exiting with work still running in worker threads (not freed)");
+        kvcd_l1_unlink_shm(srv->l1); /* the name at least goes */
         return -1;
     }
     /* Waits until queued replies are out (bounded by the linger set at close);

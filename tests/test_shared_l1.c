@@ -201,6 +201,33 @@ START_TEST(restart_removes_dead_kvcds_object)
 }
 END_TEST
 
+START_TEST(stuck_worker_exit_still_unlinks)
+{
+    /* A write-behind stuck in an adapter makes kvcd exit without freeing L1
+     * (a worker may still touch it); the object's name goes all the same. */
+    const char *args[] = {"--shutdown-timeout-ms", "500", "--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"store\":3600000}}",
+                          NULL};
+    kvcd_l1map_t *m;
+    char path[128];
+    struct stat st;
+
+    start(args);
+    ck_assert_int_eq(kvcd_client_map_l1(cli, &m), 0);
+    snprintf(path, sizeof(path), "/dev/shm%s", m->name);
+    put_zc(cli, m, 1, 4096, 1); /* its write-behind now sleeps */
+    ck_assert_int_eq(stat(path, &st), 0);
+    kvcd_client_unmap_l1(m);
+    kvcd_client_close(cli);
+    cli = NULL;
+    ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 10000), 0);
+    ck_assert_int_eq(stat(path, &st), -1);
+    ck_assert_int_eq(errno, ENOENT);
+    stop();
+}
+END_TEST
+
 /* ---- reserve, commit, map ---- */
 
 START_TEST(reserve_commit_map_roundtrip)
@@ -717,6 +744,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, shared_object_named_0600_and_reported);
     tcase_add_test(tc, restart_removes_dead_kvcds_object);
+    tcase_add_test(tc, stuck_worker_exit_still_unlinks);
     tcase_add_test(tc, reserve_commit_map_roundtrip);
     tcase_add_test(tc, abort_returns_memory);
     tcase_add_test(tc, bad_requests_are_typed);
