@@ -278,7 +278,8 @@ class E2E(unittest.TestCase):
                   "lookup_hits": 1, "loads": 1, "load_hits": 1, "load_misses": 1,
                   "load_bytes": 3000, "removes": 1}
         self.assertEqual({k: d[k] for k in expect}, expect)
-        self.assertGreater(st2["uptime_s"], st["uptime_s"])
+        # The loop's clock has millisecond steps: six requests can fit in one.
+        self.assertGreaterEqual(st2["uptime_s"], st["uptime_s"])
 
     # -- keys and buffers ---------------------------------------------------
 
