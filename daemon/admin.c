@@ -27,6 +27,8 @@ void kvcd_op_ping(call_t *call)
     p.max_keys = srv->opt->max_keys;
     p.max_request = srv->opt->max_request;
     p.l1_capacity = st.capacity;
+    p.l1_shm = kvcd_l1_shm_name(srv->l1);
+    p.l1_size = kvcd_l1_map_size(srv->l1);
     kvcd_wbuf_init(&w);
     kvcd_proto_encode_ping(&w, call->req.id, &p);
     kvcd_call_reply(call, &w, NULL, 0, NULL, NULL);
@@ -112,6 +114,11 @@ json_t *kvcd_server_status(kvcd_server_t *srv)
     }
     json_object_set_new(o, "executors", execs);
     kvcd_segtab_status(srv->segs, o);
+    json_object_set_new(json_object_get(o, "l1"), "shm_name",
+                        json_string(kvcd_l1_shm_name(srv->l1)));
+    json_object_set_new(json_object_get(o, "l1"), "shm_size",
+                        json_integer((json_int_t)kvcd_l1_map_size(srv->l1)));
+    kvcd_zc_status(srv->zc, o);
     json_object_set_new(o, "ops", kvcd_opstats_json(&srv->ops));
     json_object_set_new(o, "latency_le_s", kvcd_hist_bounds_json());
     return o;

@@ -51,6 +51,7 @@ struct kvcd_conn_s {
     size_t unsent;            /* bulk bytes of this peer's unsent replies */
     int self_paused;          /* paused for its own unsent replies */
     void *memo;               /* the placer's word for the message being received */
+    int closed;               /* the transport closed it */
 };
 
 typedef struct {
@@ -71,6 +72,8 @@ struct kvcd_bridge_s {
     uint64_t pauses;
     kvcd_bridge_msg_cb cb;
     void *cb_data;
+    void (*close_cb)(void *data, kvcd_conn_t *conn);
+    void *close_data;
     uv_timer_t later;        /* runs `sent` of replies that never reached the socket */
     rel_t **later_q;
     size_t nlater, caplater;
@@ -260,6 +263,11 @@ void kvcd_conn_peer(const kvcd_conn_t *c, kvcd_peer_t *out)
     *out = c->peer;
 }
 
+int kvcd_conn_closed(const kvcd_conn_t *c)
+{
+    return c->closed;
+}
+
 static void on_connect(kvcd_zconn_t *zc)
 {
     kvcd_bridge_t *b = kvcd_zsrv_data(kvcd_zconn_server(zc));
@@ -298,6 +306,9 @@ static void on_close(kvcd_zconn_t *zc)
         return;
     forget_memo(c->b, c);
     kvcd_zconn_set_data(zc, NULL);
+    c->closed = 1;
+    if (c->b->close_cb)
+        c->b->close_cb(c->b->close_data, c);
     kvcd_conn_unref(c);
 }
 
@@ -566,6 +577,13 @@ int kvcd_bridge_create(uv_loop_t *loop, const kvcd_options_t *opt, size_t max_fr
     b->later.data = b;
     *out = b;
     return 0;
+}
+
+void kvcd_bridge_on_close(kvcd_bridge_t *b, void (*cb)(void *data, kvcd_conn_t *conn),
+                          void *data)
+{
+    b->close_cb = cb;
+    b->close_data = data;
 }
 
 void kvcd_bridge_close(kvcd_bridge_t *b, int linger_ms)

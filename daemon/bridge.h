@@ -69,6 +69,11 @@ int kvcd_bridge_send(kvcd_bridge_t *b, kvcd_conn_t *conn, void *hdr, size_t hdr_
 struct json_t;
 struct json_t *kvcd_bridge_status(const kvcd_bridge_t *b);
 
+/* cb(data, conn) runs (loop thread) when a connection closes, before its
+ * last reference goes: what the peer held for its connection can go. */
+void kvcd_bridge_on_close(kvcd_bridge_t *b, void (*cb)(void *data, kvcd_conn_t *conn),
+                          void *data);
+
 /* Stop receiving and close the socket; queued replies get up to linger_ms to
  * go out. The bridge's handles are closed; destroy after uv_run. */
 void kvcd_bridge_close(kvcd_bridge_t *b, int linger_ms);
@@ -116,5 +121,7 @@ const void *kvcd_conn_ident(const kvcd_conn_t *c, size_t *len);
 /* Who the peer is, as far as the kernel says (peer.h): verified only for a
  * local peer whose credentials the transport read from the socket. */
 void kvcd_conn_peer(const kvcd_conn_t *c, kvcd_peer_t *out);
+/* 1 once the transport closed the connection (the close callback has run). */
+int kvcd_conn_closed(const kvcd_conn_t *c);
 
 #endif

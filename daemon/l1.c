@@ -1,10 +1,15 @@
 /*
  * l1.c - the L1 memory tier: arena, object table, LRU, reference counts.
  *
- * The arena is one anonymous mapping carved by kvcd_alloc; object descriptors
- * (with their deep-copied key bytes in the same allocation) are malloc'd. The
- * table is a chained hash on the caller's kvcd_key_hash, power-of-two buckets,
- * doubled when objects outnumber buckets.
+ * The arena is one named POSIX shared-memory object ("/kvcd-<pid>-<n>", mode
+ * 0600, so only kvcd's user can open it) mapped MAP_SHARED and carved by
+ * kvcd_alloc; same-host clients of that user map the same object and read and
+ * write objects in place (daemon/zc.h). The name is unlinked by destroy; a
+ * create first removes objects left by a kvcd of this user that died (by name
+ * prefix and owner pid). Object descriptors (with their deep-copied key bytes
+ * in the same allocation) are malloc'd. The table is a chained hash on the
+ * caller's kvcd_key_hash, power-of-two buckets, doubled when objects outnumber
+ * buckets.
  *
  * Invariants:
  *   - an object is linked (in the table and the LRU list) or, if unlinked and
@@ -13,7 +18,9 @@
  *   - the LRU list holds every linked object, least recently used at lru_head;
  *     objects enter at the MRU end on reserve and move there on publish/touch;
  *   - only READY objects with refs == 0 are evicted; an object's block stays
- *     allocated (and counted in used) until the object is freed.
+ *     allocated (and counted in used) until the object is freed;
+ *   - a detached object (kvcd_l1_reserve_detached) is on the zombie list, out
+ *     of the table, until kvcd_l1_attach links it or its last unref frees it.
  *
  * Watermarks bound eviction, not allocation: with LRU, a reserve that would
  * take used above high evicts until used <= low and used + size <= high (or
@@ -30,10 +37,17 @@
  * (payload rounded up to KVCD_L1_ALIGN), the memory actually taken.
  */
 #include <assert.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "../protocol/kvcd_err.h"
 #include "alloc.h"
@@ -44,15 +58,12 @@
 #define BUCKETS_MIN 256
 #define HUGE_2MB ((size_t)2 << 20)
 
-#ifndef MAP_HUGE_SHIFT
-#define MAP_HUGE_SHIFT 26
-#endif
-
 struct kvcd_l1_s {
     kvcd_evict_policy_t policy;
     void *base;
-    size_t map_len; /* bytes mapped (>= capacity with hugepages) */
+    size_t map_len; /* bytes mapped: the shared object's size */
     int locked;
+    char shm_name[64]; /* "/kvcd-<pid>-<n>"; "" once unlinked */
     kvcd_alloc_t *alloc;
     size_t high_bytes;
     size_t low_bytes;
@@ -233,39 +244,100 @@ static kvcd_blk_t *make_room(kvcd_l1_t *l1, size_t need)
 
 /* ---- public ------------------------------------------------------------------- */
 
+/* Where shm_open puts its objects on Linux (glibc). */
+#define SHM_DIR "/dev/shm"
+#define SHM_PREFIX "kvcd-"
+
+/* Remove shared objects "kvcd-<pid>-<n>" of this user whose pid is gone: what
+ * a kvcd that was killed left behind. An object of a live pid (another kvcd,
+ * or a pid reused since) is kept; a process in another PID namespace sharing
+ * this /dev/shm would look dead, which is why the owner must be us too. */
+size_t kvcd_l1_remove_stale(void)
+{
+    DIR *d = opendir(SHM_DIR);
+    struct dirent *e;
+    size_t removed = 0;
+
+    if (!d)
+        return 0;
+    while ((e = readdir(d))) {
+        char path[sizeof(SHM_DIR) + 256], name[260];
+        struct stat stt;
+        unsigned long pid;
+        char *end;
+
+        if (strncmp(e->d_name, SHM_PREFIX, strlen(SHM_PREFIX)) != 0)
+            continue;
+        pid = strtoul(e->d_name + strlen(SHM_PREFIX), &end, 10);
+        if (pid == 0 || pid > INT32_MAX || *end != '-')
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        snprintf(path, sizeof(path), SHM_DIR "/%s", e->d_name);
+        if (lstat(path, &stt) != 0 || !S_ISREG(stt.st_mode) || stt.st_uid != geteuid())
+            continue;
+        snprintf(name, sizeof(name), "/%s", e->d_name);
+        if (shm_unlink(name) == 0) {
+            removed++;
+            KVCD_LOG(KVCD_LOG_INFO, "l1", "removed %s, left by kvcd pid %lu that is gone", name,
+                     pid);
+        }
+    }
+    closedir(d);
+    return removed;
+}
+
+/* Create and map the shared object. Hugepages: tmpfs gives a shared object
+ * transparent huge pages when asked with MADV_HUGEPAGE (and the system's
+ * shmem_enabled allows it); explicit MAP_HUGETLB pages exist only for
+ * anonymous and hugetlbfs mappings. The pages are not committed here: the
+ * filesystem must have room for them, which is checked. */
 static int map_arena(kvcd_l1_t *l1, size_t capacity, int hugepages)
 {
-    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
-    void *p = MAP_FAILED;
-    size_t len;
+    static unsigned seq;
+    struct statvfs vfs;
+    void *p;
+    int fd, rc;
 
-    if (hugepages) {
-        /* 2 MiB pages named explicitly, so the length we round to is the length
-         * munmap needs whatever the system's default huge page size is. No
-         * MAP_NORESERVE here: without a reservation the mapping succeeds even
-         * when the pool is empty and the first touch dies with SIGBUS; with
-         * one, a short pool fails now and we fall back to normal pages. */
-        len = (capacity + HUGE_2MB - 1) & ~(HUGE_2MB - 1);
-        p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (21 << MAP_HUGE_SHIFT), -1, 0);
-        if (p != MAP_FAILED) {
-            l1->base = p;
-            l1->map_len = len;
-            return 0;
-        }
-        KVCD_LOG(KVCD_LOG_WARNING, "l1",
-                 "no %zu bytes of 2 MiB huge pages (%s); using normal pages", len, strerror(errno));
+    snprintf(l1->shm_name, sizeof(l1->shm_name), "/" SHM_PREFIX "%ld-%u", (long)getpid(),
+             __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED));
+    fd = shm_open(l1->shm_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = -errno;
+        KVCD_LOG(KVCD_LOG_ERROR, "l1", "shm_open(%s): %s", l1->shm_name, strerror(errno));
+        l1->shm_name[0] = '\0';
+        return rc;
     }
-    p = mmap(NULL, capacity, PROT_READ | PROT_WRITE, flags, -1, 0);
-    if (p == MAP_FAILED)
-        return -errno;
-    /* No reserved huge pages: transparent ones still cut TLB misses on the
-     * multi-MiB copies. Advice only; failure changes nothing. */
-    if (hugepages)
-        (void)madvise(p, capacity, MADV_HUGEPAGE);
+    /* A umask cannot widen 0600, but an inherited ACL default could. */
+    (void)fchmod(fd, 0600);
+    if (fstatvfs(fd, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < capacity) {
+        KVCD_LOG(KVCD_LOG_ERROR, "l1", "%s has %llu bytes free, L1 needs %zu", SHM_DIR,
+                 (unsigned long long)vfs.f_bavail * vfs.f_frsize, capacity);
+        rc = KVCD_ENOSPACE;
+        goto fail;
+    }
+    if (ftruncate(fd, (off_t)capacity) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    p = mmap(NULL, capacity, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        rc = -errno;
+        goto fail;
+    }
+    close(fd);
+    if (hugepages && madvise(p, capacity, MADV_HUGEPAGE) != 0)
+        KVCD_LOG(KVCD_LOG_WARNING, "l1", "no transparent huge pages for %s (%s); using normal "
+                 "pages", l1->shm_name, strerror(errno));
     l1->base = p;
     l1->map_len = capacity;
     return 0;
+
+fail:
+    close(fd);
+    shm_unlink(l1->shm_name);
+    l1->shm_name[0] = '\0';
+    return rc;
 }
 
 int kvcd_l1_create(const kvcd_l1_config_t *cfg, kvcd_l1_t **out)
@@ -285,7 +357,8 @@ int kvcd_l1_create(const kvcd_l1_config_t *cfg, kvcd_l1_t **out)
         return KVCD_ECONFIG;
     if (cfg->policy != KVCD_EVICT_LRU && cfg->policy != KVCD_EVICT_NOOP)
         return KVCD_ECONFIG;
-    if (cfg->capacity == 0 || cfg->capacity > SIZE_MAX - KVCD_L1_ALIGN - HUGE_2MB)
+    if (cfg->capacity == 0 || cfg->capacity > SIZE_MAX - KVCD_L1_ALIGN - HUGE_2MB ||
+        cfg->capacity > (size_t)INT64_MAX / 2)
         return KVCD_ECONFIG;
     capacity = (cfg->capacity + KVCD_L1_ALIGN - 1) & ~(size_t)(KVCD_L1_ALIGN - 1);
 
@@ -307,6 +380,7 @@ int kvcd_l1_create(const kvcd_l1_config_t *cfg, kvcd_l1_t **out)
     rc = kvcd_alloc_create(capacity, KVCD_L1_ALIGN, &l1->alloc);
     if (rc < 0)
         goto fail;
+    kvcd_l1_remove_stale();
     rc = map_arena(l1, capacity, cfg->hugepages);
     if (rc < 0)
         goto fail;
@@ -323,6 +397,8 @@ int kvcd_l1_create(const kvcd_l1_config_t *cfg, kvcd_l1_t **out)
 fail:
     if (l1->base != MAP_FAILED)
         munmap(l1->base, l1->map_len);
+    if (l1->shm_name[0])
+        shm_unlink(l1->shm_name);
     kvcd_alloc_destroy(l1->alloc);
     free(l1->buckets);
     free(l1);
@@ -347,6 +423,7 @@ void kvcd_l1_destroy(kvcd_l1_t *l1)
     if (l1->locked)
         munlock(l1->base, l1->map_len);
     munmap(l1->base, l1->map_len);
+    kvcd_l1_unlink_shm(l1);
     kvcd_alloc_destroy(l1->alloc);
     free(l1->buckets);
     free(l1);
@@ -495,4 +572,80 @@ void *kvcd_l1_base(const kvcd_l1_t *l1)
 kvcd_obj_t *kvcd_l1_lru_next(const kvcd_l1_t *l1, kvcd_obj_t *prev)
 {
     return prev ? prev->lru_next : l1->lru_head;
+}
+
+const char *kvcd_l1_shm_name(const kvcd_l1_t *l1)
+{
+    return l1->shm_name;
+}
+
+size_t kvcd_l1_map_size(const kvcd_l1_t *l1)
+{
+    return l1->map_len;
+}
+
+void kvcd_l1_unlink_shm(kvcd_l1_t *l1)
+{
+    if (l1->shm_name[0])
+        shm_unlink(l1->shm_name);
+    l1->shm_name[0] = '\0';
+}
+
+/* ---- detached objects (zero-copy reservations, daemon/zc.c) ---------------- */
+
+int kvcd_l1_reserve_detached(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyhash,
+                             size_t size, kvcd_obj_t **out)
+{
+    kvcd_obj_t *o;
+    kvcd_blk_t *b;
+    size_t need;
+
+    *out = NULL;
+    if (size == 0)
+        return -EINVAL;
+    if (kvcd_l1_find(l1, key, keyhash))
+        return KVCD_EDUPLICATE;
+    if (size > kvcd_alloc_capacity(l1->alloc))
+        return KVCD_ENOSPACE;
+    need = (size + KVCD_L1_ALIGN - 1) & ~(size_t)(KVCD_L1_ALIGN - 1);
+    o = malloc(sizeof(*o) + kvcd_key_extra(key));
+    if (!o)
+        return -ENOMEM;
+    b = make_room(l1, need);
+    if (!b) {
+        free(o);
+        return KVCD_ENOSPACE;
+    }
+    memset(o, 0, sizeof(*o));
+    kvcd_key_copy(&o->key, key, o + 1);
+    o->keyhash = keyhash;
+    o->blk = b;
+    o->data = (char *)l1->base + b->off;
+    o->size = size;
+    o->refs = 1;
+    o->state = KVCD_OBJ_WRITING;
+    zombie_add(l1, o);
+    *out = o;
+    return 0;
+}
+
+int kvcd_l1_attach(kvcd_l1_t *l1, kvcd_obj_t *obj)
+{
+    size_t b_idx;
+
+    if (obj->linked || obj->state != KVCD_OBJ_WRITING)
+        return -EINVAL;
+    if (kvcd_l1_find(l1, &obj->key, obj->keyhash))
+        return KVCD_EDUPLICATE;
+    zombie_remove(l1, obj);
+    if (l1->objects >= l1->nbuckets)
+        table_grow(l1);
+    b_idx = bucket_of(l1, obj->keyhash);
+    obj->hnext = l1->buckets[b_idx];
+    l1->buckets[b_idx] = obj;
+    l1->objects++;
+    obj->linked = 1;
+    obj->state = KVCD_OBJ_READY;
+    lru_push_mru(l1, obj);
+    return 0;
 }

@@ -1,9 +1,13 @@
 /*
  * l1.h - the L1 memory tier: one arena, an object table, LRU, reference counts.
  *
- * The arena of `capacity` bytes is reserved once at create (mmap, optionally
- * hugepages and mlock) and carved by kvcd_alloc (alloc.h) into 4 KiB-aligned
- * blocks. Objects are found by their full key (key.h) in a hash table.
+ * The arena of `capacity` bytes is one named POSIX shared-memory object
+ * (kvcd_l1_shm_name, mode 0600) reserved once at create (mapped MAP_SHARED,
+ * optionally transparent huge pages and mlock), unlinked at destroy, and
+ * carved by kvcd_alloc (alloc.h) into 4 KiB-aligned blocks. Same-host clients
+ * of kvcd's user map the object too (zero-copy operations, daemon/zc.h), so
+ * an object's offset from kvcd_l1_base is its address for them. Objects are
+ * found by their full key (key.h) in a hash table.
  *
  * Life of an object:
  *   kvcd_l1_reserve  -> WRITING, linked in the table, refs = 1 (the writer's).
@@ -12,6 +16,10 @@
  *   kvcd_l1_publish  -> READY: visible to lookups and loads.
  *   kvcd_l1_unlink   -> out of the table (remove, clear, eviction, aborted write);
  *                       memory is freed when the last reference is dropped.
+ * A zero-copy reservation instead starts detached:
+ *   kvcd_l1_reserve_detached -> WRITING, refs = 1, not in the table: invisible
+ *                       to every lookup, never evicted, freed by its last unref;
+ *   kvcd_l1_attach   -> linked and READY at once (a commit).
  * An object with refs > 0 (being sent, being written to L2, pinned by a
  * prefetch) is never freed and never chosen for eviction.
  *
@@ -92,7 +100,9 @@ typedef struct {
     double low_watermark;
 } kvcd_l1_stats_t;
 
-/* Reserve the arena. 0, -errno (mmap, mlock) or KVCD_ECONFIG (bad watermarks). */
+/* Reserve the arena. 0, -errno (shm_open, mmap, mlock), KVCD_ENOSPACE (the
+ * shared-memory filesystem has no room for it) or KVCD_ECONFIG (bad
+ * watermarks). Removes stale objects of dead kvcds first. */
 int kvcd_l1_create(const kvcd_l1_config_t *cfg, kvcd_l1_t **out);
 
 /* Free everything. Objects still referenced are freed too: the caller makes sure
@@ -139,5 +149,28 @@ void *kvcd_l1_base(const kvcd_l1_t *l1);
 /* Iterate linked objects from least to most recently used (NULL starts; returns
  * NULL at the end). The table must not change during the walk. */
 kvcd_obj_t *kvcd_l1_lru_next(const kvcd_l1_t *l1, kvcd_obj_t *prev);
+
+/* The shared object's name for shm_open ("/kvcd-<pid>-<n>") and its size. */
+const char *kvcd_l1_shm_name(const kvcd_l1_t *l1);
+size_t kvcd_l1_map_size(const kvcd_l1_t *l1);
+
+/* Remove the shared object's name now (mappings stay valid; no client can
+ * map L1 afterwards). For an exit that cannot free L1; destroy does it too. */
+void kvcd_l1_unlink_shm(kvcd_l1_t *l1);
+
+/* Remove the shared objects that kvcds of this user, now dead, left behind.
+ * Returns how many. kvcd_l1_create calls it. */
+size_t kvcd_l1_remove_stale(void);
+
+/* A WRITING object of `size` bytes for key, NOT linked (invisible, never
+ * evicted), refs = 1. Evicts as the policy allows. 0 and *out, KVCD_EDUPLICATE if
+ * the key is linked now, KVCD_ENOSPACE, -ENOMEM. Free it with kvcd_l1_unref. */
+int kvcd_l1_reserve_detached(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyhash,
+                             size_t size, kvcd_obj_t **out);
+
+/* Link a detached object as READY and most recently used; the caller's
+ * reference stays. KVCD_EDUPLICATE when the key was linked meanwhile (the object
+ * stays detached). */
+int kvcd_l1_attach(kvcd_l1_t *l1, kvcd_obj_t *obj);
 
 #endif

@@ -42,7 +42,7 @@ json_t *kvcd_hist_bounds_json(void);
 
 /* Requests per operation as answered: one observe per reply sent. Index by
  * operation number; 0 holds requests whose header could not be decoded. */
-#define KVCD_OPSTATS_MAX 16
+#define KVCD_OPSTATS_MAX 32 /* above the largest operation number (16) */
 
 typedef struct {
     uint64_t requests[KVCD_OPSTATS_MAX];

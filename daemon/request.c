@@ -291,6 +291,7 @@ static void dispatch(call_t *call)
     int rc;
 
     kvcd_segtab_touch(srv->segs, ident, ilen);
+    kvcd_zc_touch(srv->zc, ident, ilen);
     rc = kvcd_proto_decode_req(call->hdr.data, call->hdr.len, srv->opt->max_keys, &call->req,
                                msg, sizeof(msg));
     if (rc != 0)
@@ -331,6 +332,16 @@ static void dispatch(call_t *call)
         return kvcd_op_store_shm(call);
     case KVCD_OP_LOAD_SHM:
         return kvcd_op_load_shm(call);
+    case KVCD_OP_RESERVE:
+        return kvcd_op_reserve(call);
+    case KVCD_OP_COMMIT:
+        return kvcd_op_commit(call);
+    case KVCD_OP_ABORT:
+        return kvcd_op_abort(call);
+    case KVCD_OP_MAP:
+        return kvcd_op_map(call);
+    case KVCD_OP_RELEASE:
+        return kvcd_op_release(call);
     default:
         snprintf(msg, sizeof(msg), "operation %s is not supported by this server",
                  kvcd_op_name(call->req.op));

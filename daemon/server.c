@@ -50,6 +50,16 @@ static void storage_changed(void *data)
     kvcd_call_retry_parked(data, 0);
 }
 
+/* A connection closed: its zero-copy reservations and leases go back. */
+static void conn_closed(void *data, kvcd_conn_t *conn)
+{
+    kvcd_server_t *srv = data;
+    size_t ilen;
+    const void *ident = kvcd_conn_ident(conn, &ilen);
+
+    kvcd_zc_drop(srv->zc, ident, ilen);
+}
+
 static void close_handles(kvcd_server_t *srv)
 {
     uv_close((uv_handle_t *)&srv->park_timer, NULL);
@@ -120,6 +130,7 @@ static void begin_closing(kvcd_server_t *srv)
         return;
     srv->state = KVCD_STATE_CLOSING;
     kvcd_call_retry_parked(srv, 1);
+    kvcd_zc_stop(srv->zc);
     kvcd_storage_stop(srv->storage);
     kvcd_segtab_stop(srv->segs);
     kvcd_bridge_close(srv->bridge, LINGER_MS);
@@ -213,6 +224,12 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    rc = kvcd_zc_create(loop, srv->l1, srv->storage, (uint64_t)opt->segment_lease_ms, &srv->zc);
+    if (rc != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    kvcd_zc_on_change(srv->zc, storage_changed, srv);
     rc = kvcd_bridge_create(loop, opt, opt->max_keys + 1, kvcd_call_arrived, srv, &srv->bridge,
                             err, errlen);
     if (rc != 0)
@@ -221,6 +238,7 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
         kvcd_bridge_set_placer(srv->bridge, &(kvcd_bridge_placer_t){kvcd_store_place,
                                                                      kvcd_store_unplace,
                                                                      kvcd_store_forget, srv});
+    kvcd_bridge_on_close(srv->bridge, conn_closed, srv);
 
     uv_timer_init(loop, &srv->park_timer);
     uv_signal_init(loop, &srv->sigterm);
@@ -243,6 +261,11 @@ int kvcd_server_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_server_t
     return 0;
 
 fail:
+    if (srv->zc) {
+        kvcd_zc_stop(srv->zc);
+        uv_run(loop, UV_RUN_NOWAIT);
+        kvcd_zc_destroy(srv->zc);
+    }
     if (srv->segs) {
         kvcd_segtab_stop(srv->segs);
         uv_run(loop, UV_RUN_NOWAIT);
@@ -273,11 +296,13 @@ int kvcd_server_destroy(kvcd_server_t *srv)
          * adapters and their tasks: free nothing. */
         KVCD_LOG(KVCD_LOG_WARNING, "server",
                  "exiting with work still running in worker threads (not freed)");
+        kvcd_l1_unlink_shm(srv->l1); /* the name at least goes */
         return -1;
     }
     /* Waits until queued replies are out (bounded by the linger set at close);
      * every zero-copy frame's release has run when it returns. */
     kvcd_bridge_destroy(srv->bridge);
+    kvcd_zc_destroy(srv->zc);
     kvcd_segtab_destroy(srv->segs);
     kvcd_storage_destroy(srv->storage);
     kvcd_l1_destroy(srv->l1);

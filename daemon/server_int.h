@@ -8,6 +8,7 @@
  *              parking (waiting for L1 to change), forced answers at shutdown
  *   keyops.c   STORE, LOOKUP, LOAD, REMOVE, CLEAR
  *   shmops.c   REGISTER/UNREGISTER_SEGMENT, STORE_SHM, LOAD_SHM
+ *   zcops.c    RESERVE, COMMIT, ABORT, MAP, RELEASE (zero-copy, daemon/zc.h)
  *   admin.c    PING, STATUS
  *
  * Ownership of in-flight work: a call_t is owned by request.c from arrival
@@ -33,6 +34,7 @@
 #include "daemon/segment.h"
 #include "daemon/server.h"
 #include "daemon/storage.h"
+#include "daemon/zc.h"
 #include "protocol/proto.h"
 
 typedef struct {
@@ -97,6 +99,7 @@ struct kvcd_server_s {
     kvcd_l1_t *l1;
     kvcd_storage_t *storage;
     kvcd_segtab_t *segs;
+    kvcd_zc_t *zc;              /* reservations and leases in the shared L1 */
     kvcd_bridge_t *bridge;
     kvcd_exec_t *copy_exec;     /* memcpy between client memory and L1 only */
     kvcd_state_t state;
@@ -158,6 +161,13 @@ void kvcd_op_register_segment(call_t *call);
 void kvcd_op_unregister_segment(call_t *call);
 void kvcd_op_store_shm(call_t *call);
 void kvcd_op_load_shm(call_t *call);
+
+/* zcops.c */
+void kvcd_op_reserve(call_t *call);
+void kvcd_op_commit(call_t *call);
+void kvcd_op_abort(call_t *call);
+void kvcd_op_map(call_t *call);
+void kvcd_op_release(call_t *call);
 
 /* admin.c */
 void kvcd_op_ping(call_t *call);

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -594,6 +595,7 @@ int kvcd_client_ping(kvcd_client_t *c, kvcd_ping_t *info, char *info_buf,
         return rc;
     if (info) {
         *info = r->hdr.ping;
+        info->l1_shm = NULL; /* r's buffer goes: kvcd_client_map_l1 reads it */
         if (info_buf && buflen) {
             snprintf(info_buf, buflen, "%s", r->hdr.server_buf);
             info->server = info_buf;
@@ -821,4 +823,136 @@ int kvcd_client_load_shm(kvcd_client_t *c, const kvcd_key_t *base,
         memcpy(lens, r->hdr.lengths, n * sizeof(uint64_t));
     kvcd_reply_free(r);
     return 0;
+}
+
+/* ---- zero-copy: the shared L1 ---- */
+
+int kvcd_client_map_l1(kvcd_client_t *c, kvcd_l1map_t **out)
+{
+    kvcd_l1map_t *m;
+    kvcd_reply_t *r;
+    struct stat st;
+    int rc, fd;
+
+    *out = NULL;
+    rc = call(c, KVCD_OP_PING, NULL, NULL, 0, NULL, NULL, &r);
+    if (rc != 0)
+        return rc;
+    m = calloc(1, sizeof(*m));
+    if (!m) {
+        kvcd_reply_free(r);
+        return -ENOMEM;
+    }
+    snprintf(m->name, sizeof(m->name), "%s", r->hdr.shm_buf);
+    m->size = (size_t)r->hdr.ping.l1_size;
+    kvcd_reply_free(r);
+    if (!m->name[0] || m->size == 0) {
+        free(m);
+        snprintf(c->errmsg, sizeof(c->errmsg), "the server reports no shared L1");
+        return KVCD_EUNKNOWNOP;
+    }
+    fd = shm_open(m->name, O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(c->errmsg, sizeof(c->errmsg), "shm_open(%s): %s (same host and user as "
+                 "kvcd?)", m->name, strerror(errno));
+        free(m);
+        return rc;
+    }
+    /* The object must be as large as the server says, or touching the end of
+     * the mapping would fault. */
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < m->size) {
+        close(fd);
+        free(m);
+        snprintf(c->errmsg, sizeof(c->errmsg), "%s is smaller than the server reports",
+                 m->name);
+        return -EINVAL;
+    }
+    m->base = mmap(NULL, m->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    rc = -errno;
+    close(fd);
+    if (m->base == MAP_FAILED) {
+        free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void kvcd_client_unmap_l1(kvcd_l1map_t *m)
+{
+    if (!m)
+        return;
+    munmap(m->base, m->size);
+    free(m);
+}
+
+/* A zero-copy call whose reply carries offsets and lengths (RESERVE, MAP). */
+static int call_extents(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                        const kvcd_bytes_t *hashes, size_t n, const uint64_t *lengths_in,
+                        uint64_t *offsets, uint64_t *lengths, int *results)
+{
+    kvcd_shm_args_t shm = {.lengths = lengths_in};
+    kvcd_reply_t *r;
+    int rc = call_any(c, op, base, hashes, n, NULL, NULL, &shm, &r);
+
+    if (rc != 0)
+        return rc;
+    if (!r->hdr.offsets || !r->hdr.lengths || !r->hdr.results) {
+        kvcd_reply_free(r);
+        return KVCD_EMALFORMED;
+    }
+    copy_results(r, results, n);
+    if (offsets)
+        memcpy(offsets, r->hdr.offsets, n * sizeof(uint64_t));
+    if (lengths)
+        memcpy(lengths, r->hdr.lengths, n * sizeof(uint64_t));
+    kvcd_reply_free(r);
+    return 0;
+}
+
+int kvcd_client_reserve(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                        size_t n, const uint64_t *lengths, uint64_t *offsets, int *results)
+{
+    return call_extents(c, KVCD_OP_RESERVE, base, hashes, n, lengths, offsets, NULL, results);
+}
+
+int kvcd_client_map(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                    size_t n, uint64_t *offsets, uint64_t *lengths, int *results)
+{
+    return call_extents(c, KVCD_OP_MAP, base, hashes, n, NULL, offsets, lengths, results);
+}
+
+static int call_keys(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
+                     const kvcd_bytes_t *hashes, size_t n, int *results)
+{
+    kvcd_shm_args_t shm;
+    kvcd_reply_t *r;
+    int rc;
+
+    memset(&shm, 0, sizeof(shm));
+    rc = call_any(c, op, base, hashes, n, NULL, NULL, &shm, &r);
+    if (rc != 0)
+        return rc;
+    copy_results(r, results, n);
+    kvcd_reply_free(r);
+    return 0;
+}
+
+int kvcd_client_commit(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                       size_t n, int *results)
+{
+    return call_keys(c, KVCD_OP_COMMIT, base, hashes, n, results);
+}
+
+int kvcd_client_abort(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                      size_t n, int *results)
+{
+    return call_keys(c, KVCD_OP_ABORT, base, hashes, n, results);
+}
+
+int kvcd_client_release(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                        size_t n, int *results)
+{
+    return call_keys(c, KVCD_OP_RELEASE, base, hashes, n, results);
 }

@@ -166,11 +166,61 @@ int kvcd_client_load_shm(kvcd_client_t *c, const kvcd_key_t *base,
                          const uint64_t *offsets, const uint64_t *caps, uint64_t *lens,
                          int *results);
 
-/* Pipelined form of the four shared-memory operations (ops 8-11): base/hashes/n
- * for STORE_SHM and LOAD_SHM (NULL/NULL/0 otherwise), the op's fields in shm.
- * The reply's header has `segment` (REGISTER_SEGMENT) and `lengths` (LOAD_SHM). */
+/* Pipelined form of the shared-memory operations (ops 8-11) and of the
+ * zero-copy ones (12-16, below): base/hashes/n for the ops with keys (NULL/
+ * NULL/0 otherwise), the op's fields in shm (RESERVE: lengths). The reply's
+ * header has `segment` (REGISTER_SEGMENT), `lengths` (LOAD_SHM, RESERVE, MAP)
+ * and `offsets` (RESERVE, MAP). */
 int kvcd_client_send_shm(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
                          const kvcd_bytes_t *hashes, size_t n, const kvcd_shm_args_t *shm,
                          uint64_t *id);
+
+/* ---- zero-copy: the shared L1 (client and server on the same host, same user) ----
+ *
+ * kvcd's L1 is one shared-memory object (docs/PROTOCOL.md, "Zero-copy
+ * operations"). Map it once; then RESERVE gives per key an offset into the
+ * mapping where this process writes the object's bytes itself, COMMIT makes
+ * them visible (ABORT gives them back), MAP gives the offset and length of
+ * stored objects to read in place, each held under a lease until RELEASE.
+ * The server releases what a client holds when its connection closes and when
+ * it sends nothing for --segment-lease-ms (ping to keep them while idle). Only
+ * an ipc:// peer of kvcd's own user may use these (KVCD_EPEERUNVERIFIED
+ * otherwise). Between RESERVE and COMMIT the region is this client's alone;
+ * after COMMIT and between MAP and RELEASE it must not be written. */
+typedef struct {
+    void *base;     /* read-write mapping of all of L1 */
+    size_t size;
+    char name[64];  /* the shm_open name the server reported */
+} kvcd_l1map_t;
+
+/* PING for the shared object's name and size, shm_open and map it. Free with
+ * kvcd_client_unmap_l1 (after which no offset may be used). */
+int kvcd_client_map_l1(kvcd_client_t *c, kvcd_l1map_t **out);
+void kvcd_client_unmap_l1(kvcd_l1map_t *m);
+
+/* RESERVE lengths[i] bytes per key: results[i] 0 and offsets[i] (write at
+ * map->base + offsets[i]), KVCD_EDUPLICATE (stored already: nothing to write),
+ * KVCD_EBUSY (another client reserved it), KVCD_ENOSPACE. */
+int kvcd_client_reserve(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                        size_t n, const uint64_t *lengths, uint64_t *offsets, int *results);
+
+/* COMMIT: results[i] 0 (visible now), KVCD_ENOTFOUND (no reservation of this
+ * client: expired, aborted, never made), KVCD_EDUPLICATE (stored meanwhile by a
+ * STORE; the reservation is gone). */
+int kvcd_client_commit(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                       size_t n, int *results);
+
+/* ABORT: results[i] 0 or KVCD_ENOTFOUND. */
+int kvcd_client_abort(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                      size_t n, int *results);
+
+/* MAP: results[i] 0 and offsets[i]/lengths[i] of the object (one lease
+ * taken), or KVCD_ENOTFOUND. */
+int kvcd_client_map(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                    size_t n, uint64_t *offsets, uint64_t *lengths, int *results);
+
+/* RELEASE one lease per key: results[i] 0 or KVCD_ENOTFOUND. */
+int kvcd_client_release(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
+                        size_t n, int *results);
 
 #endif

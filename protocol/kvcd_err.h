@@ -37,7 +37,8 @@
     X(ECANCELED, 1019, "ECANCELED", "operation canceled")                      \
     X(ECONNECT, 1020, "ECONNECT", "cannot reach server")                       \
     X(EPEERUNVERIFIED, 1021, "EPEERUNVERIFIED", "peer's user cannot be verified for shared memory") \
-    X(EQUEUEFULL, 1022, "EQUEUEFULL", "work queue full")
+    X(EQUEUEFULL, 1022, "EQUEUEFULL", "work queue full")                       \
+    X(EDUPLICATE, 1023, "EDUPLICATE", "key is already stored")
 
 enum {
 #define KVCD_ERR_ENUM(sym, code, name, msg) KVCD_##sym = -(code),

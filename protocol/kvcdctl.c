@@ -4,6 +4,7 @@
  *   kvcdctl [-e ENDPOINT] [-t MS] ping | status | clear
  *   kvcdctl [-e ENDPOINT] put    --model M [KEYOPTS] --hash HEX FILE
  *   kvcdctl [-e ENDPOINT] get    --model M [KEYOPTS] --hash HEX OUTFILE
+ *   (put and get take --zero-copy: through the shared L1, same host and user)
  *   kvcdctl [-e ENDPOINT] lookup --model M [KEYOPTS] HEX...
  *   kvcdctl [-e ENDPOINT] remove --model M [KEYOPTS] HEX...
  *
@@ -47,6 +48,9 @@ static void usage(FILE *f)
 "  --group G                    object group id (default 0)\n"
 "  --salt S                     cache salt (default empty)\n"
 "  --hash HEX                   chunk hash as hex (put, get)\n"
+"  --zero-copy                  put/get through the shared L1 (same host and\n"
+"                               user as kvcd, ipc:// endpoint): the bytes are\n"
+"                               written and read in place, not sent\n"
 "  -h, --help                   this help\n"
 "\n"
 "Exit status: 0 ok, 1 miss or failed request, 2 usage, 3 no answer.\n");
@@ -137,7 +141,62 @@ static int write_file(const char *path, const void *buf, size_t len)
     return close(fd) == 0 ? 0 : -errno;
 }
 
-enum { O_MODEL = 256, O_WORLD, O_WORKER, O_GROUP, O_SALT, O_HASH };
+enum { O_MODEL = 256, O_WORLD, O_WORKER, O_GROUP, O_SALT, O_HASH, O_ZC };
+
+/* put through the shared L1: RESERVE, write in place, COMMIT. */
+static int put_zc(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *h,
+                  const void *buf, size_t len)
+{
+    uint64_t l = len, off;
+    kvcd_l1map_t *m;
+    int rc, res;
+
+    if ((rc = kvcd_client_map_l1(c, &m)) != 0)
+        return fail_rc(c, "put", rc);
+    rc = kvcd_client_reserve(c, base, h, 1, &l, &off, &res);
+    if (rc == 0 && res == 0) {
+        memcpy((char *)m->base + off, buf, len);
+        rc = kvcd_client_commit(c, base, h, 1, &res);
+    }
+    kvcd_client_unmap_l1(m);
+    if (rc != 0)
+        return fail_rc(c, "put", rc);
+    if (res == KVCD_EDUPLICATE)
+        return 0; /* the key names the content: it is there */
+    if (res != 0) {
+        fprintf(stderr, "kvcdctl: put: %s: %s\n", kvcd_errname(res), kvcd_strerror(res));
+        return 1;
+    }
+    return 0;
+}
+
+/* get through the shared L1: MAP, write the file from the mapping, RELEASE. */
+static int get_zc(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *h,
+                  const char *path)
+{
+    uint64_t off, len;
+    kvcd_l1map_t *m;
+    int rc, res, ret = 0;
+
+    if ((rc = kvcd_client_map_l1(c, &m)) != 0)
+        return fail_rc(c, "get", rc);
+    rc = kvcd_client_map(c, base, h, 1, &off, &len, &res);
+    if (rc != 0) {
+        ret = fail_rc(c, "get", rc);
+    } else if (res != 0) {
+        fprintf(stderr, "kvcdctl: get: miss\n");
+        ret = 1;
+    } else {
+        rc = write_file(path, (char *)m->base + off, (size_t)len);
+        if (rc != 0) {
+            fprintf(stderr, "kvcdctl: get: %s: %s\n", path, kvcd_strerror(rc));
+            ret = 1;
+        }
+        kvcd_client_release(c, base, h, 1, &res);
+    }
+    kvcd_client_unmap_l1(m);
+    return ret;
+}
 
 int main(int argc, char **argv)
 {
@@ -150,11 +209,13 @@ int main(int argc, char **argv)
         {"group", required_argument, NULL, O_GROUP},
         {"salt", required_argument, NULL, O_SALT},
         {"hash", required_argument, NULL, O_HASH},
+        {"zero-copy", no_argument, NULL, O_ZC},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *endpoint = getenv("KVCD_ENDPOINT"), *model = NULL, *salt = "";
     const char *hash_hex = NULL, *cmd;
+    int zc = 0;
     unsigned long world = 1, worker = 0, group = 0, timeout = 10000;
     static uint8_t hashbuf[MAX_HASHES][KVCD_HASH_MAX];
     static kvcd_bytes_t hashes[MAX_HASHES];
@@ -199,6 +260,7 @@ int main(int argc, char **argv)
         case O_GROUP: group = strtoul(optarg, &end, 10); break;
         case O_SALT: salt = optarg; break;
         case O_HASH: hash_hex = optarg; break;
+        case O_ZC: zc = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -300,6 +362,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "kvcdctl: put: %s: empty file\n", argv[optind]);
             free(buf);
             ret = 1;
+        } else if (zc) {
+            ret = put_zc(c, &base, hashes, buf, len);
+            free(buf);
         } else {
             const void *bufs[1] = {buf};
 
@@ -312,6 +377,8 @@ int main(int argc, char **argv)
             }
             free(buf);
         }
+    } else if (!strcmp(cmd, "get") && zc) {
+        ret = get_zc(c, &base, hashes, argv[optind]);
     } else if (!strcmp(cmd, "get")) {
         kvcd_reply_t *r = NULL;
         uint64_t id;

@@ -29,7 +29,13 @@ const char *kvcd_op_name(uint32_t op)
 int kvcd_op_has_keys(uint32_t op)
 {
     return op == KVCD_OP_STORE || op == KVCD_OP_LOOKUP || op == KVCD_OP_LOAD ||
-           op == KVCD_OP_REMOVE || op == KVCD_OP_STORE_SHM || op == KVCD_OP_LOAD_SHM;
+           op == KVCD_OP_REMOVE || op == KVCD_OP_STORE_SHM || op == KVCD_OP_LOAD_SHM ||
+           kvcd_op_is_zero_copy(op);
+}
+
+int kvcd_op_is_zero_copy(uint32_t op)
+{
+    return op >= KVCD_OP_RESERVE && op <= KVCD_OP_RELEASE;
 }
 
 int kvcd_op_uses_segment(uint32_t op)
@@ -417,6 +423,11 @@ int kvcd_proto_decode_req(const void *buf, size_t len, size_t max_keys,
         if (rc != 0)
             goto out;
     }
+    if (req->op == KVCD_OP_RESERVE) {
+        rc = get_u64_array(lengths, "lengths", req->nkeys, 1, &req->lengths, msg, msglen);
+        if (rc != 0)
+            goto out;
+    }
     rc = 0;
 
 out:
@@ -626,7 +637,7 @@ static void pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 
 void kvcd_proto_encode_ping(kvcd_wbuf_t *w, uint64_t id, const kvcd_ping_t *p)
 {
-    kvcd_proto_reply_begin(w, id, KVCD_OP_PING, 0, NULL, 7);
+    kvcd_proto_reply_begin(w, id, KVCD_OP_PING, 0, NULL, 9);
     kvcd_pack_cstr(&w->pk, "server");
     kvcd_pack_cstr(&w->pk, p->server);
     pack_kv_u64(&w->pk, "proto", p->proto);
@@ -635,6 +646,9 @@ void kvcd_proto_encode_ping(kvcd_wbuf_t *w, uint64_t id, const kvcd_ping_t *p)
     pack_kv_u64(&w->pk, "max_keys", p->max_keys);
     pack_kv_u64(&w->pk, "max_request", p->max_request);
     pack_kv_u64(&w->pk, "l1_capacity", p->l1_capacity);
+    kvcd_pack_cstr(&w->pk, "l1_shm");
+    kvcd_pack_cstr(&w->pk, p->l1_shm ? p->l1_shm : "");
+    pack_kv_u64(&w->pk, "l1_size", p->l1_size);
 }
 
 void kvcd_proto_encode_segment(kvcd_wbuf_t *w, uint64_t id, uint64_t segment)
@@ -667,6 +681,20 @@ static void pack_u64_array(msgpack_packer *pk, const char *k, const uint64_t *a,
     msgpack_pack_array(pk, n);
     for (i = 0; i < n; i++)
         msgpack_pack_uint64(pk, a[i]);
+}
+
+void kvcd_proto_encode_extents(kvcd_wbuf_t *w, uint64_t id, uint32_t op, const int *results,
+                               const uint64_t *offsets, const uint64_t *lengths, size_t n)
+{
+    size_t i;
+
+    kvcd_proto_reply_begin(w, id, op, 0, NULL, 3);
+    kvcd_pack_cstr(&w->pk, "results");
+    msgpack_pack_array(&w->pk, n);
+    for (i = 0; i < n; i++)
+        msgpack_pack_uint32(&w->pk, (uint32_t)-results[i]);
+    pack_u64_array(&w->pk, "offsets", offsets, n);
+    pack_u64_array(&w->pk, "lengths", lengths, n);
 }
 
 /* The header map with `extra` more pairs that the caller packs after it. */
@@ -726,6 +754,16 @@ void kvcd_proto_encode_req_shm(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
         pack_u64_array(pk, "offsets", shm->offsets, n);
         pack_u64_array(pk, op == KVCD_OP_STORE_SHM ? "lengths" : "capacities",
                        shm->lengths, n);
+        break;
+    case KVCD_OP_RESERVE:
+        encode_req_extra(w, id, op, base, hashes, n, 1);
+        pack_u64_array(pk, "lengths", shm->lengths, n);
+        break;
+    case KVCD_OP_COMMIT:
+    case KVCD_OP_ABORT:
+    case KVCD_OP_MAP:
+    case KVCD_OP_RELEASE:
+        encode_req_extra(w, id, op, base, hashes, n, 0);
         break;
     default:
         encode_req_extra(w, id, op, base, hashes, n, 1);
@@ -790,24 +828,32 @@ int kvcd_proto_decode_reply(const void *buf, size_t len, kvcd_reply_hdr_t *rep)
             get_uint(val, UINT64_MAX, &rep->ping.max_request);
         else if (key_is(k, "l1_capacity"))
             get_uint(val, UINT64_MAX, &rep->ping.l1_capacity);
+        else if (key_is(k, "l1_size"))
+            get_uint(val, UINT64_MAX, &rep->ping.l1_size);
+        else if (key_is(k, "l1_shm") && val->type == MSGPACK_OBJECT_STR) {
+            copy_str(rep->shm_buf, sizeof(rep->shm_buf), val);
+            rep->ping.l1_shm = rep->shm_buf;
+        }
         else if (key_is(k, "prefix"))
             get_uint(val, UINT64_MAX, &rep->prefix);
         else if (key_is(k, "removed"))
             get_uint(val, UINT64_MAX, &rep->removed);
         else if (key_is(k, "segment"))
             get_uint(val, UINT64_MAX, &rep->segment);
-        else if (key_is(k, "lengths") && val->type == MSGPACK_OBJECT_ARRAY) {
+        else if ((key_is(k, "lengths") || key_is(k, "offsets")) &&
+                 val->type == MSGPACK_OBJECT_ARRAY) {
+            uint64_t **a = key_is(k, "lengths") ? &rep->lengths : &rep->offsets;
             size_t n = val->via.array.size;
 
             if (rep->nresults && rep->nresults != n)
                 goto out;
             rep->nresults = n;
-            free(rep->lengths);
-            rep->lengths = calloc(n ? n : 1, sizeof(uint64_t));
-            if (!rep->lengths)
+            free(*a);
+            *a = calloc(n ? n : 1, sizeof(uint64_t));
+            if (!*a)
                 goto nomem;
             for (j = 0; j < n; j++)
-                if (get_uint(&val->via.array.ptr[j], UINT64_MAX, &rep->lengths[j]) != 0)
+                if (get_uint(&val->via.array.ptr[j], UINT64_MAX, &(*a)[j]) != 0)
                     goto out;
         }
         else if (key_is(k, "status")) {
@@ -860,10 +906,12 @@ void kvcd_proto_reply_free(kvcd_reply_hdr_t *rep)
     free(rep->results);
     free(rep->present);
     free(rep->lengths);
+    free(rep->offsets);
     json_decref(rep->status);
     rep->results = NULL;
     rep->present = NULL;
     rep->lengths = NULL;
+    rep->offsets = NULL;
     rep->status = NULL;
     rep->nresults = 0;
 }

@@ -32,7 +32,12 @@
     X(REGISTER_SEGMENT, 8)                                                     \
     X(UNREGISTER_SEGMENT, 9)                                                   \
     X(STORE_SHM, 10)                                                           \
-    X(LOAD_SHM, 11)
+    X(LOAD_SHM, 11)                                                            \
+    X(RESERVE, 12)                                                             \
+    X(COMMIT, 13)                                                              \
+    X(ABORT, 14)                                                               \
+    X(MAP, 15)                                                                 \
+    X(RELEASE, 16)
 
 typedef enum {
 #define KVCD_OP_ENUM(name, num) KVCD_OP_##name = num,
@@ -65,11 +70,14 @@ typedef struct {
     uint64_t seg_size;
     uint64_t segment;       /* UNREGISTER_SEGMENT, STORE_SHM, LOAD_SHM */
     uint64_t *offsets;      /* STORE_SHM, LOAD_SHM: nkeys entries, malloc'd */
-    uint64_t *lengths;      /* STORE_SHM: lengths (>= 1); LOAD_SHM: capacities */
+    uint64_t *lengths;      /* STORE_SHM, RESERVE: lengths (>= 1); LOAD_SHM: capacities */
 } kvcd_req_t;
 
 /* 1 for the shared-memory operations that name a registered segment. */
 int kvcd_op_uses_segment(uint32_t op);
+
+/* 1 for the zero-copy operations on the shared L1 (ops 12-16). */
+int kvcd_op_is_zero_copy(uint32_t op);
 
 /* Decode frame 0. Returns 0, or a negative KVCD_E* with a message naming the
  * problem (and the field) in msg. Even on error, req->id and req->op hold what
@@ -127,6 +135,8 @@ typedef struct {
     uint64_t max_keys;
     uint64_t max_request;
     uint64_t l1_capacity;
+    const char *l1_shm;     /* the shared L1's shm_open name ("" if none) */
+    uint64_t l1_size;       /* bytes to map of it */
 } kvcd_ping_t;
 
 void kvcd_proto_encode_ping(kvcd_wbuf_t *w, uint64_t id, const kvcd_ping_t *p);
@@ -136,6 +146,11 @@ void kvcd_proto_encode_segment(kvcd_wbuf_t *w, uint64_t id, uint64_t segment);
 /* LOAD_SHM reply: per-key results and object sizes (0 on a miss). */
 void kvcd_proto_encode_load_shm(kvcd_wbuf_t *w, uint64_t id, const int *results,
                                 const uint64_t *lengths, size_t n);
+
+/* RESERVE and MAP replies: per-key results, and offsets (into the shared L1)
+ * and lengths, 0 where results[i] != 0. */
+void kvcd_proto_encode_extents(kvcd_wbuf_t *w, uint64_t id, uint32_t op, const int *results,
+                               const uint64_t *offsets, const uint64_t *lengths, size_t n);
 
 /* Request (client side). base may be NULL for operations without keys. */
 void kvcd_proto_encode_req(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
@@ -147,7 +162,7 @@ typedef struct {
     uint64_t pid, fd, size;     /* REGISTER_SEGMENT */
     uint64_t segment;           /* UNREGISTER_SEGMENT, STORE_SHM, LOAD_SHM */
     const uint64_t *offsets;    /* STORE_SHM, LOAD_SHM: n entries */
-    const uint64_t *lengths;    /* STORE_SHM: lengths; LOAD_SHM: capacities */
+    const uint64_t *lengths;    /* STORE_SHM, RESERVE: lengths; LOAD_SHM: capacities */
 } kvcd_shm_args_t;
 
 /* A request with a key set (base may be NULL for ops 8 and 9) plus the shm
@@ -171,9 +186,11 @@ typedef struct {
     uint64_t removed;       /* CLEAR */
     kvcd_ping_t ping;       /* PING; server points into server_buf */
     char server_buf[64];
+    char shm_buf[64];       /* PING: ping.l1_shm points here */
     json_t *status;         /* STATUS: new reference */
     uint64_t segment;       /* REGISTER_SEGMENT */
-    uint64_t *lengths;      /* LOAD_SHM, nresults entries */
+    uint64_t *lengths;      /* LOAD_SHM, RESERVE, MAP: nresults entries */
+    uint64_t *offsets;      /* RESERVE, MAP: nresults entries */
 } kvcd_reply_hdr_t;
 
 int kvcd_proto_decode_reply(const void *buf, size_t len, kvcd_reply_hdr_t *rep);

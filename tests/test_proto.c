@@ -928,6 +928,8 @@ END_TEST
 
 static const kvcd_ping_t ping_fields = {
     .server = "kvcd 0.1.0",
+    .l1_shm = "/kvcd-1-0",
+    .l1_size = 200,
     .proto = 1,
     .chunk_size = 256,
     .max_frame = 64u << 20,
@@ -938,7 +940,7 @@ static const kvcd_ping_t ping_fields = {
 
 START_TEST(test_bytes_ping_reply)
 {
-    static const char exp[] = "\x8b"
+    static const char exp[] = "\x8d"
                               "\xa1" "v" "\x01"
                               "\xa2" "id" "\x07"
                               "\xa2" "op" "\x01"
@@ -949,7 +951,9 @@ START_TEST(test_bytes_ping_reply)
                               "\xa9" "max_frame" "\xce\x04\x00\x00\x00"
                               "\xa8" "max_keys" "\xcd\x10\x00"
                               "\xab" "max_request" "\xcf\x00\x00\x00\x01\x00\x00\x00\x00"
-                              "\xab" "l1_capacity" "\x64";
+                              "\xab" "l1_capacity" "\x64"
+                              "\xa6" "l1_shm" "\xa9" "/kvcd-1-0"
+                              "\xa7" "l1_size" "\xcc\xc8";
     kvcd_wbuf_t w;
     kvcd_reply_hdr_t rep;
 
@@ -971,6 +975,8 @@ START_TEST(test_bytes_ping_reply)
     ck_assert_uint_eq(rep.ping.max_keys, 4096);
     ck_assert_uint_eq(rep.ping.max_request, 1ull << 32);
     ck_assert_uint_eq(rep.ping.l1_capacity, 100);
+    ck_assert_str_eq(rep.ping.l1_shm, "/kvcd-1-0");
+    ck_assert_uint_eq(rep.ping.l1_size, 200);
     kvcd_proto_reply_free(&rep);
     kvcd_wbuf_destroy(&w);
 }
@@ -1544,7 +1550,7 @@ static const bad_t bad_cases[] = {
     {"op", B_STORE, {0}, KVCD_EMISSING, "op:"},
     {NULL, B_STORE, FU("op", 99), KVCD_EUNKNOWNOP, "99"},
     {NULL, B_STORE, FU("op", 0), KVCD_EUNKNOWNOP, "operation 0"},
-    {NULL, B_STORE, FU("op", 12), KVCD_EUNKNOWNOP, "12"},
+    {NULL, B_STORE, FU("op", 17), KVCD_EUNKNOWNOP, "17"},
     /* model */
     {NULL, B_STORE, FBIN("model", "meta", 4), KVCD_EBADFIELD, "model:"},
     {NULL, B_STORE, FU("model", 1), KVCD_EBADFIELD, "model:"},
@@ -2169,7 +2175,7 @@ static const struct {
     {"ENOSPACE", 1009},   {"ENOTFOUND", 1010}, {"ESHUTDOWN", 1011},  {"EBUSY", 1012},
     {"ETIMEDOUT", 1013},  {"EINTERNAL", 1014}, {"ECHECKSUM", 1015},  {"ECONFIG", 1016},
     {"EUNAVAIL", 1017},   {"ESEGMENT", 1018},  {"ECANCELED", 1019},  {"ECONNECT", 1020},
-    {"EPEERUNVERIFIED", 1021}, {"EQUEUEFULL", 1022},
+    {"EPEERUNVERIFIED", 1021}, {"EQUEUEFULL", 1022}, {"EDUPLICATE", 1023},
 };
 
 #define SYS(e) {-e, #e}
@@ -2213,8 +2219,8 @@ START_TEST(test_err_table)
     ck_assert_int_eq(kvcd_errcode("nonsense"), 0);
     ck_assert_int_eq(kvcd_errcode(""), 0);
     ck_assert_int_eq(kvcd_errcode("eio"), 0); /* names are case-sensitive */
-    ck_assert_str_eq(kvcd_errname(KVCD_EQUEUEFULL - 1), "ESYS");
-    ck_assert_str_eq(kvcd_strerror(KVCD_EQUEUEFULL - 1), "unknown error");
+    ck_assert_str_eq(kvcd_errname(KVCD_EDUPLICATE - 1), "ESYS");
+    ck_assert_str_eq(kvcd_strerror(KVCD_EDUPLICATE - 1), "unknown error");
     ck_assert_str_eq(kvcd_strerror(-1000), "unknown error");
     ck_assert_str_eq(kvcd_strerror(7), "unknown error");
 }
@@ -2256,19 +2262,97 @@ START_TEST(test_err_sys_names)
 }
 END_TEST
 
+/* RESERVE carries lengths (>= 1, one per hash); the other zero-copy ops only
+ * a key set; RESERVE and MAP replies carry results, offsets and lengths. */
+START_TEST(test_zero_copy_ops_roundtrip)
+{
+    static const uint8_t h0[] = {1, 2, 3}, h1[] = {4, 5};
+    const kvcd_bytes_t hs[2] = {{h0, 3}, {h1, 2}};
+    const uint64_t lens[2] = {4096, 1}, zero[2] = {4096, 0};
+    const int results[2] = {0, KVCD_EDUPLICATE};
+    const uint64_t offs[2] = {8192, 0}, rlens[2] = {4096, 0};
+    kvcd_shm_args_t shm;
+    kvcd_reply_hdr_t rep;
+    kvcd_key_t base;
+    kvcd_wbuf_t w;
+    kvcd_req_t req;
+    char msg[256];
+    uint8_t *b;
+    uint32_t op;
+
+    memset(&base, 0, sizeof(base));
+    base.model = "m";
+    base.model_len = 1;
+    memset(&shm, 0, sizeof(shm));
+    shm.lengths = lens;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req_shm(&w, 9, KVCD_OP_RESERVE, &base, hs, 2, &shm);
+    ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), 0);
+    ck_assert_uint_eq(req.op, KVCD_OP_RESERVE);
+    ck_assert_uint_eq(req.nkeys, 2);
+    ck_assert_ptr_nonnull(req.lengths);
+    ck_assert_uint_eq(req.lengths[0], 4096);
+    ck_assert_uint_eq(req.lengths[1], 1);
+    kvcd_proto_req_free(&req);
+    free(b);
+    kvcd_wbuf_destroy(&w);
+
+    shm.lengths = zero;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req_shm(&w, 9, KVCD_OP_RESERVE, &base, hs, 2, &shm);
+    ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), KVCD_EBADFIELD);
+    ck_assert_ptr_nonnull(strstr(msg, "lengths[1]"));
+    free(b);
+    kvcd_wbuf_destroy(&w);
+
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, 9, KVCD_OP_RESERVE, &base, hs, 2);
+    ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), KVCD_EMISSING);
+    ck_assert_ptr_nonnull(strstr(msg, "lengths"));
+    free(b);
+    kvcd_wbuf_destroy(&w);
+
+    for (op = KVCD_OP_COMMIT; op <= KVCD_OP_RELEASE; op++) {
+        kvcd_wbuf_init(&w);
+        kvcd_proto_encode_req_shm(&w, 9, op, &base, hs, 2, &shm);
+        ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), 0);
+        ck_assert_uint_eq(req.nkeys, 2);
+        ck_assert_ptr_null(req.lengths);
+        kvcd_proto_req_free(&req);
+        free(b);
+        kvcd_wbuf_destroy(&w);
+    }
+
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_extents(&w, 9, KVCD_OP_MAP, results, offs, rlens, 2);
+    ck_assert_int_eq(decode_reply_wbuf(&w, &rep), 0);
+    ck_assert_uint_eq(rep.op, KVCD_OP_MAP);
+    ck_assert_uint_eq(rep.nresults, 2);
+    ck_assert_int_eq(rep.results[1], KVCD_EDUPLICATE);
+    ck_assert_uint_eq(rep.offsets[0], 8192);
+    ck_assert_uint_eq(rep.lengths[0], 4096);
+    ck_assert_uint_eq(rep.offsets[1], 0);
+    kvcd_proto_reply_free(&rep);
+    ck_assert_ptr_null(rep.offsets);
+    kvcd_wbuf_destroy(&w);
+}
+END_TEST
+
 START_TEST(test_op_names)
 {
     static const char *const names[] = {NULL, "PING", "STORE", "LOOKUP", "LOAD", "REMOVE",
                                         "CLEAR", "STATUS", "REGISTER_SEGMENT",
-                                        "UNREGISTER_SEGMENT", "STORE_SHM", "LOAD_SHM"};
+                                        "UNREGISTER_SEGMENT", "STORE_SHM", "LOAD_SHM",
+                                        "RESERVE", "COMMIT", "ABORT", "MAP", "RELEASE"};
     uint32_t op;
 
-    for (op = 1; op <= 11; op++) {
+    for (op = 1; op <= 16; op++) {
         ck_assert_str_eq(kvcd_op_name(op), names[op]);
-        ck_assert_int_eq(kvcd_op_has_keys(op), (op >= 2 && op <= 5) || op == 10 || op == 11);
+        ck_assert_int_eq(kvcd_op_has_keys(op), (op >= 2 && op <= 5) || op >= 10);
+        ck_assert_int_eq(kvcd_op_is_zero_copy(op), op >= 12);
     }
     ck_assert_ptr_null(kvcd_op_name(0));
-    ck_assert_ptr_null(kvcd_op_name(12));
+    ck_assert_ptr_null(kvcd_op_name(17));
     ck_assert_ptr_null(kvcd_op_name(99));
     ck_assert_ptr_null(kvcd_op_name(UINT32_MAX));
     ck_assert_int_eq(kvcd_op_has_keys(0), 0);
@@ -3133,6 +3217,7 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, test_err_table);
     tcase_add_test(tc, test_err_sys_names);
     tcase_add_test(tc, test_op_names);
+    tcase_add_test(tc, test_zero_copy_ops_roundtrip);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("key");

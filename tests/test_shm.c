@@ -850,16 +850,19 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* A kvcd file in /dev/shm other than the daemon's own L1 object. */
 static int dev_shm_has_kvcd(void)
 {
     DIR *d = opendir("/dev/shm");
     struct dirent *de;
+    char l1[64];
     int found = 0;
 
     if (!d)
         return 0;
+    snprintf(l1, sizeof(l1), "kvcd-%ld-", (long)proc.pid);
     while ((de = readdir(d)) != NULL)
-        if (strncmp(de->d_name, "kvcd", 4) == 0)
+        if (strncmp(de->d_name, "kvcd", 4) == 0 && strncmp(de->d_name, l1, strlen(l1)) != 0)
             found = 1;
     closedir(d);
     return found;

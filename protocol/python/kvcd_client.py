@@ -49,6 +49,25 @@ idle)::
         got = c.load_shm("meta/llama", [h0], seg, [8 << 20], [4 << 20])
         # got[0] is a memoryview of seg.buf, got.lengths[0] == 4 << 20
 
+Zero-copy (same host and user as kvcd, ipc:// endpoint): kvcd's L1 is one
+shared-memory object. ``map_l1()`` maps it once; ``reserve`` then returns per
+key a writable memoryview into L1 to fill in place, ``commit`` makes the
+objects visible (``abort`` gives them back); ``map`` returns read-only
+memoryviews of stored objects, each held under a lease until ``release``. No
+payload byte crosses the socket or is copied by the daemon; numpy/torch can
+wrap the views without a copy. The server releases what a client holds when
+its connection closes and after ``--segment-lease-ms`` without a request::
+
+    l1 = c.map_l1()
+    got = c.reserve("meta/llama", [h0], [len(kv0)])
+    if got.codes[0] == OK:
+        got[0][:] = kv0                       # written straight into L1
+        c.commit("meta/llama", [h0])
+    views = c.map("meta/llama", [h0])         # views[0]: the object, in place
+    arr = numpy.frombuffer(views[0], dtype=numpy.uint8)
+    del arr, views
+    c.release("meta/llama", [h0])
+
 A Client is not thread-safe (neither is a ZeroMQ socket): use one per thread.
 """
 
@@ -65,7 +84,7 @@ import zmq
 __all__ = [
     "Client", "KvcdError", "KvcdTimeout", "LoadResult", "Segment", "kv_rank",
     "hash_bytes", "error_name", "PROTO_VERSION", "OK", "ENOTFOUND", "ENOSPACE",
-    "ESEGMENT", "EPEERUNVERIFIED", "EMSGSIZE",
+    "ESEGMENT", "EPEERUNVERIFIED", "EMSGSIZE", "EBUSY", "EDUPLICATE", "SharedL1",
 ]
 
 PROTO_VERSION = 1
@@ -73,6 +92,7 @@ PROTO_VERSION = 1
 # Operation numbers (PROTOCOL.md section 4); never reused or renumbered.
 OP_PING, OP_STORE, OP_LOOKUP, OP_LOAD, OP_REMOVE, OP_CLEAR, OP_STATUS = range(1, 8)
 OP_REGISTER_SEGMENT, OP_UNREGISTER_SEGMENT, OP_STORE_SHM, OP_LOAD_SHM = range(8, 12)
+OP_RESERVE, OP_COMMIT, OP_ABORT, OP_MAP, OP_RELEASE = range(12, 17)
 
 # Error codes (PROTOCOL.md section 5, protocol/kvcd_err.h). 1..999 are errno values.
 _ERRORS = {
@@ -81,12 +101,14 @@ _ERRORS = {
     1009: "ENOSPACE", 1010: "ENOTFOUND", 1011: "ESHUTDOWN", 1012: "EBUSY",
     1013: "ETIMEDOUT", 1014: "EINTERNAL", 1015: "ECHECKSUM", 1016: "ECONFIG",
     1017: "EUNAVAIL", 1018: "ESEGMENT", 1019: "ECANCELED", 1020: "ECONNECT",
-    1021: "EPEERUNVERIFIED",
+    1021: "EPEERUNVERIFIED", 1022: "EQUEUEFULL", 1023: "EDUPLICATE",
 }
 OK = 0
 ENOSPACE = 1009
 ENOTFOUND = 1010
 ESEGMENT = 1018
+EBUSY = 1012        # reserve: another client holds a reservation of the key
+EDUPLICATE = 1023   # reserve/commit: the key is already stored
 EPEERUNVERIFIED = 1021  # shared memory refused: connect over ipc:// as kvcd's user
 EMSGSIZE = errno.EMSGSIZE   # per key in load_shm: the capacity was too small
 
@@ -242,6 +264,43 @@ def keep_receive_memory():
             and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1)
 
 
+class SharedL1:
+    """kvcd's L1, mapped read-write from the shared-memory object the server
+    named in PING. ``buf`` is a memoryview over all of it. Close it (or leave
+    the ``with`` block) only once no view of it is alive."""
+
+    def __init__(self, name, size):
+        self.name = name
+        self.size = size
+        fd = os.open("/dev/shm/" + name.lstrip("/"), os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_size < size:
+                raise KvcdError(1005, "EBADFIELD", "%s is smaller than the server says"
+                                % name)
+            self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._mm)
+
+    @property
+    def closed(self):
+        return self.buf is None
+
+    def close(self):
+        if self.buf is None:
+            return
+        self.buf.release()
+        self.buf = None
+        self._mm.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def kv_rank(world_size=1, worker_id=0):
     """LMCache's packed rank: world_size<<24 | worker_id<<16 | world_size<<8 | worker_id."""
     w, i = world_size & 0xFF, worker_id & 0xFF
@@ -299,6 +358,7 @@ class Client:
         self._ids = itertools.count(1)
         self._pending = {}   # request id -> (op, number of keys)
         self._replies = {}   # request id -> (header, bulk frames), arrived early
+        self._l1 = None      # SharedL1 once map_l1() was called
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -308,6 +368,11 @@ class Client:
             self._sock.close(linger=0)
         self._pending.clear()
         self._replies.clear()
+        if self._l1 is not None:
+            try:
+                self._l1.close()
+            except BufferError:
+                pass  # views of it are still alive: the mapping goes with them
 
     def __enter__(self):
         return self
@@ -379,6 +444,67 @@ class Client:
         miss)."""
         return self._call(self.submit_load_shm(model, hashes, segment, offsets, capacities,
                                                world_size, worker_id, kv_rank, group, salt))
+
+    def map_l1(self):
+        """Map the server's shared L1 (once per Client; later calls return the
+        same SharedL1). reserve() and map() then return views into it."""
+        if self._l1 is None or self._l1.closed:
+            info = self.ping()
+            if not info.get("l1_shm") or not info.get("l1_size"):
+                raise KvcdError(1003, "EUNKNOWNOP", "the server reports no shared L1")
+            self._l1 = SharedL1(info["l1_shm"], int(info["l1_size"]))
+        return self._l1
+
+    def reserve(self, model, hashes, lengths, world_size=1, worker_id=0, kv_rank=None,
+                group=0, salt=""):
+        """Reserve lengths[i] bytes in L1 per key. Returns a LoadResult: per key
+        a writable memoryview into the mapped L1 (None unless ``.codes[i]`` is 0:
+        EDUPLICATE already stored, EBUSY reserved by another client, ENOSPACE),
+        with ``.offsets``. Write the bytes, then commit() or abort()."""
+        return self._call(self.submit_reserve(model, hashes, lengths, world_size, worker_id,
+                                              kv_rank, group, salt))
+
+    def commit(self, model, hashes, world_size=1, worker_id=0, kv_rank=None, group=0,
+               salt=""):
+        """Make this client's reservations visible. Per-key codes: 0,
+        ENOTFOUND (no reservation: expired or aborted), EDUPLICATE (stored
+        meanwhile by someone else; the reservation is gone)."""
+        return self._call(self._submit(OP_COMMIT, self._keyset(
+            model, hashes, world_size, worker_id, kv_rank, group, salt), ()))
+
+    def abort(self, model, hashes, world_size=1, worker_id=0, kv_rank=None, group=0,
+              salt=""):
+        """Give reservations back. Per-key codes: 0 or ENOTFOUND."""
+        return self._call(self._submit(OP_ABORT, self._keyset(
+            model, hashes, world_size, worker_id, kv_rank, group, salt), ()))
+
+    def map(self, model, hashes, world_size=1, worker_id=0, kv_rank=None, group=0,
+            salt=""):
+        """Lease stored objects to read in place. Returns a LoadResult: per key
+        a read-only memoryview into L1 or None (``.codes``: 0, ENOTFOUND),
+        with ``.offsets`` and ``.lengths``. Call release() when done."""
+        return self._call(self.submit_map(model, hashes, world_size, worker_id, kv_rank,
+                                          group, salt))
+
+    def release(self, model, hashes, world_size=1, worker_id=0, kv_rank=None, group=0,
+                salt=""):
+        """Drop one lease per key. Per-key codes: 0 or ENOTFOUND."""
+        return self._call(self._submit(OP_RELEASE, self._keyset(
+            model, hashes, world_size, worker_id, kv_rank, group, salt), ()))
+
+    def submit_reserve(self, model, hashes, lengths, world_size=1, worker_id=0,
+                       kv_rank=None, group=0, salt=""):
+        lengths = [int(n) for n in lengths]
+        if len(lengths) != len(hashes):
+            raise ValueError("need one length per hash")
+        fields = self._keyset(model, hashes, world_size, worker_id, kv_rank, group, salt)
+        fields["lengths"] = lengths
+        return self._submit(OP_RESERVE, fields, ())
+
+    def submit_map(self, model, hashes, world_size=1, worker_id=0, kv_rank=None, group=0,
+                   salt=""):
+        return self._submit(OP_MAP, self._keyset(model, hashes, world_size, worker_id,
+                                                 kv_rank, group, salt), ())
 
     # -- pipelined calls: submit_* returns a request id for wait() -----------
 
@@ -567,8 +693,23 @@ class Client:
                 return int(header["segment"])
             if op == OP_UNREGISTER_SEGMENT:
                 return None
-            if op == OP_STORE_SHM:
+            if op in (OP_STORE_SHM, OP_COMMIT, OP_ABORT, OP_RELEASE):
                 return _per_key(header["results"], nkeys)
+            if op in (OP_RESERVE, OP_MAP):
+                codes = _per_key(header["results"], nkeys)
+                offsets = [int(o) for o in _per_key(header["offsets"], nkeys)]
+                lengths = [int(n) for n in _per_key(header["lengths"], nkeys)]
+                l1 = self._l1
+                if l1 is None or l1.closed:
+                    views = [None] * nkeys
+                else:
+                    views = [(l1.buf[o:o + n] if op == OP_RESERVE
+                              else l1.buf[o:o + n].toreadonly()) if c == 0 else None
+                             for c, o, n in zip(codes, offsets, lengths)]
+                result = LoadResult(views, codes)
+                result.offsets = offsets
+                result.lengths = lengths
+                return result
             if op == OP_LOAD_SHM:
                 codes = _per_key(header["results"], nkeys)
                 lengths = [int(n) for n in _per_key(header["lengths"], nkeys)]
