@@ -43,7 +43,7 @@ ALL_LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
 # Sources -----------------------------------------------------------------------
-PROTO_SRC := protocol/blake3.c protocol/err.c protocol/key.c protocol/proto.c
+PROTO_SRC := protocol/blake3.c protocol/err.c protocol/key.c protocol/lmcache.c protocol/proto.c
 CLIENT_SRC := protocol/client.c
 CORE_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(wildcard conf/*.c)
 ADAPTER_SRC := $(wildcard adapters/*.c)
