@@ -43,7 +43,7 @@ ALL_LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
 # Sources -----------------------------------------------------------------------
-PROTO_SRC := protocol/blake3.c protocol/err.c protocol/key.c protocol/proto.c
+PROTO_SRC := protocol/blake3.c protocol/err.c protocol/key.c protocol/lmcache.c protocol/proto.c
 CLIENT_SRC := protocol/client.c
 CORE_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c)) $(wildcard conf/*.c)
 ADAPTER_SRC := $(wildcard adapters/*.c)
@@ -71,13 +71,22 @@ TEST_PLUGINS := $(TEST_PLUGIN_SRC:tests/plugins/%.c=$(BUILD)/tests/plugins/%.so)
 TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
 TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(BUILD)/%.o)
 
+# The LMCache compatibility tests: a Python virtual environment with the pinned
+# lmcache 0.5.6 client side (scripts/test-venv.sh; one for both builds: it holds
+# no code of ours) and kvcd's LMCache codec as a ctypes-loadable object, built
+# without sanitizers (Python is not instrumented).
+VENV := build/venv
+VENV_STAMP := $(VENV)/.kvcd-requirements
+LMC_SHIM := $(BUILD)/tests/python/libkvcd_lmc.so
+LMC_SHIM_SRC := tests/python/lmc_shim.c protocol/lmcache.c $(PROTO_SRC)
+
 BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
 .DEFAULT_GOAL := all
 # Keep test objects: deleting them as intermediates races with edits.
 .SECONDARY:
-.PHONY: all test bench install clean check-format run
+.PHONY: all test bench install clean check-format run venv
 
 # The README's first command: L1 plus an fs L2 in ./kvcd-data.
 RUN_FLAGS ?= --config conf/examples/default.json
@@ -127,12 +136,23 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIBCORE) $(LIBCLIENT)
 
 bench: all $(BENCH_BIN)
 
+$(LMC_SHIM): $(sort $(LMC_SHIM_SRC)) protocol/lmcache.h protocol/proto.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(WARN) -O2 -g -D_GNU_SOURCE -fPIC -I. $(PKG_CFLAGS) -shared -o $@ \
+	    $(sort $(LMC_SHIM_SRC)) $(PKG_LIBS) -lm
+
+$(VENV_STAMP): tests/python/requirements.txt tests/python/requirements-nodeps.txt \
+               scripts/test-venv.sh
+	sh scripts/test-venv.sh $(dir $(VENV))
+venv: $(VENV_STAMP)
+
 # Every test binary runs, even after a failure; the target fails if any did.
-test: all $(TEST_BIN) $(TEST_PLUGINS)
+test: all $(TEST_BIN) $(TEST_PLUGINS) $(LMC_SHIM) $(VENV_STAMP)
 	@fail=0; for t in $(TEST_BIN); do \
 	    echo "== $$t"; \
 	    KVCD_BIN=$(abspath $(KVCD)) KVCDCTL_BIN=$(abspath $(KVCDCTL)) \
 	    KVCD_SRCDIR=$(CURDIR) KVCD_BUILD=$(abspath $(BUILD)) \
+	    KVCD_VENV=$(abspath $(VENV)) KVCD_LMC_SHIM=$(abspath $(LMC_SHIM)) \
 	    $$t || fail=1; \
 	done; \
 	if [ $$fail -ne 0 ]; then echo "make test: FAILED"; exit 1; fi; \

@@ -239,6 +239,8 @@ static int store_one(fs_t *fs, kvcd_l2_item_t *it)
 
     if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
         return r;
+    if (fs->lmc_names && (r = kvcd_obj_name_lmcache(&it->key, false, path)))
+        return r; /* a key LMCache cannot name (its '@' rules, NAME_MAX) */
     if (it->len && !it->buf)
         return KVCD_EBADFIELD;
     /* Published files are immutable and whole: the same name and length is the
@@ -286,8 +288,10 @@ static int store_one(fs_t *fs, kvcd_l2_item_t *it)
     return 0;
 }
 
-/* A file that failed verification: count it, and unlink it if the name still
- * refers to the inode we read. */
+/* A file proven damaged (it carries kvcd's trailer, which does not vouch for
+ * it): count it, and unlink it if the name still refers to the inode we read.
+ * Only files under kvcd's own name for the key come here: a file without a
+ * kvcd trailer is never proven damaged. */
 static int bad_file(fs_t *fs, const char *path, const struct stat *seen)
 {
     struct stat st;
@@ -305,32 +309,139 @@ static bool is_miss(int e)
     return e == ENOENT || e == ENOTDIR || e == ELOOP;
 }
 
-static int lookup_one(fs_t *fs, kvcd_l2_item_t *it)
-{
+/* Where a key's file is and what it holds. The names tried, in order: the one
+ * stores write (kvcd's escaped name, or LMCache's with format "lmcache"),
+ * kvcd's name if that is another, LMCache 0.5.6's own name, LMCache's older
+ * 3-field name. own: found under kvcd's own name (the only place a damaged
+ * file is removed from). */
+typedef struct {
     char path[REL_MAX];
     uint8_t dig[16];
     struct stat st;
+    int fd, kind;
+    bool own;
+    uint64_t plen;
+} loc_t;
+
+enum { L_LOOKUP, L_LOAD };
+
+/* The names a key's file may have (see loc_t), duplicates dropped: how many,
+ * or a negative code for a key that no name can hold. *own: the index of
+ * kvcd's own name. */
+static int names_of(fs_t *fs, const kvcd_key_t *k, char (*names)[REL_MAX], int *own,
+                    uint8_t dig[16])
+{
+    int n, r, i, j, m = 0, own_in;
+
+    if ((r = kvcd_obj_name(fs->dir_levels, k, names[1], dig)))
+        return r;
+    if (fs->lmc_names) {
+        if ((r = kvcd_obj_name_lmcache(k, false, names[0])))
+            return r;
+        n = 2;
+    } else {
+        memcpy(names[0], names[1], REL_MAX);
+        n = 1;
+        if (kvcd_obj_name_lmcache(k, false, names[n]) == 0)
+            n++;
+    }
+    if (kvcd_obj_name_lmcache(k, true, names[n]) == 0)
+        n++;
+    *own = fs->lmc_names ? 1 : 0;
+    own_in = *own;
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < m && strcmp(names[i], names[j]); j++)
+            ;
+        if (i == own_in)
+            *own = j; /* its first copy, or where it goes now */
+        if (j < m)
+            continue;
+        if (m != i)
+            memcpy(names[m], names[i], REL_MAX);
+        m++;
+    }
+    return m;
+}
+
+/* 0 with l->fd open, KVCD_ENOTFOUND, KVCD_ECHECKSUM (load: a damaged file of
+ * ours, removed), KVCD_EBADFIELD (a key no name can hold) or -errno. */
+static int locate(fs_t *fs, const kvcd_key_t *k, int mode, loc_t *l)
+{
+    char names[4][REL_MAX];
+    uint8_t tail[KVCD_OBJ_TAIL];
+    int n, i, r, own_i;
+
+    if ((n = names_of(fs, k, names, &own_i, l->dig)) < 0)
+        return n;
+    for (i = 0; i < n; i++) {
+        ssize_t got;
+        size_t tl;
+
+        l->fd = kvcd_fs_sys->openat(fs->base_fd, names[i], OPEN_FILE, 0);
+        if (l->fd < 0) {
+            if (!is_miss(errno))
+                return kvcd_fs_err(fs, "open", names[i], errno);
+            kvcd_fs_idx_drop(fs, names[i]);
+            continue;
+        }
+        memcpy(l->path, names[i], REL_MAX);
+        l->own = i == own_i;
+        if (kvcd_fs_sys->fstat(l->fd, &l->st)) {
+            r = kvcd_fs_err(fs, "stat", names[i], errno);
+            kvcd_fs_sys->close(l->fd);
+            return r;
+        }
+        if (!S_ISREG(l->st.st_mode)) { /* a FIFO, device or directory: not ours, kept */
+            kvcd_fs_idx_drop(fs, names[i]);
+            goto next;
+        }
+        tl = (uint64_t)l->st.st_size < KVCD_OBJ_TAIL ? (size_t)l->st.st_size : KVCD_OBJ_TAIL;
+        do
+            got = tl ? kvcd_fs_sys->pread(l->fd, tail, tl, l->st.st_size - (off_t)tl) : 0;
+        while (got < 0 && errno == EINTR);
+        if (got < 0) {
+            r = kvcd_fs_err(fs, "read", names[i], errno);
+            kvcd_fs_sys->close(l->fd);
+            return r;
+        }
+        l->kind = kvcd_obj_classify(tail, (size_t)got, (uint64_t)got < tl ? (uint64_t)got
+                                                                          : (uint64_t)l->st.st_size);
+        if (l->kind == KVCD_OBJ_KVCD && memcmp(tail + got - TRL_SIZE + 32, l->dig, 16))
+            l->kind = KVCD_OBJ_DAMAGED; /* a whole kvcd file of another key */
+        if (l->kind == KVCD_OBJ_RAW) {
+            if (!fs->read_raw)
+                goto next; /* not served, and not ours to delete */
+            l->plen = (uint64_t)l->st.st_size;
+            return 0;
+        }
+        l->plen = (uint64_t)l->st.st_size >= TRL_SIZE ? (uint64_t)l->st.st_size - TRL_SIZE : 0;
+        if (l->kind == KVCD_OBJ_KVCD)
+            return 0;
+        /* damaged: under our own name the load proves it and removes it */
+        if (l->own) {
+            if (mode == L_LOOKUP)
+                return 0;
+            r = bad_file(fs, l->path, &l->st);
+            kvcd_fs_sys->close(l->fd);
+            return r;
+        }
+    next:
+        kvcd_fs_sys->close(l->fd);
+    }
+    return KVCD_ENOTFOUND;
+}
+
+static int lookup_one(fs_t *fs, kvcd_l2_item_t *it)
+{
+    loc_t l;
     int r;
 
-    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
-        return r;
     CNT(fs->lookups, 1);
-    if (kvcd_fs_sys->fstatat(fs->base_fd, path, &st, AT_SYMLINK_NOFOLLOW)) {
-        if (!is_miss(errno))
-            return kvcd_fs_err(fs, "lookup", path, errno);
-        kvcd_fs_idx_drop(fs, path);
-        return KVCD_ENOTFOUND;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        kvcd_fs_idx_drop(fs, path); /* not ours (any more): not accounted */
-        return KVCD_ENOTFOUND;
-    }
-    if ((uint64_t)st.st_size < tlen_of(fs)) {
-        bad_file(fs, path, &st);
-        return KVCD_ENOTFOUND;
-    }
-    it->size = (size_t)st.st_size - tlen_of(fs);
-    if (kvcd_fs_idx_touch(fs, path, (uint64_t)st.st_size))
+    if ((r = locate(fs, &it->key, L_LOOKUP, &l)))
+        return r;
+    kvcd_fs_sys->close(l.fd);
+    it->size = (size_t)l.plen;
+    if (kvcd_fs_idx_touch(fs, l.path, (uint64_t)l.st.st_size))
         kvcd_fs_reserve(fs, 0);
     CNT(fs->hits, 1);
     return 0;
@@ -338,97 +449,65 @@ static int lookup_one(fs_t *fs, kvcd_l2_item_t *it)
 
 static int load_one(fs_t *fs, kvcd_l2_item_t *it)
 {
-    char path[REL_MAX];
-    uint8_t dig[16], trl[TRL_SIZE];
-    struct stat st;
-    uint64_t plen;
-    size_t tlen = tlen_of(fs);
-    int fd, r;
+    uint8_t trl[TRL_SIZE];
+    loc_t l;
+    bool kv;
+    int r;
 
-    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
-        return r;
     if (it->len && !it->buf)
         return KVCD_EBADFIELD;
-    fd = kvcd_fs_sys->openat(fs->base_fd, path, OPEN_FILE, 0);
-    if (fd < 0) {
-        if (!is_miss(errno))
-            return kvcd_fs_err(fs, "load open", path, errno);
-        kvcd_fs_idx_drop(fs, path);
-        return KVCD_ENOTFOUND;
-    }
-    if (kvcd_fs_sys->fstat(fd, &st)) {
-        r = kvcd_fs_err(fs, "load stat", path, errno);
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        kvcd_fs_idx_drop(fs, path); /* a FIFO, device or directory: not ours, kept */
-        r = KVCD_ENOTFOUND;
-        goto out;
-    }
-    if ((uint64_t)st.st_size < tlen) {
-        r = bad_file(fs, path, &st);
-        goto out;
-    }
-    plen = (uint64_t)st.st_size - tlen;
-    it->size = (size_t)plen;
-    if (plen > it->len) {
+    if ((r = locate(fs, &it->key, L_LOAD, &l)))
+        return r;
+    kv = l.kind == KVCD_OBJ_KVCD;
+    it->size = (size_t)l.plen;
+    if (l.plen > it->len) {
         r = -EMSGSIZE; /* stored again with another size since lookup */
         goto out;
     }
-    r = kvcd_fs_read_obj(fs, fd, it->buf, (size_t)plen, trl, tlen);
+    r = kvcd_fs_read_obj(fs, l.fd, it->buf, (size_t)l.plen, trl, kv ? TRL_SIZE : 0);
     if (r < 0) {
-        r = kvcd_fs_err(fs, "load read", path, -r);
+        r = kvcd_fs_err(fs, "load read", l.path, -r);
         goto out;
     }
-    if (r == 1) { /* shorter than fstat said: truncated in place */
-        r = bad_file(fs, path, &st);
+    if (r == 1) { /* shorter than fstat said: changing under us, a miss */
+        kvcd_fs_idx_drop(fs, l.path);
+        r = KVCD_ENOTFOUND;
         goto out;
     }
-    if (fs->checksum) {
-        if (!kvcd_obj_trl_verify(trl, plen, dig, it->buf)) {
-            r = bad_file(fs, path, &st);
-            goto out;
-        }
-    } else if (plen >= TRL_SIZE) {
-        /* checksum "none" reading a file written with a trailer: strip it (a
-         * valid trailer for another key means the file is not ours to serve) */
-        const uint8_t *t = (const uint8_t *)it->buf + plen - TRL_SIZE;
-
-        if (kvcd_obj_trl_sane(t, plen - TRL_SIZE)) {
-            if (memcmp(t + 32, dig, 16)) {
-                r = bad_file(fs, path, &st);
-                goto out;
-            }
-            it->size = (size_t)(plen - TRL_SIZE);
-        }
+    if (kv && (fs->verify ? !kvcd_obj_trl_verify(trl, l.plen, l.dig, it->buf)
+                          : !kvcd_obj_trl_sane(trl, l.plen) || memcmp(trl + 32, l.dig, 16))) {
+        r = l.own ? bad_file(fs, l.path, &l.st) : KVCD_ENOTFOUND;
+        goto out;
     }
     CNT(fs->loads, 1);
     CNT(fs->load_bytes, it->size);
-    if (kvcd_fs_idx_touch(fs, path, (uint64_t)st.st_size))
+    if (kvcd_fs_idx_touch(fs, l.path, (uint64_t)l.st.st_size))
         kvcd_fs_reserve(fs, 0);
     r = 0;
 out:
-    kvcd_fs_sys->close(fd);
+    kvcd_fs_sys->close(l.fd);
     return r;
 }
 
+/* Removing a key removes its file under every name it may have. */
 static int remove_one(fs_t *fs, kvcd_l2_item_t *it)
 {
-    char path[REL_MAX];
+    char names[4][REL_MAX];
     uint8_t dig[16];
-    int r;
+    int n, i, own, r = KVCD_ENOTFOUND;
 
-    if ((r = kvcd_obj_name(fs->dir_levels, &it->key, path, dig)))
-        return r;
-    r = 0;
-    if (kvcd_fs_sys->unlinkat(fs->base_fd, path, 0)) {
-        if (!is_miss(errno) && errno != EISDIR)
-            return kvcd_fs_err(fs, "remove", path, errno);
-        r = KVCD_ENOTFOUND;
-    } else {
-        CNT(fs->removes, 1);
+    if ((n = names_of(fs, &it->key, names, &own, dig)) < 0)
+        return n;
+    for (i = 0; i < n; i++) {
+        if (kvcd_fs_sys->unlinkat(fs->base_fd, names[i], 0)) {
+            if (!is_miss(errno) && errno != EISDIR)
+                return kvcd_fs_err(fs, "remove", names[i], errno);
+        } else {
+            CNT(fs->removes, 1);
+            r = 0;
+        }
+        kvcd_fs_idx_drop(fs, names[i]);
     }
-    kvcd_fs_idx_drop(fs, path);
     return r;
 }
 
@@ -731,7 +810,9 @@ static void fs_status(void *self, json_t *out)
     JSET(opt, "max_capacity_gb", json_real(fs->max_capacity_gb));
     JSET(opt, "min_free_gb", json_real(fs->min_free_gb));
     JSET(opt, "min_free_percent", json_real(fs->floor_pct));
-    JSET(opt, "checksum", json_string(fs->checksum ? "xxh3" : "none"));
+    JSET(opt, "checksum", json_string(fs->verify ? "xxh3" : "none"));
+    JSET(opt, "format", json_string(fs->lmc_names ? "lmcache" : "kvcd"));
+    JSET(opt, "read_raw", json_boolean(fs->read_raw));
     JSET(opt, "fsync", json_boolean(fs->fsync_on));
     snprintf(mode, sizeof(mode), "%04o", (unsigned)fs->file_mode);
     JSET(opt, "file_mode", json_string(mode));

@@ -40,6 +40,8 @@ typedef struct kvcd_fs_syscalls_s {
     int (*closedir)(DIR *d);
     int (*kill)(pid_t pid, int sig);
     int (*clock_gettime)(clockid_t clk, struct timespec *ts);
+    /* the last bytes of a file, to tell kvcd's files from LMCache's raw ones */
+    ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
 } kvcd_fs_syscalls_t;
 
 /* The table in use (the libc one unless a test replaced it). Any thread. */

@@ -7,7 +7,7 @@ PKGS="build-essential pkg-config
 libuv1-dev libzmq3-dev libmsgpack-dev libjansson-dev check
 libxxhash-dev libhiredis-dev redis-server memcached
 libmicrohttpd-dev prometheus
-python3 python3-zmq python3-msgpack
+python3 python3-zmq python3-msgpack python3-venv
 procps util-linux b3sum"
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1129,11 +1129,20 @@ static void corrupt_case(int how)
         REQUIRE(rename(opath, path) == 0);
     }
     if (how == C_TINY) {
-        REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
-    } else {
+        /* no trailer left: nothing proves it damaged (it could be a raw LMCache
+         * file of 10 bytes), so it is served whole and kept */
         REQUIRE_EQ(op1(fs, KVCD_L2_LOOKUP, &k, NULL, 0, &sz), 0);
-        REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, n + 64, NULL), KVCD_ECHECKSUM);
+        REQUIRE_EQ(sz, 10);
+        REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, n + 64, &sz), 0);
+        REQUIRE_EQ(sz, 10);
+        REQUIRE(stat(path, &st) == 0 && st.st_size == 10);
+        REQUIRE_EQ(st_int(fs, "checksum_failures"), 0);
+        free(b);
+        close_fs(fs);
+        return;
     }
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOOKUP, &k, NULL, 0, &sz), 0);
+    REQUIRE_EQ(op1(fs, KVCD_L2_LOAD, &k, b, n + 64, NULL), KVCD_ECHECKSUM);
     REQUIRE(stat(path, &st) != 0 && errno == ENOENT);
     REQUIRE_EQ(st_int(fs, "checksum_failures"), 1);
     REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
@@ -1212,12 +1221,18 @@ START_TEST(test_checksum_none)
     sum = open_fs("");
     store_ok(sum, &k2, 7000, 2);
     REQUIRE_EQ(op1(plain, KVCD_L2_LOOKUP, &k2, NULL, 0, &sz), 0);
-    REQUIRE_EQ(sz, 7000 + TRL);
+    REQUIRE_EQ(sz, 7000); /* the trailer is recognised at lookup already */
     REQUIRE_EQ(op1(plain, KVCD_L2_LOAD, &k2, b, 7000 + TRL, &sz), 0);
     REQUIRE_EQ(sz, 7000);
-    /* a plain file cannot be verified: a checksumming reader refuses it */
-    REQUIRE_EQ(op1(sum, KVCD_L2_LOAD, &k, b, 8000, NULL), KVCD_ECHECKSUM);
-    REQUIRE_EQ(lookup_r(plain, &k), KVCD_ENOTFOUND);
+    /* a plain file cannot be verified, but nothing proves it damaged: a
+     * checksumming reader serves it whole (read_raw) and keeps it */
+    REQUIRE_EQ(op1(sum, KVCD_L2_LOOKUP, &k, NULL, 0, &sz), 0);
+    REQUIRE_EQ(sz, 8000);
+    REQUIRE_EQ(op1(sum, KVCD_L2_LOAD, &k, b, 8000, &sz), 0);
+    REQUIRE_EQ(sz, 8000);
+    REQUIRE(stat(path, &st) == 0 && st.st_size == 8000);
+    REQUIRE_EQ(st_int(sum, "checksum_failures"), 0);
+    REQUIRE_EQ(lookup_r(plain, &k), 0);
     free(b);
     close_fs(plain);
     close_fs(sum);
@@ -1587,6 +1602,111 @@ START_TEST(test_fault_undeletable_file)
 END_TEST
 
 /* ---- tests: names --------------------------------------------------------- */
+
+/* Write n bytes of (seed) raw, as LMCache's fs adapter does, under name. */
+static void write_raw(const char *name, size_t n, uint64_t seed)
+{
+    char p[1200];
+    uint8_t *b = abuf(n);
+    int fd;
+
+    fill(b, n, seed);
+    data_path(p, sizeof(p), name);
+    fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(write(fd, b, n) == (ssize_t)n);
+    close(fd);
+    free(b);
+}
+
+static off_t file_size(const char *name)
+{
+    char p[1200];
+    struct stat st;
+
+    data_path(p, sizeof(p), name);
+    return stat(p, &st) == 0 ? st.st_size : -1;
+}
+
+/* LMCache 0.5.6's files (raw bytes, its own names, its older 3-field names)
+ * are served whole and never deleted; format "lmcache" writes them. */
+START_TEST(test_lmcache_raw_files)
+{
+    void *fs = open_fs(""), *strict, *lmc;
+    tkey_t cur = key_n("org/m:1", 1), old = key_n("org/m", 2), salted = key_n("org/m", 3);
+    tkey_t mine = key_n("org/m", 4);
+    uint8_t *b = abuf(70000);
+    char err[512];
+    void *bad;
+
+    salted.salt = "u1";
+    salted.group = 2;
+    /* ':' is escaped in kvcd's names, not in LMCache's: found under LMCache's */
+    write_raw("org-SEP-m:1@0x01000100@0@0000000000000001.data", 5000, 11);
+    write_raw("org-SEP-m@0x01000100@0000000000000002.data", 64, 12); /* 3-field, 64 bytes */
+    write_raw("org-SEP-m@0x01000100@2@0000000000000003@u1.data", 70000, 13);
+    load_ok(fs, &cur, 5000, 11);
+    load_ok(fs, &old, 64, 12);
+    load_ok(fs, &salted, 70000, 13);
+    REQUIRE_EQ(st_int(fs, "checksum_failures"), 0);
+    REQUIRE_EQ(file_size("org-SEP-m:1@0x01000100@0@0000000000000001.data"), 5000);
+    REQUIRE_EQ(file_size("org-SEP-m@0x01000100@0000000000000002.data"), 64);
+    REQUIRE_EQ(file_size("org-SEP-m@0x01000100@2@0000000000000003@u1.data"), 70000);
+
+    /* read_raw false: misses, still kept */
+    strict = open_fs(", \"read_raw\": false");
+    REQUIRE_EQ(lookup_r(strict, &cur), KVCD_ENOTFOUND);
+    REQUIRE_EQ(op1(strict, KVCD_L2_LOAD, &old, b, 64, NULL), KVCD_ENOTFOUND);
+    REQUIRE_EQ(file_size("org-SEP-m@0x01000100@0000000000000002.data"), 64);
+    REQUIRE_EQ(file_size("org-SEP-m:1@0x01000100@0@0000000000000001.data"), 5000);
+    REQUIRE_EQ(st_int(strict, "checksum_failures"), 0);
+    close_fs(strict);
+
+    /* format "lmcache": raw payload under LMCache's name, read back by both */
+    lmc = open_fs(", \"format\": \"lmcache\"");
+    store_ok(lmc, &mine, 3000, 14);
+    REQUIRE_EQ(file_size("org-SEP-m@0x01000100@0@0000000000000004.data"), 3000);
+    load_ok(lmc, &mine, 3000, 14);
+    load_ok(fs, &mine, 3000, 14);
+    store_ok(lmc, &cur, 5000, 15); /* same name and length: skipped, file untouched */
+    load_ok(fs, &cur, 5000, 11);
+    /* a kvcd file (trailer) is still verified and served by an lmcache reader */
+    {
+        tkey_t k5 = key_n("org/m", 5);
+
+        store_ok(fs, &k5, 4000, 16);
+        REQUIRE_EQ(file_size("org-SEP-m@0x01000100@0@0000000000000005.data"), 4000 + TRL);
+        load_ok(lmc, &k5, 4000, 16);
+    }
+    /* remove takes the key's file under whichever name it has */
+    REQUIRE_EQ(op1(fs, KVCD_L2_REMOVE, &old, NULL, 0, NULL), 0);
+    REQUIRE_EQ(file_size("org-SEP-m@0x01000100@0000000000000002.data"), -1);
+    /* a key LMCache cannot name ('@' in the model) cannot be stored its way */
+    {
+        tkey_t at = key_n("a@b", 6);
+
+        REQUIRE_EQ(op1(lmc, KVCD_L2_STORE, &at, b, 10, NULL), KVCD_EBADFIELD);
+        store_ok(fs, &at, 10, 17); /* kvcd's own names escape it */
+        load_ok(fs, &at, 10, 17);
+    }
+    close_fs(lmc);
+
+    /* spec errors name the field */
+    REQUIRE(try_init(&bad, err, sizeof(err),
+                     "{\"type\":\"fs\",\"base_path\":\"%s\",\"format\":\"lmcache\","
+                     "\"checksum\":\"xxh3\"}", base) != 0);
+    REQUIRE(strstr(err, "checksum") != NULL);
+    REQUIRE(try_init(&bad, err, sizeof(err),
+                     "{\"type\":\"fs\",\"base_path\":\"%s\",\"format\":\"lmcache\","
+                     "\"dir_levels\":1}", base) != 0);
+    REQUIRE(strstr(err, "dir_levels") != NULL);
+    REQUIRE(try_init(&bad, err, sizeof(err),
+                     "{\"type\":\"fs\",\"base_path\":\"%s\",\"format\":\"lmc\"}", base) != 0);
+    REQUIRE(strstr(err, "format") != NULL);
+    free(b);
+    close_fs(fs);
+}
+END_TEST
 
 START_TEST(test_lmcache_names)
 {
@@ -2529,6 +2649,7 @@ static Suite *fs_suite(void)
     tcase_add_test(tc, test_corrupt_flip);
     tcase_add_test(tc, test_corrupt_flip_trailer);
     tcase_add_test(tc, test_corrupt_truncate);
+    tcase_add_test(tc, test_lmcache_raw_files);
     tcase_add_test(tc, test_corrupt_append);
     tcase_add_test(tc, test_corrupt_key_digest);
     tcase_add_test(tc, test_corrupt_foreign_file);

@@ -821,8 +821,8 @@ START_TEST(builtin_spec_errors)
         {"{\"type\":\"fs\",\"base_path\":\"/x\",\"bogus\":1}",
          "(fs): bogus: unknown field (fs knows: type, workers, max_queue, base_path, "
          "relative_tmp_dir, read_ahead_size, use_odirect, max_capacity_gb, min_free_gb, "
-         "min_free_percent, checksum, fsync, file_mode, dir_mode, dir_levels, skip_existing, "
-         "lookup_pin_ms, orphan_tmp_age_s, health_window_ms, recency_file)"},
+         "min_free_percent, checksum, format, read_raw, fsync, file_mode, dir_mode, dir_levels, "
+         "skip_existing, lookup_pin_ms, orphan_tmp_age_s, health_window_ms, recency_file)"},
         {"{\"type\":\"redis\",\"workers\":2}", "(redis): workers: unknown field (redis knows: type, host,"},
         {"{\"type\":\"redis\",\"port\":70000}", "(redis): port: must be in 1..65535 (got 70000)"},
         {"{\"type\":\"redis\",\"cluster\":1}", "(redis): cluster: expected true or false"},

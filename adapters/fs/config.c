@@ -33,6 +33,7 @@
 #define GIB 1073741824.0
 
 static const char *const checksum_kinds[] = {"xxh3", "none", NULL};
+static const char *const format_kinds[] = {"kvcd", "lmcache", NULL};
 
 _Static_assert(sizeof(mode_t) == sizeof(uint32_t), "KVCD_FIELD_MODE writes a uint32_t");
 
@@ -56,6 +57,13 @@ const kvcd_adapter_field_t kvcd_fs_fields[] = {
      .doc = "free space (% of the filesystem) always kept; the larger floor applies"},
     {F("checksum", KVCD_FIELD_ENUM, checksum_kind), .choices = checksum_kinds, .dflt = "\"xxh3\"",
      .doc = "\"xxh3\": 64-byte trailer verified on every load; \"none\": plain files"},
+    {F("format", KVCD_FIELD_ENUM, format_kind), .choices = format_kinds, .dflt = "\"kvcd\"",
+     .doc = "what stores write: \"kvcd\" (payload + trailer, kvcd's escaped names) or "
+            "\"lmcache\" (raw payload under LMCache 0.5.6's own names, flat: what LMCache's "
+            "fs adapter reads)"},
+    {F("read_raw", KVCD_FIELD_BOOL, read_raw), .dflt = "true",
+     .doc = "serve files without a kvcd trailer (LMCache's raw files, its current and older "
+            "3-field names) whole; false: such files are misses. Never deleted either way"},
     {F("fsync", KVCD_FIELD_BOOL, fsync_on), .dflt = "false",
      .doc = "fdatasync each file and fsync its directory"},
     {F("file_mode", KVCD_FIELD_MODE, file_mode), .min = 0600, .dflt = "\"0600\"",
@@ -116,7 +124,20 @@ int kvcd_fs_parse_spec(fs_t *fs, const json_t *spec, char *err, size_t errlen)
         return kvcd_errf(err, errlen, KVCD_ECONFIG, "base_path: out of memory");
     if ((r = check_recency(fs, err, errlen)))
         return r;
-    fs->checksum = fs->checksum_kind == 0;
+    fs->verify = fs->checksum_kind == 0;
+    fs->lmc_names = fs->format_kind == 1;
+    fs->checksum = fs->verify && !fs->lmc_names;
+    if (fs->lmc_names) {
+        json_t *c = json_object_get(spec, "checksum");
+
+        if (c && json_is_string(c) && !strcmp(json_string_value(c), "xxh3"))
+            return kvcd_errf(err, errlen, KVCD_ECONFIG,
+                             "checksum: format \"lmcache\" writes raw files, which carry no "
+                             "trailer (use \"none\" or leave it out)");
+        if (fs->dir_levels != 0)
+            return kvcd_errf(err, errlen, KVCD_ECONFIG,
+                             "dir_levels: format \"lmcache\" is flat, as LMCache's directory is");
+    }
     fs->orphan_age_ms *= 1000; /* the spec says seconds */
     fs->capacity = (uint64_t)(fs->max_capacity_gb * GIB);
     if (fs->max_capacity_gb > 0 && fs->capacity == 0)

@@ -78,8 +78,13 @@ typedef struct {
     char *tmp_dir;
     char tmp_top[NAME_LIMIT + 1]; /* first component of tmp_dir */
     uint64_t read_ahead;
-    bool odirect, fsync_on, checksum, skip_existing;
+    bool odirect, fsync_on, skip_existing;
+    bool checksum; /* stores write kvcd's trailer ("xxh3" and format "kvcd") */
+    bool verify;   /* loads verify a trailer's payload checksum ("xxh3") */
+    bool read_raw; /* files without a kvcd trailer are served whole */
+    bool lmc_names; /* format "lmcache": stores use LMCache's own names, raw */
     int checksum_kind; /* spec: index in "xxh3", "none" */
+    int format_kind;   /* spec: index in "kvcd", "lmcache" */
     mode_t file_mode, dir_mode;
     bool chmod_files, chmod_dirs; /* the umask would strip bits */
     int32_t dir_levels;

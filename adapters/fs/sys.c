@@ -55,6 +55,7 @@ static const kvcd_fs_syscalls_t sys_libc = {
     .closedir = closedir,
     .kill = kill,
     .clock_gettime = clock_gettime,
+    .pread = pread,
 };
 
 const kvcd_fs_syscalls_t *kvcd_fs_sys = &sys_libc;

@@ -188,3 +188,73 @@ bool kvcd_obj_trl_verify(const uint8_t *t, uint64_t plen, const uint8_t dig[16],
     return kvcd_obj_trl_sane(t, plen) && !memcmp(t + 32, dig, 16) &&
            get64(t + 24) == payload_hash(plen ? payload : "", (size_t)plen);
 }
+
+/* LMCache's name: no escaping but "/" -> "-SEP-"; what it refuses, we cannot
+ * name its way. */
+int kvcd_obj_name_lmcache(const kvcd_key_t *k, bool legacy, char *out)
+{
+    char path[FULL_MAX];
+    size_t n = 0, i;
+
+    if (!k->model || k->model_len == 0 || k->model_len > KVCD_MODEL_MAX ||
+        memchr(k->model, '\0', k->model_len) || memchr(k->model, '@', k->model_len))
+        return KVCD_EBADFIELD;
+    if (k->salt_len > 128 ||
+        (k->salt_len && (!k->salt || memchr(k->salt, '\0', k->salt_len) ||
+                         memchr(k->salt, '@', k->salt_len) || memchr(k->salt, '/', k->salt_len) ||
+                         memchr(k->salt, '\\', k->salt_len))))
+        return KVCD_EBADFIELD;
+    if (!k->hash || k->hash_len == 0 || k->hash_len > KVCD_HASH_MAX)
+        return KVCD_EBADFIELD;
+    if (legacy && (k->group != 0 || k->salt_len))
+        return KVCD_EBADFIELD;
+    for (i = 0; i < k->model_len; i++) {
+        if (k->model[i] == '/') {
+            memcpy(path + n, "-SEP-", 5);
+            n += 5;
+        } else {
+            path[n++] = k->model[i];
+        }
+    }
+    if (legacy)
+        n += (size_t)sprintf(path + n, "@0x%08" PRIx32 "@", k->kv_rank);
+    else
+        n += (size_t)sprintf(path + n, "@0x%08" PRIx32 "@%" PRIx32 "@", k->kv_rank, k->group);
+    for (i = 0; i < k->hash_len; i++) {
+        path[n++] = hexl[k->hash[i] >> 4];
+        path[n++] = hexl[k->hash[i] & 15];
+    }
+    if (k->salt_len) {
+        path[n++] = '@';
+        memcpy(path + n, k->salt, k->salt_len);
+        n += k->salt_len;
+    }
+    memcpy(path + n, ".data", 6);
+    if (n + 5 > KVCD_OBJ_NAME_LIMIT)
+        return KVCD_EBADFIELD; /* LMCache's open() would fail: ENAMETOOLONG */
+    memcpy(out, path, n + 6);
+    return 0;
+}
+
+int kvcd_obj_classify(const uint8_t *tail, size_t tail_len, uint64_t fsize)
+{
+    static const uint8_t fixed[8] = {TRL_VERSION, 0, TRL_SIZE, 0, 1, 1, 0, 0};
+    size_t i;
+
+    if (tail_len > fsize)
+        tail_len = (size_t)fsize;
+    if (fsize >= TRL_SIZE && tail_len >= TRL_SIZE) {
+        const uint8_t *t = tail + tail_len - TRL_SIZE;
+
+        if (kvcd_obj_trl_sane(t, fsize - TRL_SIZE))
+            return KVCD_OBJ_KVCD;
+        /* a trailer with a flipped byte: its fixed fields and length remain */
+        if (!memcmp(t + 8, fixed, 8) && get64(t + 16) == fsize - TRL_SIZE)
+            return KVCD_OBJ_DAMAGED;
+    }
+    /* a trailer that is not at the end: the file was cut or appended to */
+    for (i = 0; i + 8 <= tail_len; i++)
+        if (!memcmp(tail + i, trl_magic, 8))
+            return KVCD_OBJ_DAMAGED;
+    return KVCD_OBJ_RAW;
+}

@@ -46,4 +46,23 @@ KVCD_OBJ_HIDDEN bool kvcd_obj_trl_sane(const uint8_t *t, uint64_t plen);
 KVCD_OBJ_HIDDEN bool kvcd_obj_trl_verify(const uint8_t *t, uint64_t plen, const uint8_t dig[16],
                                          const void *payload);
 
+/* LMCache 0.5.6's own name for k (fs_l2_adapter.py _object_key_to_filename):
+ * `<model, "/" as "-SEP->@0x<kv_rank %08x>@<group %x>@<hash hex>[@<salt>].data`,
+ * nothing escaped; legacy = the older 3-field `<model>@0x<kv_rank>@<hash>.data`
+ * (only for group 0 and no salt). path holds KVCD_OBJ_NAME_MAX bytes. 0, or
+ * KVCD_EBADFIELD when LMCache cannot name k: '@' or NUL in the model, a salt
+ * with '@', '/', '\\', NUL or over 128 bytes, a name over 255 bytes, or (legacy)
+ * a group or salt. */
+KVCD_OBJ_HIDDEN int kvcd_obj_name_lmcache(const kvcd_key_t *k, bool legacy, char *path);
+
+/* What a file of fsize bytes is, from its last min(fsize, KVCD_OBJ_TAIL) bytes:
+ * KVCD_OBJ_KVCD (a sane trailer ends it: payload fsize - 64), KVCD_OBJ_DAMAGED
+ * (it carries kvcd's trailer signature - the magic anywhere in the tail, or
+ * the trailer's fixed bytes and length where a trailer would end it - but no
+ * sane trailer ends it: truncated, appended to or flipped), or KVCD_OBJ_RAW
+ * (no kvcd trailer: raw bytes as LMCache writes them, payload fsize). */
+#define KVCD_OBJ_TAIL 128
+enum { KVCD_OBJ_RAW = 0, KVCD_OBJ_KVCD = 1, KVCD_OBJ_DAMAGED = 2 };
+KVCD_OBJ_HIDDEN int kvcd_obj_classify(const uint8_t *tail, size_t tail_len, uint64_t fsize);
+
 #endif
