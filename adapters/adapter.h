@@ -91,6 +91,10 @@ typedef enum {
     KVCD_L2_REMOVE = 3,
 } kvcd_l2_op_t;
 
+/* The op of a batch handed to the optional `touch` method. Outside the enum so
+ * that switches over the four calls above stay exhaustive. */
+#define KVCD_L2_TOUCH ((kvcd_l2_op_t)4)
+
 struct kvcd_l2_batch_s {
     kvcd_l2_op_t op;
     kvcd_l2_item_t *items;
@@ -284,6 +288,19 @@ struct kvcd_adapter_s {
     /* Optional: run once on a worker after init (a start-up scan that must not
      * delay readiness). Blocking adapters only. May be NULL. */
     void (*background)(void *self);
+    /* Optional: "these keys were used", oldest first (the last is the most
+     * recent). Recency only: the core calls it with the keys of L1 hits (LOOKUP
+     * and LOAD served from L1, which never reach the adapter otherwise), in
+     * batches, so an adapter's eviction order can follow global recency. It is
+     * fire-and-forget: no result is read (items' result, buf, len and size are
+     * unused), no caller waits, a batch may be dropped (queue full, shutdown)
+     * and a key may be absent (make it a no-op then, never an insert). It must
+     * be cheap and should do no I/O. Blocking adapters: on the executor, like
+     * the other methods (concurrently with them). Async adapters: on the loop
+     * thread, must not block, complete by returning (no batch_done); keys are
+     * valid only during the call. May be NULL; read only when struct_size
+     * covers it (a plugin built before it has none). */
+    void (*touch)(void *self, kvcd_l2_batch_t *b);
 };
 
 #define KVCD_ADAPTER_HEADER(nm, type_, flags_)                                   \

@@ -35,7 +35,7 @@
  *    reported unhealthy until a write succeeds; stores that fail for a cause
  *    that does not pass by itself keep the instance unhealthy until one works.
  *
- * Threading: store, lookup, load, remove and background run on threadpool
+ * Threading: store, lookup, load, remove, touch and background run on threadpool
  * workers, concurrently on one instance; the index is guarded by `mu`, counters
  * are atomics. init, status and close run on the loop thread; status makes no
  * system call. Nothing here uses libuv. Every system call goes through
@@ -552,6 +552,27 @@ static void fs_remove(void *self, kvcd_l2_batch_t *b)
     run(self, b, remove_one);
 }
 
+/* The core's L1 hits: move the files to the most recent end of the LRU list,
+ * in the batch's order (the last key is the most recent). An index update
+ * only: no system call, no disk write; the recency journal saves the order at
+ * close. A key the index does not know (never seen, evicted, another daemon's
+ * file not looked up yet) is left alone. */
+static void fs_touch(void *self, kvcd_l2_batch_t *b)
+{
+    fs_t *fs = self;
+    char path[REL_MAX];
+    uint8_t dig[16];
+    size_t i;
+
+    for (i = 0; i < b->n; i++) {
+        if (kvcd_obj_name(fs->dir_levels, &b->items[i].key, path, dig))
+            continue;
+        CNT(fs->touches, 1);
+        if (!kvcd_fs_idx_refresh(fs, path))
+            CNT(fs->touches_unknown, 1);
+    }
+}
+
 /* ---- start-up scan -------------------------------------------------------- */
 
 typedef struct {
@@ -884,6 +905,8 @@ static void fs_status(void *self, json_t *out)
     JSET(cnt, "evicted_bytes", JU(LD(fs->evicted_bytes)));
     JSET(cnt, "eviction_errors", JU(LD(fs->evict_errors)));
     JSET(cnt, "timeouts", JU(LD(fs->timeouts)));
+    JSET(cnt, "touches", JU(LD(fs->touches)));
+    JSET(cnt, "touches_unknown", JU(LD(fs->touches_unknown)));
     JSET(out, "counters", cnt);
 
     i = LD(fs->scan_state);
@@ -909,4 +932,5 @@ const kvcd_adapter_t kvcd_adapter_fs = {
     .status = fs_status,
     .close = fs_close,
     .background = fs_background,
+    .touch = fs_touch,
 };

@@ -18,6 +18,14 @@
  *    and the instance is touched only if it was already being destroyed (its
  *    memory is kept until inflight drops to 0), so a callback may destroy the
  *    instance or free the request.
+ *
+ * Touches (kvcd_l2_touch) are not runs: fire-and-forget batches of keys for the
+ * adapter's optional `touch` method, with no caller, deadline or result. Each
+ * is one allocation (task, batch, items, key copies) owned here until its
+ * completion; it counts in `inflight` (so close waits for it) and in
+ * `touching`. It is dropped, counted, when the executor's queue is half full
+ * or more (a touch never takes the slots stores and loads need) or the
+ * instance is closing.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -86,6 +94,8 @@ struct kvcd_l2_s {
     int abandoned;
     int abandoning;        /* inside kvcd_l2_abandon: nothing finalizes */
     uv_timer_t fail_timer;
+    size_t touching;       /* touch batches in flight (part of inflight) */
+    uint64_t touch_batches, touch_keys, touch_dropped, touch_dropped_keys;
 
     int healthy;
     uint64_t calls[4], items[4], bytes[4];
@@ -521,6 +531,111 @@ void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req)
     uv_timer_start(&run->timer, timer_cb, run->pending ? timeout : 0, 0);
 }
 
+/* ---- touch ------------------------------------------------------------------ */
+
+typedef struct {
+    kvcd_task_t task;
+    kvcd_l2_batch_t b;
+    kvcd_l2_t *l2;
+    kvcd_l2_item_t items[]; /* then the keys' bytes */
+} touch_t;
+
+static void touch_work(kvcd_task_t *t)
+{
+    touch_t *tb = t->data;
+
+    tb->l2->a->touch(tb->l2->self, &tb->b);
+}
+
+static void touch_after(kvcd_task_t *t, int status)
+{
+    touch_t *tb = t->data;
+    kvcd_l2_t *l2 = tb->l2;
+
+    if (status != 0) {
+        l2->touch_dropped++;
+        l2->touch_dropped_keys += tb->b.n;
+    }
+    free(tb);
+    l2->touching--;
+    l2->inflight--;
+    if (l2->destroying && l2->inflight == 0 && !l2->abandoning)
+        finalize(l2);
+}
+
+int kvcd_l2_can_touch(const kvcd_l2_t *l2)
+{
+    return l2->a->touch != NULL;
+}
+
+int kvcd_l2_touch(kvcd_l2_t *l2, const kvcd_key_t *keys, size_t n)
+{
+    size_t i, extra = 0, off;
+    touch_t *tb;
+    char *kb;
+    int rc;
+
+    if (!l2->a->touch)
+        return KVCD_EUNKNOWNOP;
+    if (n == 0)
+        return 0;
+    if (l2->destroying) {
+        rc = KVCD_ESHUTDOWN;
+        goto dropped;
+    }
+    if (l2->exec) {
+        kvcd_exec_stats_t es;
+
+        kvcd_exec_stats(l2->exec, &es);
+        if (es.max_queue && es.queued * 2 >= es.max_queue) {
+            rc = KVCD_EQUEUEFULL;
+            goto dropped;
+        }
+    }
+    for (i = 0; i < n; i++)
+        extra += kvcd_key_extra(&keys[i]);
+    tb = calloc(1, sizeof(*tb) + n * sizeof(kvcd_l2_item_t) + extra);
+    if (!tb) {
+        rc = -ENOMEM;
+        goto dropped;
+    }
+    kb = (char *)&tb->items[n];
+    for (i = 0, off = 0; i < n; i++) {
+        kvcd_key_copy(&tb->items[i].key, &keys[i], kb + off);
+        off += kvcd_key_extra(&keys[i]);
+    }
+    tb->l2 = l2;
+    tb->b.op = KVCD_L2_TOUCH;
+    tb->b.items = tb->items;
+    tb->b.n = n;
+    l2->touch_batches++;
+    l2->touch_keys += n;
+    if (!l2->exec) {
+        /* async: on the loop thread, completes by returning */
+        l2->a->touch(l2->self, &tb->b);
+        free(tb);
+        return 0;
+    }
+    tb->task.work = touch_work;
+    tb->task.done = touch_after;
+    tb->task.data = tb;
+    rc = kvcd_exec_submit(l2->exec, &tb->task);
+    if (rc != 0) {
+        l2->touch_batches--;
+        l2->touch_keys -= n;
+        free(tb);
+        goto dropped;
+    }
+    l2->touching++;
+    l2->inflight++;
+    return 0;
+
+dropped:
+    l2->touch_dropped++;
+    l2->touch_dropped_keys += n;
+    return rc;
+}
+
 /* ---- instances ------------------------------------------------------------- */
 
 static void bg_work(kvcd_task_t *t)
@@ -720,6 +835,13 @@ json_t *kvcd_l2_status(kvcd_l2_t *l2)
     json_object_set_new(o, "inflight", json_integer((json_int_t)l2->inflight));
     json_object_set_new(o, "ops", ops);
     json_object_set_new(o, "item_errors", json_deep_copy(l2->item_errors));
+    if (l2->a->touch)
+        json_object_set_new(o, "touch",
+                            json_pack("{s:I, s:I, s:I, s:I}", "batches",
+                                      (json_int_t)l2->touch_batches, "keys",
+                                      (json_int_t)l2->touch_keys, "dropped_batches",
+                                      (json_int_t)l2->touch_dropped, "dropped_keys",
+                                      (json_int_t)l2->touch_dropped_keys));
     return o;
 }
 
@@ -764,9 +886,11 @@ void kvcd_l2_destroy(kvcd_l2_t *l2)
     if (!l2 || l2->destroying)
         return;
     if (l2->inflight > 0) {
-        /* A caller bug, but not worth a crash: close once the calls return. */
-        KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: destroyed with %zu calls in flight; closing when "
-                 "they return", l2->name, l2->inflight);
+        /* A caller bug, but not worth a crash: close once the calls return.
+         * Touches are nobody's calls: they only delay the close. */
+        if (l2->inflight > l2->touching)
+            KVCD_LOG(KVCD_LOG_WARNING, "l2", "%s: destroyed with %zu calls in flight; closing "
+                     "when they return", l2->name, l2->inflight - l2->touching);
         l2->destroying = 1;
         if (l2->bg_exec)
             kvcd_exec_quiesce(l2->bg_exec); /* a queued background task is canceled */

@@ -77,6 +77,16 @@ void kvcd_l2_batch_done(kvcd_l2_batch_t *b);
 /* Run req on l2 (see above). Always calls req->cb exactly once, later. */
 void kvcd_l2_submit(kvcd_l2_t *l2, kvcd_l2_req_t *req);
 
+/* Fire-and-forget: tell the adapter these keys were used, oldest first (its
+ * optional `touch` method; recency only). keys are borrowed for the call and
+ * copied. Never calls back. 0 when handed on; KVCD_EUNKNOWNOP when the
+ * adapter has no touch; the batch is dropped, and counted in status, with
+ * KVCD_EQUEUEFULL (the executor's queue is half full or more: touches never
+ * take the slots stores and loads need), KVCD_ESHUTDOWN (closing) or
+ * -ENOMEM. A touch in flight counts in kvcd_l2_inflight and delays a close. */
+int kvcd_l2_touch(kvcd_l2_t *l2, const kvcd_key_t *keys, size_t n);
+int kvcd_l2_can_touch(const kvcd_l2_t *l2);
+
 /* Calls in flight on this instance (including timed-out ones still running). */
 size_t kvcd_l2_inflight(const kvcd_l2_t *l2);
 
@@ -85,7 +95,8 @@ const char *kvcd_l2_name(const kvcd_l2_t *l2);   /* e.g. "#1 (fs)" */
 int kvcd_l2_healthy(kvcd_l2_t *l2);
 
 /* A new JSON object: the adapter's own status plus the runner's counters
- * (calls, failures, timeouts, consecutive_failures, healthy, inflight). */
+ * (calls, failures, timeouts, consecutive_failures, healthy, inflight; "touch"
+ * {batches, keys, dropped_batches, dropped_keys} for adapters with touch). */
 json_t *kvcd_l2_status(kvcd_l2_t *l2);
 
 /* Close the adapter and free the instance. Only when kvcd_l2_inflight == 0;

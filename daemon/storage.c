@@ -8,6 +8,17 @@
  * a call that missed its deadline may still be writing into L1 buffers, so the
  * objects behind it keep their references until then, and the keys it reads
  * are owned by the job rather than borrowed from the client's frame.
+ *
+ * Touches: L1 hits (READY objects a LOOKUP finds in L1, objects a LOAD serves
+ * from L1 other than prefetched copies) never reach an adapter, so they are
+ * collected here and sent to the adapters that implement `touch` (recency
+ * only, fire-and-forget, kvcd_l2_touch), so that an L2 tier's eviction order
+ * follows every use, not only L1's misses. The buffer is bounded (TOUCH_KEYS
+ * keys, TOUCH_BYTES bytes of key copies) and deduplicated (a key used again
+ * moves to the end); it is flushed when full, every pin-timer tick (100 ms),
+ * at stop, and before any other call is submitted to an adapter, so each
+ * adapter sees uses in the order they happened (a hit, then the store that
+ * may evict). Never one call per hit.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -34,6 +45,19 @@ struct op_s {
 
 typedef struct lookup_s lookup_t;
 
+#define TOUCH_KEYS 256            /* keys per touch batch */
+#define TOUCH_BYTES (64 * 1024)   /* bytes of key copies per batch */
+#define TOUCH_SLOTS 512           /* dedup table: a power of two > TOUCH_KEYS */
+
+typedef struct {
+    kvcd_key_t keys[TOUCH_KEYS]; /* borrow from bytes */
+    uint64_t kh[TOUCH_KEYS];
+    uint8_t dead[TOUCH_KEYS];    /* used again later in the batch */
+    uint16_t slot[TOUCH_SLOTS];  /* 1 + index into keys, 0 empty */
+    size_t n, used;
+    char bytes[TOUCH_BYTES];
+} touchbuf_t;
+
 struct kvcd_storage_s {
     uv_loop_t *loop;
     const kvcd_options_t *opt;
@@ -51,7 +75,9 @@ struct kvcd_storage_s {
     struct remove_s *rm_wait;   /* removes waiting for write-behind of their keys */
     void (*change_cb)(void *);
     void *change_data;
+    touchbuf_t *touch;          /* NULL when no adapter implements touch */
     struct {
+        uint64_t touch_keys, touch_dups, touch_batches;
         uint64_t wb_keys, wb_failed, skip_l1_dropped;
         uint64_t l1_hits, l2_lookup_keys, l2_hits;
         uint64_t prefetch_keys, prefetch_bytes, prefetch_failed, prefetch_trimmed;
@@ -111,8 +137,59 @@ static op_t *op_new(kvcd_storage_t *st, size_t l2idx, kvcd_l2_op_t kind, size_t 
     return op;
 }
 
+/* ---- touches (see the top of the file) ---- */
+
+static void touch_flush(kvcd_storage_t *st)
+{
+    touchbuf_t *tb = st->touch;
+    size_t i, m = 0, a;
+
+    if (!tb || tb->n == 0)
+        return;
+    for (i = 0; i < tb->n; i++)
+        if (!tb->dead[i])
+            tb->keys[m++] = tb->keys[i]; /* compact; bytes stay where they are */
+    for (a = 0; a < st->nl2; a++)
+        if (st->l2[a] && kvcd_l2_can_touch(st->l2[a]))
+            kvcd_l2_touch(st->l2[a], tb->keys, m); /* copies; a drop is counted there */
+    st->c.touch_batches++;
+    tb->n = tb->used = 0;
+    memset(tb->dead, 0, sizeof(tb->dead));
+    memset(tb->slot, 0, sizeof(tb->slot));
+}
+
+/* obj was used in L1: queue its key for the adapters' touch. */
+static void touch_add(kvcd_storage_t *st, const kvcd_obj_t *obj, uint64_t kh)
+{
+    touchbuf_t *tb = st->touch;
+    size_t extra, s, idx;
+
+    if (!tb || st->stopped)
+        return;
+    extra = kvcd_key_extra(&obj->key);
+    if (extra > TOUCH_BYTES)
+        return; /* cannot happen with the protocol's key limits */
+    if (tb->n == TOUCH_KEYS || tb->used + extra > TOUCH_BYTES)
+        touch_flush(st);
+    st->c.touch_keys++;
+    for (s = kh & (TOUCH_SLOTS - 1); tb->slot[s]; s = (s + 1) & (TOUCH_SLOTS - 1)) {
+        idx = tb->slot[s] - 1u;
+        if (tb->kh[idx] == kh && kvcd_key_equal(&tb->keys[idx], &obj->key)) {
+            tb->dead[idx] = 1; /* its later use is the one that counts */
+            st->c.touch_dups++;
+            break;
+        }
+    }
+    idx = tb->n++;
+    kvcd_key_copy(&tb->keys[idx], &obj->key, tb->bytes + tb->used);
+    tb->used += extra;
+    tb->kh[idx] = kh;
+    tb->slot[s] = (uint16_t)(idx + 1);
+}
+
 static void op_submit(op_t *op)
 {
+    touch_flush(op->st); /* uses before this call reach the adapter first */
     op->st->inflight++;
     kvcd_l2_submit(op->st->l2[op->l2idx], &op->req);
 }
@@ -208,10 +285,14 @@ static void pin_timer_cb(uv_timer_t *h)
     }
     expire_waiting_lookups(st);
     check_removes(st);
+    touch_flush(st);
 }
 
 void kvcd_storage_served(kvcd_storage_t *st, kvcd_obj_t *obj)
 {
+    /* A prefetched copy's use is the adapter's own load, which it has seen. */
+    if (st->touch && !obj->prefetched)
+        touch_add(st, obj, kvcd_key_hash(&obj->key));
     if (obj->pins > 0) {
         st->c.pins_used++;
         unpin(st, obj, 1);
@@ -750,6 +831,7 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
         if (obj && obj->state == KVCD_OBJ_READY) {
             lk->state[i] = K_L1;
             kvcd_l1_touch(st->l1, obj);
+            touch_add(st, obj, lk->kh[i]);
             st->c.l1_hits++;
         } else if (obj) {
             lk->state[i] = K_BUSY; /* being stored or brought up right now */
@@ -981,10 +1063,20 @@ int kvcd_storage_create(uv_loop_t *loop, const kvcd_options_t *opt, kvcd_l1_t *l
         if (rc != 0) {
             while (i-- > 0)
                 kvcd_l2_destroy(st->l2[i]);
+            free(st->touch);
             free(st);
             return rc;
         }
         st->nl2++;
+        if (kvcd_l2_can_touch(st->l2[i]) && !st->touch &&
+            !(st->touch = calloc(1, sizeof(*st->touch)))) {
+            snprintf(err, errlen, "out of memory");
+            while (i-- > 0)
+                kvcd_l2_destroy(st->l2[i]);
+            kvcd_l2_destroy(st->l2[st->nl2 - 1]);
+            free(st);
+            return -ENOMEM;
+        }
     }
     uv_timer_init(loop, &st->pin_timer);
     st->pin_timer.data = st;
@@ -1045,6 +1137,11 @@ void kvcd_storage_status(kvcd_storage_t *st, json_t *status)
                   st->opt->l2_prefetch_policy == KVCD_PREFETCH_RETAIN ? "retain" : "default");
     json_object_set_new(c, "prefetch_inflight", json_integer((json_int_t)st->prefetching));
     json_object_set_new(c, "prefetch_queued", json_integer((json_int_t)queued));
+    if (st->touch) {
+        json_object_set_new(c, "touch_keys", json_integer((json_int_t)st->c.touch_keys));
+        json_object_set_new(c, "touch_deduplicated", json_integer((json_int_t)st->c.touch_dups));
+        json_object_set_new(c, "touch_batches", json_integer((json_int_t)st->c.touch_batches));
+    }
     json_object_set_new(status, "storage", c);
 }
 
@@ -1067,6 +1164,7 @@ void kvcd_storage_stop(kvcd_storage_t *st)
 {
     if (st->stopped)
         return;
+    touch_flush(st); /* the last uses reach the adapters before they close */
     st->stopped = 1;
     pin_timer_cb(&st->pin_timer); /* releases every pin, answers waiting jobs */
     uv_close((uv_handle_t *)&st->pin_timer, NULL);
@@ -1102,5 +1200,6 @@ void kvcd_storage_destroy(kvcd_storage_t *st)
             KVCD_LOG(KVCD_LOG_WARNING, "storage", "%s still busy at exit; not closed",
                      kvcd_l2_name(st->l2[i]));
     }
+    free(st->touch);
     free(st);
 }

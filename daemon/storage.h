@@ -8,7 +8,11 @@
  *    parallel, the longest prefix across tiers brought up into L1 (the first
  *    adapter in priority order that has a key wins) and pinned for the LOAD that
  *    follows; a pin nobody loads expires;
- *  - remove: from L1 and from every adapter.
+ *  - remove: from L1 and from every adapter;
+ *  - touches: the keys of L1 hits (LOOKUP, LOAD) go in bounded, deduplicated
+ *    batches to the adapters that implement `touch`, so their recency follows
+ *    every use (flushed every 100 ms, when full, at stop and before any other
+ *    call to an adapter); never one call per hit.
  *
  * Loop thread only. Everything handed to an adapter stays valid until the
  * adapter's call has released it, even after a deadline has passed.

@@ -1367,6 +1367,67 @@ START_TEST(test_capacity_lru_order)
 }
 END_TEST
 
+/* The core's touch (L1 hits): keys in batch order, the last most recent. */
+static void touch_keys(void *fs, const char *model, const uint64_t *ids, size_t n)
+{
+    tkey_t t[16];
+    kvcd_l2_item_t it[16];
+    kvcd_l2_batch_t b = {.op = KVCD_L2_TOUCH, .items = it, .n = n};
+    size_t i;
+
+    REQUIRE(n <= 16);
+    memset(it, 0, sizeof(it));
+    for (i = 0; i < n; i++) {
+        t[i] = key_n(model, ids[i]);
+        it[i].key = mk(&t[i]);
+    }
+    REQUIRE(kvcd_adapter_fs.touch != NULL);
+    kvcd_adapter_fs.touch(fs, &b);
+}
+
+/* touch moves known files to the most recent end, in the batch's order, so
+ * evictions follow it; an unknown key is not inserted (no file, no usage). */
+START_TEST(test_touch_reorders_lru)
+{
+    void *fs = open_fs(CAP_SPEC ", \"lookup_pin_ms\": 0");
+    const uint64_t hot[] = {1, 999, 0}; /* 999 was never stored */
+    tkey_t k;
+    int i;
+
+    for (i = 0; i < 16; i++) {
+        k = key_n("org/touch", (uint64_t)i);
+        store_ok(fs, &k, OBJ, (uint64_t)i);
+    }
+    touch_keys(fs, "org/touch", hot, 3);
+    REQUIRE_EQ(st_int(fs, "counters.touches"), 3);
+    REQUIRE_EQ(st_int(fs, "counters.touches_unknown"), 1);
+    REQUIRE_EQ(walk().data_files, 16);
+    /* 0 and 1 are now the most recent: two new files evict 2 and 3 */
+    for (i = 0; i < 2; i++) {
+        k = key_n("org/touch", 100 + (uint64_t)i);
+        store_ok(fs, &k, OBJ, 100 + (uint64_t)i);
+    }
+    REQUIRE_EQ(walk().data_files, 16);
+    /* (a miss does not touch the index; a hit would) */
+    for (i = 2; i < 4; i++) {
+        k = key_n("org/touch", (uint64_t)i);
+        REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    }
+    k = key_n("org/touch", 999);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    /* 13 more evict 4..15, then 1: it was touched before 0 */
+    for (i = 0; i < 13; i++) {
+        k = key_n("org/touch", 200 + (uint64_t)i);
+        store_ok(fs, &k, OBJ, 200 + (uint64_t)i);
+    }
+    k = key_n("org/touch", 1);
+    REQUIRE_EQ(lookup_r(fs, &k), KVCD_ENOTFOUND);
+    k = key_n("org/touch", 0);
+    REQUIRE_EQ(lookup_r(fs, &k), 0);
+    close_fs(fs);
+}
+END_TEST
+
 START_TEST(test_capacity_after_restart)
 {
     void *a = open_fs(""), *b;
@@ -2534,6 +2595,35 @@ START_TEST(test_recency_survives_restart)
 }
 END_TEST
 
+/* The journal saves the order touches made (no lookup, no load). */
+START_TEST(test_recency_follows_touch)
+{
+    char spec[256];
+    void *a, *b;
+    tkey_t k;
+    unsigned i;
+
+    rec_spec(spec, sizeof(spec), "");
+    a = open_fs(spec);
+    kvcd_adapter_fs.background(a);
+    for (i = 0; i < REC_N; i++) {
+        k = key_n("org/recency", i);
+        store_ok(a, &k, REC_OBJ, i);
+    }
+    for (i = 0; i < REC_N; i++) {
+        uint64_t id = rec_use[i];
+
+        touch_keys(a, "org/recency", &id, 1);
+    }
+    close_fs(a);
+    b = open_fs(spec);
+    kvcd_adapter_fs.background(b);
+    REQUIRE_EQ(st_int(b, "scan.recency_restored"), REC_N);
+    REQUIRE_EQ(rec_second_run(b, rec_use), REC_N);
+    close_fs(b);
+}
+END_TEST
+
 /* Files used after the start but before the scan finished stay more recent
  * than everything the journal names. */
 START_TEST(test_recency_use_before_scan)
@@ -2658,6 +2748,7 @@ static Suite *fs_suite(void)
     tcase_add_test(tc, test_orphan_sweep_periodic);
     tcase_add_test(tc, test_capacity_bound);
     tcase_add_test(tc, test_capacity_lru_order);
+    tcase_add_test(tc, test_touch_reorders_lru);
     tcase_add_test(tc, test_capacity_after_restart);
     tcase_add_test(tc, test_capacity_shared_discovery);
     tcase_add_test(tc, test_free_floor);
@@ -2685,6 +2776,7 @@ static Suite *fs_suite(void)
     tcase_add_test(tc, test_item16_failing_stores_are_unhealthy);
     tcase_add_test(tc, test_item17_tmp_sweep_spares_other_namespaces);
     tcase_add_test(tc, test_recency_survives_restart);
+    tcase_add_test(tc, test_recency_follows_touch);
     tcase_add_test(tc, test_recency_use_before_scan);
     tcase_add_test(tc, test_recency_bad_journal);
     tcase_add_test(tc, test_recency_off_and_bad_name);

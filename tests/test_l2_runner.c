@@ -244,6 +244,53 @@ static void register_test_adapters(void)
     ck_assert_msg(kvcd_l2_register(&rectest, err, sizeof(err)) == 0, "%s", err);
 }
 
+/* ---- a blocking adapter with touch ----
+ * Calls wait until touch_open is set; touch records the keys' indices (the
+ * group field) in order. */
+
+static pthread_mutex_t tt_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t tt_cv = PTHREAD_COND_INITIALIZER;
+static int touch_open;
+static size_t tt_calls, tt_n, tt_keys[64];
+
+static void tt_op(void *self, kvcd_l2_batch_t *b)
+{
+    pthread_mutex_lock(&tt_mu);
+    while (!touch_open)
+        pthread_cond_wait(&tt_cv, &tt_mu);
+    pthread_mutex_unlock(&tt_mu);
+}
+
+static void tt_touch(void *self, kvcd_l2_batch_t *b)
+{
+    size_t i;
+
+    pthread_mutex_lock(&tt_mu);
+    tt_calls++;
+    for (i = 0; i < b->n && tt_n < 64; i++)
+        tt_keys[tt_n++] = b->items[i].key.group;
+    pthread_mutex_unlock(&tt_mu);
+}
+
+static void tt_gate(int open)
+{
+    pthread_mutex_lock(&tt_mu);
+    touch_open = open;
+    pthread_cond_broadcast(&tt_cv);
+    pthread_mutex_unlock(&tt_mu);
+}
+
+static const kvcd_adapter_t touchtest = {
+    KVCD_ADAPTER_HEADER("touchtest", int, KVCD_ADAPTER_BLOCKING),
+    .doc = "calls wait for a gate; touch records keys",
+    .init = rec_init,
+    .store = tt_op,
+    .lookup = tt_op,
+    .load = tt_op,
+    .remove = tt_op,
+    .touch = tt_touch,
+};
+
 /* ---- runner: asynchronous adapters ---- */
 
 START_TEST(async_completes_later)
@@ -397,6 +444,81 @@ START_TEST(one_worker_one_call)
     rec_run(10);
     ck_assert_uint_eq(rec_calls, 1);
     ck_assert_uint_eq(rec_sizes[0], 10);
+}
+END_TEST
+
+static long long touch_stat(const char *name)
+{
+    json_t *st = kvcd_l2_status(l2);
+    json_t *v = json_object_get(json_object_get(st, "touch"), name);
+    long long r = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+
+    json_decref(st);
+    return r;
+}
+
+/* touch goes through the executor (copied keys, in order, no callback); a
+ * queue half full drops the batch, counted; an adapter without it says so. */
+START_TEST(touch_through_the_executor)
+{
+    kvcd_test_key_t tk[3];
+    kvcd_key_t k[3];
+    kvcd_l2_item_t it[3];
+    kvcd_test_call_t calls[3];
+    char err[256];
+    size_t i;
+
+    ck_assert_msg(kvcd_l2_register(&touchtest, err, sizeof(err)) == 0, "%s", err);
+    register_test_adapters();
+    create_w("{\"type\":\"touchtest\",\"max_queue\":4}", 1);
+    ck_assert_int_eq(kvcd_l2_can_touch(l2), 1);
+    for (i = 0; i < 3; i++) {
+        kvcd_test_key(&tk[i], 10 + i);
+        k[i] = tk[i].k;
+        k[i].group = (uint32_t)(10 + i);
+    }
+    ck_assert_int_eq(kvcd_l2_touch(l2, k, 3), 0);
+    memset(tk, 0, sizeof(tk)); /* the runner copied the keys */
+    ck_assert_uint_eq(kvcd_l2_inflight(l2), 1);
+    ck_assert_int_eq(kvcd_test_run_pred(&loop, inflight_zero, l2, KVCD_TEST_WALL_MS), 0);
+    ck_assert_uint_eq(tt_calls, 1);
+    ck_assert_uint_eq(tt_n, 3);
+    for (i = 0; i < 3; i++)
+        ck_assert_uint_eq(tt_keys[i], 10 + i);
+    ck_assert_int_eq(touch_stat("batches"), 1);
+    ck_assert_int_eq(touch_stat("keys"), 3);
+    ck_assert_int_eq(touch_stat("dropped_batches"), 0);
+
+    /* one call holds the only worker, two wait: the queue is half full */
+    for (i = 0; i < 3; i++) {
+        set_key(&it[i], i);
+        kvcd_test_submit(&calls[i], l2, KVCD_L2_LOOKUP, &it[i], 1, 0);
+    }
+    ck_assert_int_eq(kvcd_l2_touch(l2, k, 2), KVCD_EQUEUEFULL);
+    ck_assert_int_eq(touch_stat("dropped_batches"), 1);
+    ck_assert_int_eq(touch_stat("dropped_keys"), 2);
+    tt_gate(1);
+    for (i = 0; i < 3; i++)
+        ck_assert_int_eq(kvcd_test_run_until(&loop, &calls[i].released, KVCD_TEST_WALL_MS), 0);
+    ck_assert_uint_eq(tt_calls, 1); /* the dropped batch never ran */
+    ck_assert_int_eq(kvcd_l2_touch(l2, k, 0), 0);
+
+    /* a touch in flight delays the close, nothing else */
+    tt_gate(0);
+    set_key(&it[0], 0);
+    kvcd_test_submit(&calls[0], l2, KVCD_L2_LOOKUP, &it[0], 1, 0);
+    ck_assert_int_eq(kvcd_l2_touch(l2, k, 1), 0);
+    tt_gate(1);
+    ck_assert_int_eq(kvcd_test_run_until(&loop, &calls[0].released, KVCD_TEST_WALL_MS), 0);
+    kvcd_l2_destroy(l2);
+    l2 = NULL;
+    ck_assert_int_eq(kvcd_test_drain(&loop, KVCD_TEST_WALL_MS), 0);
+    ck_assert_uint_eq(tt_calls, 2);
+
+    create_w("{\"type\":\"rectest\"}", 1);
+    ck_assert_int_eq(kvcd_l2_can_touch(l2), 0);
+    ck_assert_int_eq(kvcd_l2_touch(l2, k, 1), KVCD_EUNKNOWNOP);
+    ck_assert_int_eq(touch_stat("batches"), -1); /* no "touch" in its status */
 }
 END_TEST
 
@@ -891,6 +1013,7 @@ static Suite *runner_suite(void)
     tcase_add_test(r, unknown_operation_is_an_error);
     tcase_add_test(r, blocking_batch_split_over_workers);
     tcase_add_test(r, one_worker_one_call);
+    tcase_add_test(r, touch_through_the_executor);
     tcase_add_test(r, background_counts_in_flight);
     tcase_add_test(r, unanswered_items_count_as_failures);
     tcase_add_test(r, health_after_consecutive_failures);

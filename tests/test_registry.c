@@ -225,6 +225,23 @@ START_TEST(struct_size_checked)
     ck_assert_ptr_null(got->background);
     ck_assert_ptr_eq(got->load, t_miss);
 
+    /* a plugin built before `touch` was appended has none, whatever lies
+     * beyond its struct */
+    {
+        static kvcd_adapter_t pre;
+
+        pre = t_good;
+        pre.name = "testpretouch";
+        pre.touch = t_miss;
+        pre.struct_size = (uint32_t)offsetof(kvcd_adapter_t, touch);
+        ck_assert_int_eq(reg_variant(&pre), 0);
+        got = kvcd_l2_find_type("testpretouch");
+        ck_assert_ptr_nonnull(got);
+        ck_assert_ptr_ne(got, &pre);
+        ck_assert_ptr_null(got->touch);
+        ck_assert_ptr_eq(got->load, t_miss);
+    }
+
     bigger.a = t_good;
     bigger.a.name = "testbig";
     bigger.a.struct_size = sizeof(bigger);

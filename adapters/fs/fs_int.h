@@ -132,7 +132,8 @@ typedef struct {
     pthread_mutex_t rmu; /* one recovery (temp dir, probe) at a time */
 
     _Atomic uint64_t stores, store_bytes, store_skipped, nospace, lookups, hits, loads, load_bytes,
-        removes, evictions, evicted_bytes, checksum_fail, timeouts, evict_errors;
+        removes, evictions, evicted_bytes, checksum_fail, timeouts, evict_errors, touches,
+        touches_unknown;
     _Atomic int scan_state; /* 0 not started, 1 running, 2 done */
     _Atomic uint64_t scan_files, scan_bytes, orphans_removed, next_sweep;
     _Atomic uint64_t rec_restored; /* scanned files the recency journal ordered */
@@ -178,6 +179,7 @@ KVCD_FS_HIDDEN int kvcd_fs_idx_init(fs_t *fs);
 KVCD_FS_HIDDEN void kvcd_fs_idx_free(fs_t *fs);
 KVCD_FS_HIDDEN ent_t *kvcd_fs_ent_new(const char *path, uint64_t bytes);
 KVCD_FS_HIDDEN bool kvcd_fs_idx_touch(fs_t *fs, const char *path, uint64_t bytes);
+KVCD_FS_HIDDEN bool kvcd_fs_idx_refresh(fs_t *fs, const char *path);
 KVCD_FS_HIDDEN void kvcd_fs_idx_drop(fs_t *fs, const char *path);
 KVCD_FS_HIDDEN void kvcd_fs_idx_add_scanned(fs_t *fs, ent_t **v, size_t n);
 KVCD_FS_HIDDEN uint64_t kvcd_fs_floor_of(const fs_t *fs, uint64_t total);

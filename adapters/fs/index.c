@@ -9,7 +9,8 @@
  * used files until the capacity bound and the free-space floor both hold.
  *
  * Nothing is pinned: every file in the index is evictable. A lookup hit only
- * refreshes recency. Pinning lookup hits until their load (the ABI has no
+ * refreshes recency, and so does the core's `touch` (its L1 hits), which only
+ * moves a known entry and never inserts one. Pinning lookup hits until their load (the ABI has no
  * "release") leaked: kvcd's LOOKUP asks L2 about every key after the first
  * miss and loads only the prefix, so keys past a gap were pinned again and
  * again and never loaded, and a directory of them could not be evicted. No pin
@@ -160,6 +161,23 @@ bool kvcd_fs_idx_touch(fs_t *fs, const char *path, uint64_t bytes)
     pthread_mutex_unlock(&fs->mu);
     free(ne);
     return over;
+}
+
+/* path was used (an L1 hit the core reports): most recent if the index knows
+ * it, else nothing (no insert, no system call). true when it was known. */
+bool kvcd_fs_idx_refresh(fs_t *fs, const char *path)
+{
+    uint64_t h = XXH3_64bits(path, strlen(path));
+    ent_t *e;
+
+    pthread_mutex_lock(&fs->mu);
+    e = idx_find(fs, path, h);
+    if (e && fs->lru.next != e) {
+        lru_unlink(e);
+        lru_head(fs, e);
+    }
+    pthread_mutex_unlock(&fs->mu);
+    return e != NULL;
 }
 
 void kvcd_fs_idx_drop(fs_t *fs, const char *path)
