@@ -147,7 +147,9 @@ $(VENV_STAMP): tests/python/requirements.txt tests/python/requirements-nodeps.tx
 venv: $(VENV_STAMP)
 
 # Every test binary runs, even after a failure; the target fails if any did.
-test: all $(TEST_BIN) $(TEST_PLUGINS) $(LMC_SHIM) $(VENV_STAMP)
+# The trace replay (issue 12) runs too: its --check fails when the daemon's
+# hit ratio differs from strict LRU or a restart loses hits.
+test: all $(TEST_BIN) $(TEST_PLUGINS) $(LMC_SHIM) $(VENV_STAMP) $(BUILD)/bench/bench_replay
 	@fail=0; for t in $(TEST_BIN); do \
 	    echo "== $$t"; \
 	    KVCD_BIN=$(abspath $(KVCD)) KVCDCTL_BIN=$(abspath $(KVCDCTL)) \
@@ -155,6 +157,8 @@ test: all $(TEST_BIN) $(TEST_PLUGINS) $(LMC_SHIM) $(VENV_STAMP)
 	    KVCD_VENV=$(abspath $(VENV)) KVCD_LMC_SHIM=$(abspath $(LMC_SHIM)) \
 	    $$t || fail=1; \
 	done; \
+	echo "== $(BUILD)/bench/bench_replay --check"; \
+	KVCD_BIN=$(abspath $(KVCD)) $(BUILD)/bench/bench_replay --check || fail=1; \
 	if [ $$fail -ne 0 ]; then echo "make test: FAILED"; exit 1; fi; \
 	echo "make test: all test binaries passed"
 
