@@ -72,6 +72,7 @@ struct kvcd_bridge_s {
     int closed;
     size_t unsent;
     uint64_t held;            /* bytes of frames allocated and not freed */
+    uint64_t receiving;       /* part of held: frames of messages not yet delivered */
     size_t unsent_hdr;        /* header bytes of unsent replies (malloc'd) */
     uint64_t discarded, unanswerable, self_pauses;
     char why[160];            /* the last dropped message's reason */
@@ -87,7 +88,14 @@ struct kvcd_bridge_s {
  * Called after every change. */
 static void admit(kvcd_bridge_t *b)
 {
-    int over = b->held + b->unsent_hdr > b->budget;
+    /* Pausing helps only while something held drains without reading: a
+     * delivered request finishes, an unsent reply goes out. Frames of
+     * messages still being received drain only by reading on, so when they
+     * are all that is held a pause would stall those messages for good (a
+     * budget of one max-size request, or two peers each halfway through
+     * one): then keep reading until one of them is delivered. */
+    int over = b->held + b->unsent_hdr > b->budget &&
+               (b->held - b->receiving) + b->unsent_hdr > 0;
 
     if (b->closed || over == b->paused)
         return;
@@ -107,6 +115,7 @@ static void admit(kvcd_bridge_t *b)
 typedef struct {
     kvcd_bridge_t *b;
     size_t len;
+    int receiving;            /* its message has not been delivered yet */
     max_align_t data[];
 } fbuf_t;
 
@@ -119,7 +128,9 @@ static void *frame_alloc(kvcd_zconn_t *zc, size_t index, size_t len, void **owne
         return NULL; /* the transport drops the message and reports it */
     f->b = b;
     f->len = len;
+    f->receiving = 1;
     b->held += len;
+    b->receiving += len;
     *owner = f;
     admit(b);
     return f->data;
@@ -130,6 +141,8 @@ static void fbuf_free(fbuf_t *f)
     kvcd_bridge_t *b = f->b;
 
     b->held -= f->len;
+    if (f->receiving)
+        b->receiving -= f->len;
     free(f);
     admit(b);
 }
@@ -233,10 +246,17 @@ static void deliver(kvcd_conn_t *c, void **frames, const size_t *lens, void **ow
         return;
     }
     for (i = 0; i < n; i++) {
+        fbuf_t *fb = owners[i];
+
         f[i].data = frames[i];
         f[i].len = lens[i];
         f[i].owner = owners[i];
+        if (fb && fb->receiving) {
+            fb->receiving = 0;
+            b->receiving -= fb->len;
+        }
     }
+    admit(b); /* delivered bytes drain without reading: a pause may help now */
     kvcd_conn_ref(c);
     b->cb(b->cb_data, c, f, n ? n : 1, dropped);
 }

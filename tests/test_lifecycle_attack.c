@@ -1,0 +1,811 @@
+/*
+ * test_lifecycle_attack.c - an attacker's view of the work-and-lifecycle layer
+ * (issue 9): the real daemon against clients that vanish with work in flight,
+ * signals at every phase, removes racing prefetches and zero-copy loads, full
+ * executor queues, an admission budget smaller than the traffic and garbage on
+ * the socket. Every test checks the same promises: every request the daemon
+ * read is answered (a result or a typed error), every hit is byte-exact, the
+ * daemon keeps serving others, exits 0 within --shutdown-timeout-ms + 1.5 s,
+ * and its log holds no sanitizer report (under `make SANITIZE=...` that
+ * includes LeakSanitizer at exit).
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "protocol/client.h"
+#include "protocol/kvcd_err.h"
+#include "protocol/proto.h"
+#include "tests/support.h"
+
+#define MiB (1024u * 1024u)
+#define NK 256
+
+static kvcd_proc_t proc;
+static kvcd_client_t *cli;
+static kvcd_key_t base;
+static uint8_t hb[NK][8];
+static kvcd_bytes_t H[NK];
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void keys_init(void)
+{
+    size_t i;
+
+    kvcd_keyset(&base, "org/attack", 1, 0, 0, "");
+    for (i = 0; i < NK; i++)
+        H[i] = kvcd_test_hash(hb[i], i + 1);
+}
+
+static void start(const char *const *args)
+{
+    keys_init();
+    kvcd_test_start(&proc, &cli, args);
+}
+
+/* Key i's bytes: a size and content that only key i has. */
+static size_t klen(size_t i)
+{
+    return 256 * 1024 + (i % 5) * 4096;
+}
+
+static void *kbuf(size_t i)
+{
+    void *p = malloc(klen(i));
+
+    kvcd_fill_random(p, klen(i), 5000 + i);
+    return p;
+}
+
+static int store_key(kvcd_client_t *c, size_t i)
+{
+    void *p = kbuf(i);
+    const void *b[1] = {p};
+    size_t len[1] = {klen(i)};
+    int res = 1;
+
+    ck_assert_int_eq(kvcd_client_store(c, &base, &H[i], 1, b, len, &res), 0);
+    free(p);
+    return res;
+}
+
+/* A LOAD reply's frame for key i: a hit must carry exactly key i's bytes. */
+static int check_hit(const kvcd_reply_t *r, size_t frame, size_t key)
+{
+    size_t len = 0;
+    const void *p = kvcd_reply_frame(r, frame, &len);
+    void *want;
+    int same;
+
+    if (kvcd_reply_hdr(r)->err != 0 || kvcd_reply_hdr(r)->results[frame] != 0)
+        return 0;
+    ck_assert_uint_eq(len, klen(key));
+    want = kbuf(key);
+    same = memcmp(p, want, len) == 0;
+    free(want);
+    ck_assert_msg(same, "key %zu: a LOAD hit with wrong bytes", key);
+    return 1;
+}
+
+static int load_key(kvcd_client_t *c, size_t i)
+{
+    uint64_t id;
+    kvcd_reply_t *r = NULL;
+    int hit;
+
+    ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_LOAD, &base, &H[i], 1, NULL, NULL, &id), 0);
+    ck_assert_int_eq(kvcd_client_wait(c, id, 20000, &r), 0);
+    hit = check_hit(r, 0, i);
+    kvcd_reply_free(r);
+    return hit;
+}
+
+static void end(void)
+{
+    kvcd_client_close(cli);
+    cli = NULL;
+    ck_assert_int_eq(kvcd_proc_log_has_sanitizer_report(&proc), 0);
+    kvcd_proc_cleanup(&proc);
+}
+
+/* The daemon is idle again: only STATUS's own request in flight. */
+static void wait_idle(kvcd_client_t *c, int ms)
+{
+    uint64_t t_end = now_ms() + (uint64_t)ms;
+    long long n = -1;
+
+    while (now_ms() < t_end) {
+        n = kvcd_test_stat(c, NULL, "inflight");
+        if (n == 1)
+            return;
+        usleep(50 * 1000);
+    }
+    ck_abort_msg("%lld requests still in flight after %d ms", n, ms);
+}
+
+/* A fault tier over the mock: writes, lookups and loads slowed. */
+#define SLOW_TIER                                                                                \
+    "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"                                        \
+    "\"delay_ms\":{\"store\":600,\"lookup\":300,\"load\":700}}"
+
+/* ---- one of every kind of request, in flight ---- */
+
+typedef struct {
+    uint64_t ids[64];
+    size_t n;
+    void *bufs[64];
+    size_t nbufs;
+    kvcd_segment_t *seg;
+    int memfd;
+} inflight_t;
+
+/* Keys 0..3 are in L1 (the caller stored them), keys 4..7 only in the tier
+ * (stored, written behind, CLEARed). Send without waiting: STOREs big enough
+ * to be copied off the loop, more STOREs than L1 holds while write-behind
+ * pins it (parked), LOADs with zero-copy replies, LOOKUPs that wait for the
+ * slow tier's lookup and prefetch, a REMOVE that waits for write-behind, and
+ * a REGISTER_SEGMENT. */
+static void send_everything(kvcd_client_t *c, inflight_t *f)
+{
+    size_t i;
+    uint64_t id;
+
+    memset(f, 0, sizeof(*f));
+    f->memfd = -1;
+    /* REGISTER_SEGMENT (blocking: it needs the fd), then one pipelined. */
+    ck_assert_int_eq(kvcd_client_segment_create(c, 2 * MiB, &f->seg), 0);
+    {
+        kvcd_shm_args_t shm;
+
+        memset(&shm, 0, sizeof(shm));
+        f->memfd = memfd_create("kvcd-attack", MFD_ALLOW_SEALING);
+        ck_assert_int_ge(f->memfd, 0);
+        ck_assert_int_eq(ftruncate(f->memfd, MiB), 0);
+        fcntl(f->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+        shm.pid = (uint64_t)getpid();
+        shm.fd = (uint64_t)f->memfd;
+        shm.size = MiB;
+        ck_assert_int_eq(kvcd_client_send_shm(c, KVCD_OP_REGISTER_SEGMENT, NULL, NULL, 0, &shm,
+                                              &id), 0);
+        f->ids[f->n++] = id;
+    }
+    /* Big STOREs (copied on the copy executor) of new keys 16.. */
+    for (i = 0; i < 3; i++) {
+        size_t len = 6 * MiB;
+        void *p = malloc(len);
+        const void *b = p;
+
+        kvcd_fill_random(p, len, 900 + i);
+        f->bufs[f->nbufs++] = p;
+        ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_STORE, &base, &H[16 + i], 1, &b, &len,
+                                          &id), 0);
+        f->ids[f->n++] = id;
+    }
+    /* More small STOREs than L1 holds while write-behind holds it: parked. */
+    for (i = 0; i < 24; i++) {
+        size_t key = 32 + i, len = klen(key);
+        void *p = kbuf(key);
+        const void *b = p;
+
+        f->bufs[f->nbufs++] = p;
+        ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_STORE, &base, &H[key], 1, &b, &len, &id),
+                         0);
+        f->ids[f->n++] = id;
+    }
+    /* LOADs of L1 keys: zero-copy replies. */
+    for (i = 0; i < 6; i++) {
+        ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_LOAD, &base, &H[i % 4], 1, NULL, NULL,
+                                          &id), 0);
+        f->ids[f->n++] = id;
+    }
+    /* LOOKUPs of tier-only keys: slow lookup, then slow prefetch. */
+    for (i = 0; i < 4; i++) {
+        ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_LOOKUP, &base, &H[4 + i], 1, NULL, NULL,
+                                          &id), 0);
+        f->ids[f->n++] = id;
+    }
+    /* REMOVE of a key whose write-behind is still running. */
+    ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_REMOVE, &base, &H[32], 1, NULL, NULL, &id), 0);
+    f->ids[f->n++] = id;
+    ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_LOAD, &base, &H[16], 1, NULL, NULL, &id), 0);
+    f->ids[f->n++] = id;
+}
+
+static void inflight_free(inflight_t *f)
+{
+    size_t i;
+
+    for (i = 0; i < f->nbufs; i++)
+        free(f->bufs[i]);
+    if (f->memfd >= 0)
+        close(f->memfd);
+}
+
+/* Keys 0..3 in L1, 4..7 in the slow tier only. */
+static void prepare_keys(void)
+{
+    size_t i;
+
+    for (i = 4; i < 8; i++)
+        ck_assert_int_eq(store_key(cli, i), 0);
+    usleep(900 * 1000); /* written behind (600 ms each, in parallel) */
+    ck_assert_int_eq(kvcd_client_clear(cli, NULL), 0);
+    for (i = 0; i < 4; i++)
+        ck_assert_int_eq(store_key(cli, i), 0);
+}
+
+static const char *const SLOW_ARGS[] = {"--l1-size-gb", "0.03", "--l2-timeout-ms", "3000",
+                                        "--shutdown-timeout-ms", "5000", "--l2-adapter",
+                                        SLOW_TIER, NULL};
+
+/* After the peer is gone the daemon finishes (or drops) its work, serves
+ * others byte-exact, and exits cleanly (no leak under LeakSanitizer). */
+static void after_peer_gone(void)
+{
+    kvcd_ping_t pi;
+    char pb[128];
+    size_t i;
+
+    ck_assert_int_eq(kvcd_client_ping(cli, &pi, pb, sizeof(pb)), 0);
+    for (i = 0; i < 4; i++)
+        ck_assert_int_eq(load_key(cli, i), 1);
+    wait_idle(cli, 15000);
+    ck_assert_int_eq(store_key(cli, 100), 0);
+    ck_assert_int_eq(load_key(cli, 100), 1);
+    ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 15000), 0);
+    end();
+}
+
+START_TEST(client_closes_socket_with_every_request_in_flight)
+{
+    kvcd_client_t *c = NULL;
+    inflight_t f;
+    int round;
+
+    start(SLOW_ARGS);
+    prepare_keys();
+    for (round = 0; round < 2; round++) {
+        ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c), 0);
+        send_everything(c, &f);
+        usleep(round ? 400 * 1000 : 20 * 1000);
+        /* Gone without waiting (the client closes with linger 0). */
+        free(f.seg); /* the mapping goes with the process; the daemon's copy is its own */
+        kvcd_client_close(c);
+        inflight_free(&f);
+    }
+    after_peer_gone();
+}
+END_TEST
+
+START_TEST(client_killed_with_every_request_in_flight)
+{
+    int round;
+
+    start(SLOW_ARGS);
+    prepare_keys();
+    for (round = 0; round < 2; round++) {
+        pid_t pid = fork();
+        int st = 0;
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            kvcd_client_t *c = NULL;
+            inflight_t f;
+
+            if (kvcd_client_connect(proc.endpoint, 30000, &c) != 0)
+                _exit(3);
+            send_everything(c, &f);
+            usleep(round ? 300 * 1000 : 30 * 1000);
+            raise(SIGKILL);
+            _exit(4);
+        }
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "child status %d", st);
+    }
+    after_peer_gone();
+}
+END_TEST
+
+/* ---- SIGTERM at every phase ---- */
+
+static void sigterm_phase(int timeout_ms, int delay_ms, int twice)
+{
+    char tmo[32];
+    const char *args[] = {"--l1-size-gb", "0.03", "--l2-timeout-ms", "3000",
+                          "--shutdown-timeout-ms", tmo, "--l2-adapter", SLOW_TIER, NULL};
+    kvcd_client_t *c = NULL;
+    inflight_t f;
+    uint64_t t0;
+    size_t i, ok = 0, shut = 0, other = 0;
+    int st;
+
+    snprintf(tmo, sizeof(tmo), "%d", timeout_ms);
+    start(args);
+    prepare_keys();
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c), 0);
+    send_everything(c, &f);
+    usleep((useconds_t)delay_ms * 1000);
+    t0 = now_ms();
+    kill(proc.pid, SIGTERM);
+    if (twice) {
+        usleep(5 * 1000);
+        kill(proc.pid, SIGTERM);
+    }
+    for (i = 0; i < f.n; i++) {
+        kvcd_reply_t *r = NULL;
+        int rc = kvcd_client_wait(c, f.ids[i], 15000, &r);
+
+        ck_assert_msg(rc == 0, "timeout %d ms, SIGTERM after %d ms: request %zu of %zu "
+                      "unanswered (%s)", timeout_ms, delay_ms, i, f.n, kvcd_strerror(rc));
+        if (kvcd_reply_hdr(r)->err == 0)
+            ok++;
+        else if (kvcd_reply_hdr(r)->err == KVCD_ESHUTDOWN)
+            shut++;
+        else
+            other++;
+        if (kvcd_reply_hdr(r)->op == KVCD_OP_LOAD && kvcd_reply_hdr(r)->err == 0) {
+            if (kvcd_reply_nframes(r) == 1 && kvcd_reply_hdr(r)->results[0] == 0) {
+                size_t len = 0;
+                const void *p = kvcd_reply_frame(r, 0, &len);
+
+                if (len == 6 * MiB) {
+                    ck_assert_int_eq(memcmp(p, f.bufs[0], len), 0);
+                } else {
+                    size_t key;
+                    int found = 0;
+
+                    for (key = 0; key < 4; key++)
+                        if (len == klen(key)) {
+                            void *want = kbuf(key);
+
+                            found |= memcmp(p, want, len) == 0;
+                            free(want);
+                        }
+                    ck_assert_msg(found, "a LOAD hit with bytes of no key it asked for");
+                }
+            }
+        }
+        kvcd_reply_free(r);
+    }
+    st = kvcd_proc_stop(&proc, 0, 12000); /* signal 0: only wait */
+    ck_assert_int_eq(st, 0);
+    ck_assert_msg(now_ms() - t0 <= (uint64_t)timeout_ms + 1500,
+                  "exit %llu ms after SIGTERM with --shutdown-timeout-ms %d",
+                  (unsigned long long)(now_ms() - t0), timeout_ms);
+    printf("SIGTERM after %d ms, timeout %d ms%s: %zu ok, %zu ESHUTDOWN, %zu other; exit after "
+           "%llu ms\n", delay_ms, timeout_ms, twice ? " (twice)" : "", ok, shut, other,
+           (unsigned long long)(now_ms() - t0));
+    kvcd_client_close(c);
+    free(f.seg);
+    inflight_free(&f);
+    end();
+}
+
+START_TEST(sigterm_at_every_phase_short_timeout)
+{
+    static const int delays[] = {0, 15, 150, 450};
+
+    sigterm_phase(20, delays[_i], _i % 2);
+}
+END_TEST
+
+START_TEST(sigterm_at_every_phase_long_timeout)
+{
+    static const int delays[] = {0, 150, 450};
+
+    sigterm_phase(2500, delays[_i], !(_i % 2));
+}
+END_TEST
+
+/* ---- CLEAR and REMOVE racing prefetch, write-behind, zero-copy LOADs ---- */
+
+START_TEST(clear_remove_race_prefetch_writebehind_loads)
+{
+    const char *args[] = {"--l1-size-gb", "0.01", "--l2-timeout-ms", "2000", "--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"store\":20,\"lookup\":5,\"load\":30}}",
+                          NULL};
+    enum { NC = 4, DEPTH = 6, KEYS = 48 };
+    kvcd_client_t *c[NC];
+    struct {
+        uint64_t id;
+        uint32_t op;
+        size_t key[4];
+        size_t n;
+        void *buf;
+    } q[NC][DEPTH];
+    size_t k, d, j, sent = 0, answered = 0, hits = 0, errs = 0;
+    uint64_t t_end;
+    unsigned seed = 777;
+
+    start(args);
+    for (k = 0; k < NC; k++)
+        ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c[k]), 0);
+    memset(q, 0, sizeof(q));
+    t_end = now_ms() + 5000;
+    while (now_ms() < t_end) {
+        for (k = 0; k < NC; k++)
+            for (d = 0; d < DEPTH; d++) {
+                kvcd_reply_t *r = NULL;
+                kvcd_bytes_t hs[4];
+                uint32_t op;
+
+                if (q[k][d].id) {
+                    ck_assert_msg(kvcd_client_wait(c[k], q[k][d].id, 20000, &r) == 0,
+                                  "request unanswered (op %u)", q[k][d].op);
+                    answered++;
+                    if (kvcd_reply_hdr(r)->err != 0)
+                        errs++;
+                    if (q[k][d].op == KVCD_OP_LOAD)
+                        for (j = 0; j < q[k][d].n; j++)
+                            hits += check_hit(r, j, q[k][d].key[j]);
+                    kvcd_reply_free(r);
+                    free(q[k][d].buf);
+                    q[k][d].buf = NULL;
+                }
+                /* client 0 stores, 1 loads, 2 looks up (prefetch), 3 removes
+                 * and clears; all on the same few keys. */
+                op = k == 0   ? KVCD_OP_STORE
+                     : k == 1 ? KVCD_OP_LOAD
+                     : k == 2 ? KVCD_OP_LOOKUP
+                              : (rand_r(&seed) % 8 == 0 ? KVCD_OP_CLEAR : KVCD_OP_REMOVE);
+                q[k][d].op = op;
+                q[k][d].n = op == KVCD_OP_STORE || op == KVCD_OP_CLEAR ? 1 : 1 + rand_r(&seed) % 4;
+                for (j = 0; j < q[k][d].n; j++) {
+                    q[k][d].key[j] = (size_t)rand_r(&seed) % KEYS;
+                    hs[j] = H[q[k][d].key[j]];
+                }
+                if (op == KVCD_OP_STORE) {
+                    size_t len = klen(q[k][d].key[0]);
+                    const void *b;
+
+                    q[k][d].buf = kbuf(q[k][d].key[0]);
+                    b = q[k][d].buf;
+                    ck_assert_int_eq(kvcd_client_send(c[k], op, &base, hs, 1, &b, &len,
+                                                      &q[k][d].id), 0);
+                } else if (op == KVCD_OP_CLEAR) {
+                    ck_assert_int_eq(kvcd_client_send(c[k], op, NULL, NULL, 0, NULL, NULL,
+                                                      &q[k][d].id), 0);
+                } else {
+                    ck_assert_int_eq(kvcd_client_send(c[k], op, &base, hs, q[k][d].n, NULL,
+                                                      NULL, &q[k][d].id), 0);
+                }
+                sent++;
+            }
+    }
+    for (k = 0; k < NC; k++)
+        for (d = 0; d < DEPTH; d++) {
+            kvcd_reply_t *r = NULL;
+
+            ck_assert_int_eq(kvcd_client_wait(c[k], q[k][d].id, 20000, &r), 0);
+            answered++;
+            if (q[k][d].op == KVCD_OP_LOAD)
+                for (j = 0; j < q[k][d].n; j++)
+                    hits += check_hit(r, j, q[k][d].key[j]);
+            kvcd_reply_free(r);
+            free(q[k][d].buf);
+        }
+    printf("race: %zu requests, %zu answered, %zu errors, %zu byte-exact hits\n", sent,
+           answered, errs, hits);
+    ck_assert_uint_eq(answered, sent);
+    ck_assert_uint_gt(hits, 0);
+    wait_idle(cli, 10000);
+    for (k = 0; k < NC; k++)
+        kvcd_client_close(c[k]);
+    ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 15000), 0);
+    end();
+}
+END_TEST
+
+/* ---- a tier whose executor queue is full ---- */
+
+START_TEST(full_executor_queue_pipelined_all_answered)
+{
+    const char *args[] = {"--l2-timeout-ms", "1500", "--l1-size-gb", "0.01", "--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"store\":40,\"lookup\":40,\"load\":40,\"remove\":40},"
+                          "\"workers\":1,\"max_queue\":1}",
+                          NULL};
+    enum { NC = 3, DEPTH = 16 };
+    kvcd_client_t *c[NC];
+    uint64_t ids[NC][DEPTH];
+    uint32_t ops[NC][DEPTH];
+    void *bufs[NC][DEPTH];
+    size_t k, d, round, answered = 0, sent = 0;
+    json_t *st, *ex;
+    long long rejected;
+
+    start(args);
+    for (k = 0; k < NC; k++)
+        ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c[k]), 0);
+    for (round = 0; round < 6; round++) {
+        for (k = 0; k < NC; k++)
+            for (d = 0; d < DEPTH; d++) {
+                size_t key = (round * 7 + k * DEPTH + d) % 64;
+                uint32_t op = (uint32_t[]){KVCD_OP_STORE, KVCD_OP_LOOKUP, KVCD_OP_LOAD,
+                                           KVCD_OP_REMOVE}[(d + k + round) % 4];
+
+                bufs[k][d] = NULL;
+                ops[k][d] = op;
+                if (op == KVCD_OP_STORE) {
+                    size_t len = klen(key);
+                    const void *b;
+
+                    bufs[k][d] = kbuf(key);
+                    b = bufs[k][d];
+                    ck_assert_int_eq(kvcd_client_send(c[k], op, &base, &H[key], 1, &b, &len,
+                                                      &ids[k][d]), 0);
+                } else {
+                    ck_assert_int_eq(kvcd_client_send(c[k], op, &base, &H[key], 1, NULL, NULL,
+                                                      &ids[k][d]), 0);
+                }
+                sent++;
+            }
+        for (k = 0; k < NC; k++)
+            for (d = 0; d < DEPTH; d++) {
+                kvcd_reply_t *r = NULL;
+
+                ck_assert_msg(kvcd_client_wait(c[k], ids[k][d], 20000, &r) == 0,
+                              "op %u unanswered behind a full tier queue", ops[k][d]);
+                answered++;
+                kvcd_reply_free(r);
+                free(bufs[k][d]);
+            }
+    }
+    ck_assert_uint_eq(answered, sent);
+    wait_idle(cli, 10000);
+    st = kvcd_test_status(cli);
+    ex = json_object_get(json_array_get(json_object_get(st, "l2"), 0), "executor");
+    ck_assert_ptr_nonnull(ex);
+    rejected = json_integer_value(json_object_get(ex, "rejected"));
+    printf("full queue: %zu requests answered, %lld tier calls rejected\n", answered, rejected);
+    ck_assert_int_gt(rejected, 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(ex, "queued")), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(ex, "running")), 0);
+    json_decref(st);
+    for (k = 0; k < NC; k++)
+        kvcd_client_close(c[k]);
+    ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 10000), 0);
+    end();
+}
+END_TEST
+
+/* ---- admission: a budget no larger than one request ---- */
+
+static void admission_tight(size_t nkeys)
+{
+    const char *args[] = {"--max-request-mb", "4", "--max-frame-mb", "4", "--max-pending-mb",
+                          "4", "--l1-size-gb", "0.25", NULL};
+    enum { NC = 3, DEPTH = 6 };
+    kvcd_client_t *c[NC];
+    uint64_t ids[NC][DEPTH];
+    size_t per = 4 * MiB / nkeys, k, d, i, answered = 0, stored = 0;
+    void *p = malloc(4 * MiB);
+    const void *b[4];
+    size_t lens[4];
+
+    start(args);
+    kvcd_fill_random(p, 4 * MiB, 42);
+    for (i = 0; i < nkeys; i++) {
+        b[i] = (char *)p + i * per;
+        lens[i] = per;
+    }
+    for (k = 0; k < NC; k++)
+        ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c[k]), 0);
+    for (d = 0; d < DEPTH; d++)
+        for (k = 0; k < NC; k++)
+            ck_assert_int_eq(kvcd_client_send(c[k], KVCD_OP_STORE, &base,
+                                              &H[(k * DEPTH + d) * nkeys], nkeys, b, lens,
+                                              &ids[k][d]), 0);
+    for (k = 0; k < NC; k++)
+        for (d = 0; d < DEPTH; d++) {
+            kvcd_reply_t *r = NULL;
+
+            ck_assert_msg(kvcd_client_wait(c[k], ids[k][d], 15000, &r) == 0,
+                          "client %zu store %zu unanswered under a %s budget", k, d,
+                          "max-request-sized");
+            ck_assert_int_eq(kvcd_reply_hdr(r)->err, 0);
+            for (i = 0; i < nkeys; i++)
+                stored += kvcd_reply_hdr(r)->results[i] == 0;
+            answered++;
+            kvcd_reply_free(r);
+        }
+    ck_assert_uint_eq(answered, NC * DEPTH);
+    ck_assert_uint_eq(stored, NC * DEPTH * nkeys);
+    /* Everything stored loads back exactly. */
+    for (k = 0; k < NC * DEPTH * nkeys; k++) {
+        uint64_t id;
+        kvcd_reply_t *r = NULL;
+        size_t len = 0;
+        const void *got;
+
+        ck_assert_int_eq(kvcd_client_send(cli, KVCD_OP_LOAD, &base, &H[k], 1, NULL, NULL, &id),
+                         0);
+        ck_assert_int_eq(kvcd_client_wait(cli, id, 15000, &r), 0);
+        ck_assert_int_eq(kvcd_reply_hdr(r)->results[0], 0);
+        got = kvcd_reply_frame(r, 0, &len);
+        ck_assert_uint_eq(len, per);
+        ck_assert_int_eq(memcmp(got, (char *)p + (k % nkeys) * per, per), 0);
+        kvcd_reply_free(r);
+    }
+    for (k = 0; k < NC; k++)
+        kvcd_client_close(c[k]);
+    free(p);
+    ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 10000), 0);
+    end();
+}
+
+START_TEST(admission_budget_of_one_request_one_key_stores)
+{
+    admission_tight(1);
+}
+END_TEST
+
+START_TEST(admission_budget_of_one_request_four_key_stores)
+{
+    admission_tight(4);
+}
+END_TEST
+
+/* ---- garbage and truncated ZMTP next to real traffic ---- */
+
+static int unix_connect(void)
+{
+    struct sockaddr_un sa;
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    ck_assert_int_ge(fd, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    ck_assert_uint_lt(strlen(proc.endpoint + strlen("ipc://")), sizeof(sa.sun_path));
+    memcpy(sa.sun_path, proc.endpoint + strlen("ipc://"), strlen(proc.endpoint) - strlen("ipc://"));
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+static void put(int fd, const void *p, size_t n)
+{
+    (void)!write(fd, p, n);
+}
+
+/* A valid ZMTP 3.1 NULL greeting and a READY with Socket-Type DEALER. */
+static void handshake(int fd)
+{
+    unsigned char g[64] = {0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 1, 'N', 'U', 'L', 'L'};
+    static const unsigned char ready[] = {0x04, 28,  5,   'R', 'E', 'A', 'D', 'Y', 11,  'S',
+                                          'o',  'c', 'k', 'e', 't', '-', 'T', 'y', 'p', 'e',
+                                          0,    0,   0,   6,   'D', 'E', 'A', 'L', 'E', 'R'};
+
+    put(fd, g, sizeof(g));
+    put(fd, ready, sizeof(ready));
+}
+
+static void garbage_peer(int kind, unsigned *seed)
+{
+    int fd = unix_connect();
+    unsigned char buf[4096];
+    size_t i;
+
+    switch (kind) {
+    case 0: /* random bytes */
+        for (i = 0; i < sizeof(buf); i++)
+            buf[i] = (unsigned char)rand_r(seed);
+        put(fd, buf, sizeof(buf));
+        break;
+    case 1: /* half a greeting */
+        handshake(fd);
+        shutdown(fd, SHUT_RDWR);
+        break;
+    case 2: /* handshake, then a frame header claiming 2^62 bytes, then gone */
+        handshake(fd);
+        {
+            unsigned char h[9] = {0x02, 0x40, 0, 0, 0, 0, 0, 0, 0};
+
+            put(fd, h, sizeof(h));
+        }
+        break;
+    case 3: /* handshake, a header frame with MORE, half a 1 MiB bulk frame */
+        handshake(fd);
+        {
+            kvcd_wbuf_t w;
+            size_t len;
+            char *hdr;
+            unsigned char h[9] = {0x03, 0, 0, 0, 0, 0, 0x10, 0, 0};
+            unsigned char sh[2] = {0x01, 0};
+
+            kvcd_wbuf_init(&w);
+            kvcd_proto_encode_req(&w, 9, KVCD_OP_STORE, &base, &H[200], 1);
+            hdr = kvcd_wbuf_release(&w, &len);
+            ck_assert_uint_lt(len, 256);
+            sh[1] = (unsigned char)len;
+            put(fd, sh, 2);
+            put(fd, hdr, len);
+            free(hdr);
+            put(fd, h, sizeof(h));
+            memset(buf, 0x5a, sizeof(buf));
+            for (i = 0; i < 128; i++)
+                put(fd, buf, sizeof(buf));
+        }
+        break;
+    case 4: /* handshake, then garbage where frames should be */
+        handshake(fd);
+        for (i = 0; i < sizeof(buf); i++)
+            buf[i] = (unsigned char)rand_r(seed);
+        put(fd, buf, sizeof(buf));
+        break;
+    case 5: /* a header frame that is not msgpack, then a truncated one */
+        handshake(fd);
+        {
+            unsigned char m[] = {0x00, 5, 0xc1, 0xc1, 0xc1, 0xc1, 0xc1, 0x00, 3, 0x85, 0xa1};
+
+            put(fd, m, sizeof(m));
+        }
+        break;
+    }
+    close(fd);
+}
+
+START_TEST(garbage_zmtp_between_real_traffic)
+{
+    unsigned seed = 99;
+    size_t round, i;
+
+    signal(SIGPIPE, SIG_IGN);
+    start(NULL);
+    for (round = 0; round < 6; round++) {
+        for (i = 0; i < 6; i++) {
+            garbage_peer((int)i, &seed);
+            ck_assert_int_eq(store_key(cli, round * 6 + i), 0);
+            ck_assert_int_eq(load_key(cli, round * 6 + i), 1);
+        }
+    }
+    for (i = 0; i < 36; i++)
+        ck_assert_int_eq(load_key(cli, i), 1);
+    wait_idle(cli, 5000);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("lifecycle_attack");
+    TCase *t = tcase_create("attack");
+
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, admission_budget_of_one_request_one_key_stores);
+    tcase_add_test(t, admission_budget_of_one_request_four_key_stores);
+    tcase_add_test(t, client_closes_socket_with_every_request_in_flight);
+    tcase_add_test(t, client_killed_with_every_request_in_flight);
+    tcase_add_loop_test(t, sigterm_at_every_phase_short_timeout, 0, 4);
+    tcase_add_loop_test(t, sigterm_at_every_phase_long_timeout, 0, 3);
+    tcase_add_test(t, clear_remove_race_prefetch_writebehind_loads);
+    tcase_add_test(t, full_executor_queue_pipelined_all_answered);
+    tcase_add_test(t, garbage_zmtp_between_real_traffic);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    return kvcd_test_run(suite());
+}
