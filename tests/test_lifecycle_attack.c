@@ -541,6 +541,45 @@ START_TEST(clear_remove_race_prefetch_writebehind_loads)
 }
 END_TEST
 
+/* A REMOVE that arrives while a LOOKUP's prefetch of the same key is loading
+ * from the tier: once the REMOVE is answered the key must not come back (the
+ * prefetch used to publish its copy into L1 afterwards; LOOKUP then said
+ * present and LOAD hit a removed key). One tier thread: the tier removes the
+ * key only after the load has read it. */
+START_TEST(remove_during_prefetch_not_resurrected)
+{
+    const char *args[] = {"--l2-timeout-ms", "5000", "--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"load\":800},\"workers\":1}",
+                          NULL};
+    uint64_t id;
+    kvcd_reply_t *r = NULL;
+    uint8_t present = 1;
+    size_t prefix = 9;
+    int res = 1;
+
+    start(args);
+    ck_assert_int_eq(store_key(cli, 0), 0);
+    usleep(200 * 1000); /* written behind */
+    ck_assert_int_eq(kvcd_client_clear(cli, NULL), 0);
+    /* The LOOKUP finds the key in the tier and starts loading it (800 ms). */
+    ck_assert_int_eq(kvcd_client_send(cli, KVCD_OP_LOOKUP, &base, &H[0], 1, NULL, NULL, &id), 0);
+    usleep(300 * 1000);
+    ck_assert_int_eq(kvcd_test_stat(cli, "storage", "prefetch_inflight"), 1);
+    ck_assert_int_eq(kvcd_client_remove(cli, &base, &H[0], 1, &res), 0);
+    ck_assert_int_eq(res, 0);
+    ck_assert_int_eq(kvcd_client_wait(cli, id, 10000, &r), 0);
+    ck_assert_int_eq(kvcd_reply_hdr(r)->err, 0);
+    kvcd_reply_free(r);
+    ck_assert_int_eq(kvcd_client_lookup(cli, &base, &H[0], 1, &prefix, &present), 0);
+    ck_assert_msg(present == 0, "key present again after REMOVE answered");
+    ck_assert_uint_eq(prefix, 0);
+    ck_assert_int_eq(load_key(cli, 0), 0);
+    ck_assert_int_eq(kvcd_test_stat(cli, "storage", "pinned_objects"), 0);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
 /* ---- a tier whose executor queue is full ---- */
 
 START_TEST(full_executor_queue_pipelined_all_answered)
@@ -836,6 +875,7 @@ static Suite *suite(void)
     ADD(s, sigterm_at_every_phase_short_timeout, 4);
     ADD(s, sigterm_at_every_phase_long_timeout, 3);
     ADD(s, clear_remove_race_prefetch_writebehind_loads, 0);
+    ADD(s, remove_during_prefetch_not_resurrected, 0);
     ADD(s, full_executor_queue_pipelined_all_answered, 0);
     ADD(s, garbage_zmtp_between_real_traffic, 0);
     return s;
