@@ -180,11 +180,11 @@ static void send_everything(kvcd_client_t *c, inflight_t *f)
         memset(&shm, 0, sizeof(shm));
         f->memfd = memfd_create("kvcd-attack", MFD_ALLOW_SEALING);
         ck_assert_int_ge(f->memfd, 0);
-        ck_assert_int_eq(ftruncate(f->memfd, MiB), 0);
+        ck_assert_int_eq(ftruncate(f->memfd, 64 * MiB), 0);
         fcntl(f->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
         shm.pid = (uint64_t)getpid();
         shm.fd = (uint64_t)f->memfd;
-        shm.size = MiB;
+        shm.size = 64 * MiB; /* pre-faulted off the loop after it registers */
         ck_assert_int_eq(kvcd_client_send_shm(c, KVCD_OP_REGISTER_SEGMENT, NULL, NULL, 0, &shm,
                                               &id), 0);
         f->ids[f->n++] = id;
@@ -222,6 +222,27 @@ static void send_everything(kvcd_client_t *c, inflight_t *f)
     for (i = 0; i < 4; i++) {
         ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_LOOKUP, &base, &H[4 + i], 1, NULL, NULL,
                                           &id), 0);
+        f->ids[f->n++] = id;
+    }
+    /* STORE_SHM of a big key out of the segment (copied off the loop), then
+     * LOAD_SHM of it and of an L1 key back into the segment. */
+    {
+        static const uint64_t offs[2] = {0, MiB}, lens[2] = {MiB, MiB};
+        kvcd_shm_args_t shm;
+
+        kvcd_fill_random(f->seg->base, 2 * MiB, 31);
+        memset(&shm, 0, sizeof(shm));
+        shm.segment = f->seg->id;
+        shm.offsets = offs;
+        shm.lengths = lens;
+        ck_assert_int_eq(kvcd_client_send_shm(c, KVCD_OP_STORE_SHM, &base, &H[20], 2, &shm,
+                                              &id), 0);
+        f->ids[f->n++] = id;
+        ck_assert_int_eq(kvcd_client_send_shm(c, KVCD_OP_LOAD_SHM, &base, &H[20], 2, &shm,
+                                              &id), 0);
+        f->ids[f->n++] = id;
+        ck_assert_int_eq(kvcd_client_send_shm(c, KVCD_OP_LOAD_SHM, &base, &H[0], 1, &shm,
+                                              &id), 0);
         f->ids[f->n++] = id;
     }
     /* REMOVE of a key whose write-behind is still running. */
@@ -849,6 +870,125 @@ START_TEST(garbage_zmtp_between_real_traffic)
 }
 END_TEST
 
+/* Open descriptors of a process. */
+static int count_fds(pid_t pid)
+{
+    char path[64], out[64];
+    int n = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "ls /proc/%d/fd | wc -l", (int)pid);
+    f = popen(path, "r");
+    if (!f)
+        return -1;
+    if (fgets(out, sizeof(out), f))
+        n = atoi(out);
+    pclose(f);
+    return n;
+}
+
+/* Hundreds of clients that connect, pipeline a STORE, a LOAD and a LOOKUP and
+ * vanish: connections, descriptors and memory all come back. */
+START_TEST(connection_churn_with_requests_in_flight)
+{
+    const char *args[] = {"--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"store\":5,\"lookup\":20}}",
+                          NULL};
+    void *p;
+    size_t i, len;
+    int fds0, fds1 = 0;
+    uint64_t t_end;
+
+    start(args);
+    ck_assert_int_eq(store_key(cli, 0), 0);
+    fds0 = count_fds(proc.pid);
+    p = kbuf(1);
+    len = klen(1);
+    for (i = 0; i < 300; i++) {
+        kvcd_client_t *c = NULL;
+        const void *b = p;
+        uint64_t id;
+
+        ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 30000, &c), 0);
+        ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_STORE, &base, &H[1 + i % 8], 1, &b, &len,
+                                          &id), 0);
+        ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_LOAD, &base, &H[0], 1, NULL, NULL, &id),
+                         0);
+        ck_assert_int_eq(kvcd_client_send(c, KVCD_OP_LOOKUP, &base, &H[50], 1, NULL, NULL,
+                                          &id), 0);
+        if (i % 3 == 0)
+            usleep(2000);
+        kvcd_client_close(c);
+    }
+    free(p);
+    ck_assert_int_eq(load_key(cli, 0), 1);
+    wait_idle(cli, 10000);
+    t_end = now_ms() + 10000;
+    while (now_ms() < t_end) {
+        fds1 = count_fds(proc.pid);
+        if (fds1 <= fds0 + 2 && kvcd_test_stat(cli, "transport", "connections") == 1)
+            break;
+        usleep(100 * 1000);
+    }
+    ck_assert_msg(fds1 <= fds0 + 2, "%d descriptors open after churn, %d before", fds1, fds0);
+    ck_assert_int_eq(kvcd_test_stat(cli, "transport", "connections"), 1);
+    /* only the STATUS request's own header is held */
+    ck_assert_int_lt(kvcd_test_stat(cli, "admission", "request_bytes"), 64);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
+/* A peer stuck halfway through a big message (its frame buffer allocated),
+ * another one idle after the handshake: SIGTERM still exits 0 in time, and
+ * the half-received frame is freed (LeakSanitizer). */
+START_TEST(sigterm_with_peer_stuck_mid_message)
+{
+    const char *args[] = {"--shutdown-timeout-ms", "800", NULL};
+    int fd, fd2;
+    uint64_t t0;
+
+    signal(SIGPIPE, SIG_IGN);
+    start(args);
+    fd = unix_connect();
+    handshake(fd);
+    {
+        kvcd_wbuf_t w;
+        size_t len, i;
+        char *hdr;
+        unsigned char h[9] = {0x03, 0, 0, 0, 0, 0, 0x40, 0, 0}; /* 4 MiB, MORE */
+        unsigned char sh[2] = {0x01, 0};
+        static unsigned char chunk[4096];
+
+        kvcd_wbuf_init(&w);
+        kvcd_proto_encode_req(&w, 9, KVCD_OP_STORE, &base, &H[200], 1);
+        hdr = kvcd_wbuf_release(&w, &len);
+        ck_assert_uint_lt(len, 256);
+        sh[1] = (unsigned char)len;
+        put(fd, sh, 2);
+        put(fd, hdr, len);
+        free(hdr);
+        h[0] = 0x02; /* the bulk frame: last, long */
+        put(fd, h, sizeof(h));
+        for (i = 0; i < 256; i++)
+            put(fd, chunk, sizeof(chunk)); /* 1 MiB of 4 */
+    }
+    fd2 = unix_connect();
+    handshake(fd2);
+    ck_assert_int_eq(store_key(cli, 1), 0);
+    ck_assert_int_eq(load_key(cli, 1), 1);
+    usleep(100 * 1000);
+    ck_assert_int_gt(kvcd_test_stat(cli, "admission", "request_bytes"), 4 * MiB - 1);
+    t0 = now_ms();
+    ck_assert_int_eq(kvcd_proc_stop(&proc, SIGTERM, 10000), 0);
+    ck_assert_msg(now_ms() - t0 <= 800 + 1500, "exit took %llu ms",
+                  (unsigned long long)(now_ms() - t0));
+    close(fd);
+    close(fd2);
+    end();
+}
+END_TEST
+
 /* One case per test, so that CK_RUN_CASE=<test name> runs one alone. */
 static void add(Suite *s, const char *name, const TTest *fn, int loops)
 {
@@ -878,6 +1018,8 @@ static Suite *suite(void)
     ADD(s, remove_during_prefetch_not_resurrected, 0);
     ADD(s, full_executor_queue_pipelined_all_answered, 0);
     ADD(s, garbage_zmtp_between_real_traffic, 0);
+    ADD(s, connection_churn_with_requests_in_flight, 0);
+    ADD(s, sigterm_with_peer_stuck_mid_message, 0);
     return s;
 }
 
