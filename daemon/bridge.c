@@ -12,7 +12,11 @@
  *  - `held` counts the bytes of frames allocated and not yet freed (requests
  *    being received and requests not finished); with the headers of unsent
  *    replies it is what the admission switch compares against the budget:
- *    above it every connection is paused, so the peers' kernels block them;
+ *    above it every connection is paused, so the peers' kernels block them,
+ *    as long as some of it drains without reading (a delivered request, an
+ *    unsent reply); bytes of messages still arriving drain only by reading
+ *    on, so they alone never pause: held stays under the budget plus the
+ *    messages in progress (one per connection), and no pause can deadlock;
  *  - a connection whose unsent replies exceed --max-unsent-mb is paused by
  *    itself (a peer that does not read cannot make the daemon queue more),
  *    and resumed when its replies drain.

@@ -898,7 +898,7 @@ void kvcd_storage_remove(kvcd_storage_t *st, const kvcd_req_t *req,
              * this REMOVE is answered: its copy lands nowhere now. (A STORE
              * in progress is left alone: it arrived first.) */
             if (obj->prefetched == PF_LOADING)
-                kvcd_l1_unlink(st->l1, obj);
+                forget(st, obj); /* and the pins of LOOKUPs that wait for it */
             obj = NULL;
         }
         rm->results[i] = obj ? 0 : KVCD_ENOTFOUND;

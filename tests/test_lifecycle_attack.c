@@ -989,6 +989,69 @@ START_TEST(sigterm_with_peer_stuck_mid_message)
 }
 END_TEST
 
+/* SIGTERM while clients keep sending (LOADs with zero-copy replies, STOREs,
+ * PINGs) through the whole shutdown: the arrivals get ESHUTDOWN, the quiet
+ * window never comes, the deadline does; exit 0 in time and nothing leaked
+ * or touched after free by requests that arrive while the socket closes. */
+START_TEST(sigterm_under_request_flood)
+{
+    const char *args[] = {"--shutdown-timeout-ms", "700", NULL};
+    pid_t kids[3];
+    size_t k;
+    uint64_t t0;
+    int st;
+
+    start(args);
+    ck_assert_int_eq(store_key(cli, 0), 0);
+    for (k = 0; k < 3; k++) {
+        kids[k] = fork();
+        ck_assert_int_ge(kids[k], 0);
+        if (kids[k] == 0) {
+            kvcd_client_t *c = NULL;
+            void *p = kbuf(1);
+            size_t len = klen(1);
+            uint64_t ids[16];
+            size_t i, j;
+
+            if (kvcd_client_connect(proc.endpoint, 2000, &c) != 0)
+                _exit(3);
+            for (j = 0;; j++) {
+                for (i = 0; i < 16; i++) {
+                    const void *b = p;
+                    uint32_t op = (uint32_t[]){KVCD_OP_LOAD, KVCD_OP_STORE, KVCD_OP_PING,
+                                               KVCD_OP_LOOKUP}[(i + k) % 4];
+
+                    if (op == KVCD_OP_STORE)
+                        kvcd_client_send(c, op, &base, &H[1 + j % 50], 1, &b, &len, &ids[i]);
+                    else if (op == KVCD_OP_PING)
+                        kvcd_client_send(c, op, NULL, NULL, 0, NULL, NULL, &ids[i]);
+                    else
+                        kvcd_client_send(c, op, &base, &H[0], 1, NULL, NULL, &ids[i]);
+                }
+                for (i = 0; i < 16; i++) {
+                    kvcd_reply_t *r = NULL;
+
+                    if (kvcd_client_wait(c, ids[i], 300, &r) == 0)
+                        kvcd_reply_free(r);
+                }
+            }
+        }
+    }
+    usleep(400 * 1000);
+    t0 = now_ms();
+    kill(proc.pid, SIGTERM);
+    st = kvcd_proc_stop(&proc, 0, 10000);
+    for (k = 0; k < 3; k++) {
+        kill(kids[k], SIGKILL);
+        waitpid(kids[k], NULL, 0);
+    }
+    ck_assert_int_eq(st, 0);
+    ck_assert_msg(now_ms() - t0 <= 700 + 1500, "exit took %llu ms",
+                  (unsigned long long)(now_ms() - t0));
+    end();
+}
+END_TEST
+
 /* One case per test, so that CK_RUN_CASE=<test name> runs one alone. */
 static void add(Suite *s, const char *name, const TTest *fn, int loops)
 {
@@ -1020,6 +1083,7 @@ static Suite *suite(void)
     ADD(s, garbage_zmtp_between_real_traffic, 0);
     ADD(s, connection_churn_with_requests_in_flight, 0);
     ADD(s, sigterm_with_peer_stuck_mid_message, 0);
+    ADD(s, sigterm_under_request_flood, 0);
     return s;
 }
 
