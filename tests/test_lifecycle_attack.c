@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -849,6 +850,59 @@ static void garbage_peer(int kind, unsigned *seed)
     close(fd);
 }
 
+/* A valid handshake and STORE message with a few bytes changed at random:
+ * whatever the transport makes of it, the daemon answers or hangs up, and
+ * serves the next client. */
+static void mutated_peer(unsigned *seed)
+{
+    unsigned char msg[8192];
+    size_t n = 0, len, i, flips;
+    kvcd_wbuf_t w;
+    char *hdr;
+    unsigned char g[64] = {0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 1, 'N', 'U', 'L', 'L'};
+    static const unsigned char ready[] = {0x04, 28,  5,   'R', 'E', 'A', 'D', 'Y', 11,  'S',
+                                          'o',  'c', 'k', 'e', 't', '-', 'T', 'y', 'p', 'e',
+                                          0,    0,   0,   6,   'D', 'E', 'A', 'L', 'E', 'R'};
+    int fd;
+
+    memcpy(msg, g, 64);
+    n = 64;
+    memcpy(msg + n, ready, sizeof(ready));
+    n += sizeof(ready);
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_req(&w, 4242, KVCD_OP_STORE, &base, &H[210], 2);
+    hdr = kvcd_wbuf_release(&w, &len);
+    msg[n++] = 0x01;
+    msg[n++] = (unsigned char)len;
+    memcpy(msg + n, hdr, len);
+    n += len;
+    free(hdr);
+    msg[n++] = 0x01;
+    msg[n++] = 200;
+    memset(msg + n, 7, 200);
+    n += 200;
+    msg[n++] = 0x00;
+    msg[n++] = 100;
+    memset(msg + n, 8, 100);
+    n += 100;
+    flips = 1 + rand_r(seed) % 4;
+    for (i = 0; i < flips; i++) {
+        size_t at = 10 + (size_t)rand_r(seed) % (n - 10);
+
+        msg[at] = (unsigned char)rand_r(seed);
+    }
+    fd = unix_connect();
+    put(fd, msg, rand_r(seed) % 3 ? n : (size_t)rand_r(seed) % n);
+    if (rand_r(seed) % 2) {
+        struct timeval tv = {0, 20 * 1000};
+        char rb[512];
+
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        (void)!read(fd, rb, sizeof(rb));
+    }
+    close(fd);
+}
+
 START_TEST(garbage_zmtp_between_real_traffic)
 {
     unsigned seed = 99;
@@ -863,9 +917,20 @@ START_TEST(garbage_zmtp_between_real_traffic)
             ck_assert_int_eq(load_key(cli, round * 6 + i), 1);
         }
     }
+    for (round = 0; round < 400; round++) {
+        mutated_peer(&seed);
+        if (round % 40 == 0)
+            ck_assert_int_eq(load_key(cli, round / 40), 1);
+    }
     for (i = 0; i < 36; i++)
         ck_assert_int_eq(load_key(cli, i), 1);
     wait_idle(cli, 5000);
+    printf("garbage: %lld connections accepted, %lld protocol errors, %lld rejected, "
+           "%lld messages\n", kvcd_test_stat(cli, "transport", "accepted"),
+           kvcd_test_stat(cli, "transport", "protocol_errors"),
+           kvcd_test_stat(cli, "transport", "rejected"),
+           kvcd_test_stat(cli, "transport", "messages"));
+    ck_assert_int_gt(kvcd_test_stat(cli, "transport", "protocol_errors"), 0);
     kvcd_test_stop(&proc, &cli);
 }
 END_TEST
@@ -1052,6 +1117,62 @@ START_TEST(sigterm_under_request_flood)
 }
 END_TEST
 
+/* A peer that pipelines zero-copy LOADs and never reads the replies holds
+ * their objects; CLEAR unlinks them but their memory stays until the replies
+ * go. When the peer disconnects, every queued reply is released: L1 is empty
+ * again, and the daemon serves on. */
+START_TEST(unread_load_replies_released_when_peer_goes)
+{
+    const char *args[] = {"--max-unsent-mb", "8", NULL};
+    void *ctx = zmq_ctx_new(), *a = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, hwm = 1;
+    size_t i;
+    long long used = 0;
+    uint64_t t_end;
+
+    start(args);
+    for (i = 0; i < 8; i++)
+        ck_assert_int_eq(store_key(cli, i), 0);
+    zmq_setsockopt(a, ZMQ_LINGER, &linger, sizeof(linger));
+    zmq_setsockopt(a, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+    ck_assert_int_eq(zmq_connect(a, proc.endpoint), 0);
+    for (i = 0; i < 400; i++) {
+        kvcd_wbuf_t w;
+        size_t len;
+        char *hdr;
+
+        kvcd_wbuf_init(&w);
+        kvcd_proto_encode_req(&w, 1000 + i, KVCD_OP_LOAD, &base, H, 8);
+        hdr = kvcd_wbuf_release(&w, &len);
+        ck_assert_int_eq(zmq_send(a, hdr, len, 0), (int)len);
+        free(hdr);
+    }
+    /* The daemon stops reading it once 8 MiB of replies are unsent. */
+    t_end = now_ms() + 10000;
+    while (now_ms() < t_end && kvcd_test_stat(cli, "admission", "connection_pauses") < 1)
+        usleep(20 * 1000);
+    ck_assert_int_ge(kvcd_test_stat(cli, "admission", "connection_pauses"), 1);
+    ck_assert_int_eq(kvcd_client_clear(cli, NULL), 0);
+    ck_assert_int_gt(kvcd_test_stat(cli, "l1", "used"), 0); /* held by unsent replies */
+    ck_assert_int_eq(store_key(cli, 20), 0);
+    ck_assert_int_eq(load_key(cli, 20), 1);
+    zmq_close(a);
+    zmq_ctx_term(ctx);
+    t_end = now_ms() + 10000;
+    while (now_ms() < t_end) {
+        used = kvcd_test_stat(cli, "l1", "used");
+        if (used == (long long)((klen(20) + 4095) / 4096 * 4096))
+            break;
+        usleep(50 * 1000);
+    }
+    ck_assert_msg(used == (long long)((klen(20) + 4095) / 4096 * 4096),
+                  "L1 still uses %lld bytes after the peer went", used);
+    ck_assert_int_eq(kvcd_test_stat(cli, "admission", "unsent_bytes"), 0);
+    wait_idle(cli, 5000);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
 /* One case per test, so that CK_RUN_CASE=<test name> runs one alone. */
 static void add(Suite *s, const char *name, const TTest *fn, int loops)
 {
@@ -1084,6 +1205,7 @@ static Suite *suite(void)
     ADD(s, connection_churn_with_requests_in_flight, 0);
     ADD(s, sigterm_with_peer_stuck_mid_message, 0);
     ADD(s, sigterm_under_request_flood, 0);
+    ADD(s, unread_load_replies_released_when_peer_goes, 0);
     return s;
 }
 
