@@ -677,10 +677,10 @@ END_TEST
 
 /* ---- admission: a budget no larger than one request ---- */
 
-static void admission_tight(size_t nkeys)
+static void admission_tight(size_t nkeys, int default_budget)
 {
-    const char *args[] = {"--max-request-mb", "4", "--max-frame-mb", "4", "--max-pending-mb",
-                          "4", "--l1-size-gb", "0.25", NULL};
+    const char *args[] = {"--max-request-mb", "4", "--max-frame-mb", "4", "--l1-size-gb",
+                          "0.25", default_budget ? NULL : "--max-pending-mb", "4", NULL};
     enum { NC = 3, DEPTH = 6 };
     kvcd_client_t *c[NC];
     uint64_t ids[NC][DEPTH];
@@ -708,7 +708,7 @@ static void admission_tight(size_t nkeys)
 
             ck_assert_msg(kvcd_client_wait(c[k], ids[k][d], 15000, &r) == 0,
                           "client %zu store %zu unanswered under a %s budget", k, d,
-                          "max-request-sized");
+                          default_budget ? "default" : "max-request-sized");
             ck_assert_int_eq(kvcd_reply_hdr(r)->err, 0);
             for (i = 0; i < nkeys; i++)
                 stored += kvcd_reply_hdr(r)->results[i] == 0;
@@ -742,13 +742,21 @@ static void admission_tight(size_t nkeys)
 
 START_TEST(admission_budget_of_one_request_one_key_stores)
 {
-    admission_tight(1);
+    admission_tight(1, 0);
+}
+END_TEST
+
+/* The default budget (2 x --max-request-mb) is no better when three peers are
+ * each partway through a max-size STORE. */
+START_TEST(admission_default_budget_three_peers_max_size_stores)
+{
+    admission_tight(1, 1);
 }
 END_TEST
 
 START_TEST(admission_budget_of_one_request_four_key_stores)
 {
-    admission_tight(4);
+    admission_tight(4, 0);
 }
 END_TEST
 
@@ -1194,6 +1202,7 @@ static Suite *suite(void)
 
     ADD(s, admission_budget_of_one_request_one_key_stores, 0);
     ADD(s, admission_budget_of_one_request_four_key_stores, 0);
+    ADD(s, admission_default_budget_three_peers_max_size_stores, 0);
     ADD(s, client_closes_socket_with_every_request_in_flight, 0);
     ADD(s, client_killed_with_every_request_in_flight, 0);
     ADD(s, sigterm_at_every_phase_short_timeout, 4);
