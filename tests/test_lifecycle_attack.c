@@ -1125,6 +1125,50 @@ START_TEST(sigterm_under_request_flood)
 }
 END_TEST
 
+/* A peer that stops halfway through a max-size STORE holds a whole frame
+ * buffer: with a budget of one request that used to pause every connection
+ * for good (the frame could only complete by reading it). Others must keep
+ * being served while it sits there. */
+START_TEST(stalled_partial_message_does_not_stall_others)
+{
+    const char *args[] = {"--max-request-mb", "4", "--max-frame-mb", "4", "--max-pending-mb",
+                          "4", NULL};
+    int fd;
+    size_t i;
+
+    signal(SIGPIPE, SIG_IGN);
+    start(args);
+    fd = unix_connect();
+    handshake(fd);
+    {
+        kvcd_wbuf_t w;
+        size_t len;
+        char *hdr;
+        unsigned char h[9] = {0x02, 0, 0, 0, 0, 0, 0x40, 0, 0}; /* 4 MiB, last */
+        unsigned char sh[2] = {0x01, 0};
+        static unsigned char chunk[4096];
+
+        kvcd_wbuf_init(&w);
+        kvcd_proto_encode_req(&w, 9, KVCD_OP_STORE, &base, &H[200], 1);
+        hdr = kvcd_wbuf_release(&w, &len);
+        ck_assert_uint_lt(len, 256);
+        sh[1] = (unsigned char)len;
+        put(fd, sh, 2);
+        put(fd, hdr, len);
+        free(hdr);
+        put(fd, h, sizeof(h));
+        put(fd, chunk, sizeof(chunk)); /* 4 KiB of 4 MiB, then nothing */
+    }
+    usleep(100 * 1000);
+    for (i = 0; i < 10; i++) {
+        ck_assert_int_eq(store_key(cli, i), 0);
+        ck_assert_int_eq(load_key(cli, i), 1);
+    }
+    close(fd);
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
 /* A peer that pipelines zero-copy LOADs and never reads the replies holds
  * their objects; CLEAR unlinks them but their memory stays until the replies
  * go. When the peer disconnects, every queued reply is released: L1 is empty
@@ -1203,6 +1247,7 @@ static Suite *suite(void)
     ADD(s, admission_budget_of_one_request_one_key_stores, 0);
     ADD(s, admission_budget_of_one_request_four_key_stores, 0);
     ADD(s, admission_default_budget_three_peers_max_size_stores, 0);
+    ADD(s, stalled_partial_message_does_not_stall_others, 0);
     ADD(s, client_closes_socket_with_every_request_in_flight, 0);
     ADD(s, client_killed_with_every_request_in_flight, 0);
     ADD(s, sigterm_at_every_phase_short_timeout, 4);
