@@ -602,6 +602,35 @@ START_TEST(remove_during_prefetch_not_resurrected)
 }
 END_TEST
 
+/* A STORE of a key whose prefetch is still loading it from a tier that then
+ * fails the load (a corrupt or unreachable copy): the STORE was answered 0 as
+ * a duplicate of the object being prefetched, the prefetch failed, and the
+ * stored bytes were nowhere (LOAD missed right after a successful STORE). */
+START_TEST(store_during_failing_prefetch_is_kept)
+{
+    const char *args[] = {"--l2-timeout-ms", "5000", "--l2-adapter",
+                          "{\"type\":\"fault\",\"inner\":{\"type\":\"mock\"},"
+                          "\"delay_ms\":{\"load\":600},\"fail\":{\"load\":1}}",
+                          NULL};
+    uint64_t id;
+    kvcd_reply_t *r = NULL;
+
+    start(args);
+    ck_assert_int_eq(store_key(cli, 0), 0);
+    usleep(200 * 1000); /* written behind */
+    ck_assert_int_eq(kvcd_client_clear(cli, NULL), 0);
+    ck_assert_int_eq(kvcd_client_send(cli, KVCD_OP_LOOKUP, &base, &H[0], 1, NULL, NULL, &id), 0);
+    usleep(200 * 1000);
+    ck_assert_int_eq(kvcd_test_stat(cli, "storage", "prefetch_inflight"), 1);
+    ck_assert_int_eq(store_key(cli, 0), 0);
+    ck_assert_int_eq(kvcd_client_wait(cli, id, 10000, &r), 0);
+    kvcd_reply_free(r);
+    ck_assert_int_eq(kvcd_test_stat(cli, "storage", "prefetch_failed"), 1);
+    ck_assert_msg(load_key(cli, 0) == 1, "a STORE answered 0 did not keep its bytes");
+    kvcd_test_stop(&proc, &cli);
+}
+END_TEST
+
 /* ---- a tier whose executor queue is full ---- */
 
 START_TEST(full_executor_queue_pipelined_all_answered)
@@ -1302,6 +1331,7 @@ static Suite *suite(void)
     ADD(s, sigterm_at_every_phase_long_timeout, 3);
     ADD(s, clear_remove_race_prefetch_writebehind_loads, 0);
     ADD(s, remove_during_prefetch_not_resurrected, 0);
+    ADD(s, store_during_failing_prefetch_is_kept, 0);
     ADD(s, full_executor_queue_pipelined_all_answered, 0);
     ADD(s, garbage_zmtp_between_real_traffic, 0);
     ADD(s, connection_churn_with_requests_in_flight, 0);
