@@ -8,6 +8,11 @@
  * daemon keeps serving others, exits 0 within --shutdown-timeout-ms + 1.5 s,
  * and its log holds no sanitizer report (under `make SANITIZE=...` that
  * includes LeakSanitizer at exit).
+ *
+ * Regression tests (each failed before its fix): admission_* and
+ * stalled_partial_message_does_not_stall_others (a pause that only reading
+ * could end: no reply ever), remove_during_prefetch_not_resurrected,
+ * store_during_failing_prefetch_is_kept. CK_RUN_CASE=<test> runs one.
  */
 #include <check.h>
 #include <errno.h>
@@ -261,6 +266,13 @@ static void inflight_free(inflight_t *f)
         free(f->bufs[i]);
     if (f->memfd >= 0)
         close(f->memfd);
+    if (f->seg) {
+        /* Our side only: the daemon's mapping is its own, dropped when the
+         * connection's lease ends or the daemon exits. */
+        munmap(f->seg->base, f->seg->size);
+        close(f->seg->fd);
+        free(f->seg);
+    }
 }
 
 /* Keys 0..3 in L1, 4..7 in the slow tier only. */
@@ -311,7 +323,6 @@ START_TEST(client_closes_socket_with_every_request_in_flight)
         send_everything(c, &f);
         usleep(round ? 400 * 1000 : 20 * 1000);
         /* Gone without waiting (the client closes with linger 0). */
-        free(f.seg); /* the mapping goes with the process; the daemon's copy is its own */
         kvcd_client_close(c);
         inflight_free(&f);
     }
@@ -442,7 +453,6 @@ static void sigterm_phase(int timeout_ms, int delay_ms, int twice)
            "%llu ms\n", delay_ms, timeout_ms, twice ? " (twice)" : "", ok, shut, other,
            (unsigned long long)(now_ms() - t0));
     kvcd_client_close(c);
-    free(f.seg);
     inflight_free(&f);
     end();
 }
@@ -688,6 +698,14 @@ START_TEST(full_executor_queue_pipelined_all_answered)
     }
     ck_assert_uint_eq(answered, sent);
     wait_idle(cli, 10000);
+    /* Nothing stuck: the write-behind still running drains too. */
+    {
+        uint64_t t_end = now_ms() + 10000;
+
+        while (now_ms() < t_end && kvcd_test_stat(cli, "storage", "l2_inflight") > 0)
+            usleep(50 * 1000);
+        ck_assert_int_eq(kvcd_test_stat(cli, "storage", "l2_inflight"), 0);
+    }
     st = kvcd_test_status(cli);
     ex = json_object_get(json_array_get(json_object_get(st, "l2"), 0), "executor");
     ck_assert_ptr_nonnull(ex);
