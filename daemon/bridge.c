@@ -12,7 +12,11 @@
  *  - `held` counts the bytes of frames allocated and not yet freed (requests
  *    being received and requests not finished); with the headers of unsent
  *    replies it is what the admission switch compares against the budget:
- *    above it every connection is paused, so the peers' kernels block them;
+ *    above it every connection is paused, so the peers' kernels block them,
+ *    as long as some of it drains without reading (a delivered request, an
+ *    unsent reply); bytes of messages still arriving drain only by reading
+ *    on, so they alone never pause: held stays under the budget plus the
+ *    messages in progress (one per connection), and no pause can deadlock;
  *  - a connection whose unsent replies exceed --max-unsent-mb is paused by
  *    itself (a peer that does not read cannot make the daemon queue more),
  *    and resumed when its replies drain;
@@ -81,6 +85,7 @@ struct kvcd_bridge_s {
     int closed;
     size_t unsent;
     uint64_t held;            /* bytes of frames allocated and not freed */
+    uint64_t receiving;       /* part of held: frames of messages not yet delivered */
     size_t unsent_hdr;        /* header bytes of unsent replies (malloc'd) */
     uint64_t discarded, unanswerable, self_pauses;
     kvcd_bridge_placer_t placer;
@@ -99,7 +104,14 @@ struct kvcd_bridge_s {
  * Called after every change. */
 static void admit(kvcd_bridge_t *b)
 {
-    int over = b->held + b->unsent_hdr > b->budget;
+    /* Pausing helps only while something held drains without reading: a
+     * delivered request finishes, an unsent reply goes out. Frames of
+     * messages still being received drain only by reading on, so when they
+     * are all that is held a pause would stall those messages for good (a
+     * budget of one max-size request, or two peers each halfway through
+     * one): then keep reading until one of them is delivered. */
+    int over = b->held + b->unsent_hdr > b->budget &&
+               (b->held - b->receiving) + b->unsent_hdr > 0;
 
     if (b->closed || over == b->paused)
         return;
@@ -121,6 +133,7 @@ typedef struct {
     kvcd_bridge_t *b;
     size_t len;
     void *placed;
+    int receiving;            /* its message has not been delivered yet */
     max_align_t data[];
 } fbuf_t;
 
@@ -183,7 +196,9 @@ static void *frame_alloc(kvcd_zconn_t *zc, size_t index, size_t len, void **owne
         *owner = f;
         dst = f->data;
     }
+    ((fbuf_t *)*owner)->receiving = 1;
     b->held += len;
+    b->receiving += len;
     admit(b);
     return dst;
 }
@@ -197,6 +212,8 @@ static void fbuf_free(fbuf_t *f)
         b->unplaced_frames++;
     }
     b->held -= f->len;
+    if (f->receiving)
+        b->receiving -= f->len;
     free(f);
     admit(b);
 }
@@ -330,10 +347,17 @@ static void deliver(kvcd_conn_t *c, void **frames, const size_t *lens, void **ow
         return;
     }
     for (i = 0; i < n; i++) {
+        fbuf_t *fb = owners[i];
+
         f[i].data = frames[i];
         f[i].len = lens[i];
         f[i].owner = owners[i];
+        if (fb && fb->receiving) {
+            fb->receiving = 0;
+            b->receiving -= fb->len;
+        }
     }
+    admit(b); /* delivered bytes drain without reading: a pause may help now */
     kvcd_conn_ref(c);
     b->cb(b->cb_data, c, f, n ? n : 1, dropped);
 }

@@ -186,6 +186,13 @@ int kvcd_store_reserve(call_t *call, int force)
         kvcd_req_key(&call->req, i, &k);
         h = kvcd_key_hash(&k);
         obj = kvcd_l1_find(srv->l1, &k, h);
+        if (obj && obj->state != KVCD_OBJ_READY && obj->prefetched && !force) {
+            /* A LOOKUP's prefetch is still reading it from L2 (storage.c marks
+             * only those WRITING objects) and may fail: wait for it rather
+             * than answer for bytes that may never land. */
+            call->store_next = i;
+            return 0;
+        }
         if (obj) {
             /* The key names the content: keep what is there. */
             if (obj->state == KVCD_OBJ_READY)

@@ -452,6 +452,10 @@ void kvcd_storage_save_l1(kvcd_storage_t *st)
 
 enum { K_NONE, K_L1, K_L2, K_LOADED, K_FAILED, K_BUSY };
 
+/* obj->prefetched: 1 a temporary copy a LOOKUP brought up; PF_LOADING while
+ * the prefetch that reserved it is still reading it from L2. */
+#define PF_LOADING 2
+
 struct lookup_s {
     kvcd_storage_t *st;
     lookup_t *next;
@@ -619,6 +623,8 @@ static void start_prefetch(lookup_t *lk)
         if (lk->state[i] != K_L2)
             continue;
         rc = kvcd_l1_reserve(st->l1, &lk->keys[i], lk->kh[i], lk->size[i], &lk->objs[i]);
+        if (rc == 0)
+            lk->objs[i]->prefetched = PF_LOADING; /* a REMOVE now unlinks it */
         if (rc == KVCD_EBUSY) {
             lk->state[i] = K_BUSY; /* another request is bringing it in */
             continue;
@@ -993,7 +999,15 @@ void kvcd_storage_remove(kvcd_storage_t *st, const kvcd_req_t *req,
     rm->n = n;
     rm->refs = 1;
     for (i = 0; i < n; i++) {
-        obj = kvcd_l1_find_ready(st->l1, &rm->keys[i], kvcd_key_hash(&rm->keys[i]));
+        obj = kvcd_l1_find(st->l1, &rm->keys[i], kvcd_key_hash(&rm->keys[i]));
+        if (obj && obj->state != KVCD_OBJ_READY) {
+            /* A prefetch still reading the key from L2 would publish it after
+             * this REMOVE is answered: its copy lands nowhere now. (A STORE
+             * in progress is left alone: it arrived first.) */
+            if (obj->prefetched == PF_LOADING)
+                forget(st, obj); /* and the pins of LOOKUPs that wait for it */
+            obj = NULL;
+        }
         rm->results[i] = obj ? 0 : KVCD_ENOTFOUND;
         if (!obj)
             continue;
