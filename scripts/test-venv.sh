@@ -32,7 +32,7 @@ fi
 
 want=$(cat "$REQ" "$REQ_NODEPS" | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ] &&
-    "$VENV/bin/python" -c 'import lmcache, torch, msgspec, zmq, blake3' 2>/dev/null; then
+    "$VENV/bin/python" -c 'import lmcache, torch, msgspec, zmq, blake3, sglang, vllm' 2>/dev/null; then
     touch "$STAMP" # for make: checked against this script and the requirements
     echo "test-venv: $VENV is up to date"
     exit 0
