@@ -446,18 +446,20 @@ kvcd_obj_t *kvcd_l1_find_ready(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t ke
     return o && o->state == KVCD_OBJ_READY ? o : NULL;
 }
 
-int kvcd_l1_reserve(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyhash, size_t size,
-                    kvcd_obj_t **out)
+/* A WRITING object of `size` bytes for key, with its block, refs = 1, not yet
+ * in the table or on a list. `present` is the result when key is linked. */
+static int obj_new(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyhash, size_t size,
+                   int present, kvcd_obj_t **out)
 {
     kvcd_obj_t *o;
     kvcd_blk_t *b;
-    size_t need, b_idx;
+    size_t need;
 
     *out = NULL;
     if (size == 0)
         return -EINVAL;
     if (kvcd_l1_find(l1, key, keyhash))
-        return KVCD_EBUSY;
+        return present;
     /* An object that could never fit must not cost the cache its contents. */
     if (size > kvcd_alloc_capacity(l1->alloc))
         return KVCD_ENOSPACE;
@@ -481,8 +483,21 @@ int kvcd_l1_reserve(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyhash, size
     o->size = size;
     o->refs = 1;
     o->state = KVCD_OBJ_WRITING;
-    o->linked = 1;
+    *out = o;
+    return 0;
+}
 
+int kvcd_l1_reserve(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyhash, size_t size,
+                    kvcd_obj_t **out)
+{
+    kvcd_obj_t *o;
+    size_t b_idx;
+    int rc = obj_new(l1, key, keyhash, size, KVCD_EBUSY, &o);
+
+    *out = NULL;
+    if (rc != 0)
+        return rc;
+    o->linked = 1;
     if (l1->objects >= l1->nbuckets)
         table_grow(l1);
     b_idx = bucket_of(l1, keyhash);
@@ -597,33 +612,11 @@ int kvcd_l1_reserve_detached(kvcd_l1_t *l1, const kvcd_key_t *key, uint64_t keyh
                              size_t size, kvcd_obj_t **out)
 {
     kvcd_obj_t *o;
-    kvcd_blk_t *b;
-    size_t need;
+    int rc = obj_new(l1, key, keyhash, size, KVCD_EDUPLICATE, &o);
 
     *out = NULL;
-    if (size == 0)
-        return -EINVAL;
-    if (kvcd_l1_find(l1, key, keyhash))
-        return KVCD_EDUPLICATE;
-    if (size > kvcd_alloc_capacity(l1->alloc))
-        return KVCD_ENOSPACE;
-    need = (size + KVCD_L1_ALIGN - 1) & ~(size_t)(KVCD_L1_ALIGN - 1);
-    o = malloc(sizeof(*o) + kvcd_key_extra(key));
-    if (!o)
-        return -ENOMEM;
-    b = make_room(l1, need);
-    if (!b) {
-        free(o);
-        return KVCD_ENOSPACE;
-    }
-    memset(o, 0, sizeof(*o));
-    kvcd_key_copy(&o->key, key, o + 1);
-    o->keyhash = keyhash;
-    o->blk = b;
-    o->data = (char *)l1->base + b->off;
-    o->size = size;
-    o->refs = 1;
-    o->state = KVCD_OBJ_WRITING;
+    if (rc != 0)
+        return rc;
     zombie_add(l1, o);
     *out = o;
     return 0;
