@@ -223,4 +223,12 @@ int kvcd_client_map(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t
 int kvcd_client_release(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
                         size_t n, int *results);
 
+/* LOOKUP_MAP: LOOKUP the keys (L2 included) and MAP the prefix in one round
+ * trip. *prefix: how many leading keys are leased; offsets[i]/lengths[i]
+ * (arrays of n, NULL to skip) for i < *prefix. Release them with
+ * kvcd_client_release of the first *prefix hashes. */
+int kvcd_client_lookup_map(kvcd_client_t *c, const kvcd_key_t *base,
+                           const kvcd_bytes_t *hashes, size_t n, size_t *prefix,
+                           uint64_t *offsets, uint64_t *lengths);
+
 #endif
