@@ -699,19 +699,27 @@ void kvcd_proto_encode_extents(kvcd_wbuf_t *w, uint64_t id, uint32_t op, const i
 
 static void put_le64(uint8_t *p, uint64_t v)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(p, &v, 8);
+#else
     int i;
 
     for (i = 0; i < 8; i++)
         p[i] = (uint8_t)(v >> (8 * i));
+#endif
 }
 
 static uint64_t get_le64(const uint8_t *p)
 {
     uint64_t v = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&v, p, 8);
+#else
     int i;
 
     for (i = 7; i >= 0; i--)
         v = v << 8 | p[i];
+#endif
     return v;
 }
 
