@@ -167,10 +167,11 @@ int kvcd_client_load_shm(kvcd_client_t *c, const kvcd_key_t *base,
                          int *results);
 
 /* Pipelined form of the shared-memory operations (ops 8-11) and of the
- * zero-copy ones (12-16, below): base/hashes/n for the ops with keys (NULL/
+ * zero-copy ones (12-17, below): base/hashes/n for the ops with keys (NULL/
  * NULL/0 otherwise), the op's fields in shm (RESERVE: lengths). The reply's
  * header has `segment` (REGISTER_SEGMENT), `lengths` (LOAD_SHM, RESERVE, MAP)
- * and `offsets` (RESERVE, MAP). */
+ * and `offsets` (RESERVE, MAP); LOOKUP_MAP's has `prefix`, and `nextents`
+ * entries in `offsets` and `lengths`. */
 int kvcd_client_send_shm(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
                          const kvcd_bytes_t *hashes, size_t n, const kvcd_shm_args_t *shm,
                          uint64_t *id);
