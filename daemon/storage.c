@@ -511,16 +511,15 @@ static void lookup_finish(lookup_t *lk)
     size_t i, prefix = 0;
     kvcd_obj_t *obj, **po = malloc(lk->n * sizeof(*po));
 
-    for (i = 0; i < lk->n; i++) {
+    for (i = 0; po && i < lk->n; i++) {
         obj = kvcd_l1_find(st->l1, &lk->keys[i], lk->kh[i]);
         lk->present[i] = obj != NULL || lk->src[i] >= 0;
         if (prefix == i && obj && lk->state[i] != K_FAILED) {
             pin(st, obj);
-            if (po)
-                po[prefix] = obj;
-            prefix++;
+            po[prefix++] = obj;
         }
     }
+    /* Out of memory: answered as such, nothing pinned. */
     lk->cb(lk->data, prefix, po ? lk->present : NULL, po);
     free(po);
     lookup_unref(lk);
