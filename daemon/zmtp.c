@@ -93,7 +93,8 @@ struct kvcd_zsrv_s {
     listener_t *lst[MAX_LISTENERS];
     size_t nlst;
     uv_timer_t pause_timer; /* polls paused connections for a gone peer */
-    uv_idle_t kick;         /* parses staged bytes of resumed connections */
+    uv_idle_t kick;         /* parses staged bytes of resumed connections, and runs the
+                             * callbacks of messages written whole (srv->written) */
     kvcd_zconn_t *conns;    /* every connection with open handles */
     kvcd_zconn_t *kick_head; /* resumed with staged bytes; each holds a ref */
     struct wreq_s *written; /* sent whole by uv_try_write, callback due (kick) */
