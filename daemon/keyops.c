@@ -315,7 +315,8 @@ void kvcd_store_forget(void *data, void *memo)
 
 /* ---- LOOKUP ---- */
 
-static void lookup_done(void *data, size_t prefix, const uint8_t *present)
+static void lookup_done(void *data, size_t prefix, const uint8_t *present,
+                        kvcd_obj_t *const *objs)
 {
     call_t *call = data;
     kvcd_server_t *srv = call->srv;

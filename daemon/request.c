@@ -342,6 +342,8 @@ static void dispatch(call_t *call)
         return kvcd_op_map(call);
     case KVCD_OP_RELEASE:
         return kvcd_op_release(call);
+    case KVCD_OP_LOOKUP_MAP:
+        return kvcd_op_lookup_map(call);
     default:
         snprintf(msg, sizeof(msg), "operation %s is not supported by this server",
                  kvcd_op_name(call->req.op));

@@ -168,6 +168,7 @@ void kvcd_op_commit(call_t *call);
 void kvcd_op_abort(call_t *call);
 void kvcd_op_map(call_t *call);
 void kvcd_op_release(call_t *call);
+void kvcd_op_lookup_map(call_t *call);
 
 /* admin.c */
 void kvcd_op_ping(call_t *call);

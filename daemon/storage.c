@@ -292,7 +292,7 @@ void kvcd_storage_served(kvcd_storage_t *st, kvcd_obj_t *obj)
 {
     /* A prefetched copy's use is the adapter's own load, which it has seen. */
     if (st->touch && !obj->prefetched)
-        touch_add(st, obj, kvcd_key_hash(&obj->key));
+        touch_add(st, obj, obj->keyhash);
     if (obj->pins > 0) {
         st->c.pins_used++;
         unpin(st, obj, 1);
@@ -509,17 +509,19 @@ static void lookup_finish(lookup_t *lk)
 {
     kvcd_storage_t *st = lk->st;
     size_t i, prefix = 0;
-    kvcd_obj_t *obj;
+    kvcd_obj_t *obj, **po = malloc(lk->n * sizeof(*po));
 
-    for (i = 0; i < lk->n; i++) {
+    for (i = 0; po && i < lk->n; i++) {
         obj = kvcd_l1_find(st->l1, &lk->keys[i], lk->kh[i]);
         lk->present[i] = obj != NULL || lk->src[i] >= 0;
         if (prefix == i && obj && lk->state[i] != K_FAILED) {
             pin(st, obj);
-            prefix++;
+            po[prefix++] = obj;
         }
     }
-    lk->cb(lk->data, prefix, lk->present);
+    /* Out of memory: answered as such, nothing pinned. */
+    lk->cb(lk->data, prefix, po ? lk->present : NULL, po);
+    free(po);
     lookup_unref(lk);
 }
 
@@ -769,12 +771,14 @@ static void lookup_l1_only(kvcd_storage_t *st, const kvcd_req_t *req,
                            kvcd_storage_lookup_cb cb, void *data)
 {
     uint8_t *present = calloc(req->nkeys, 1);
+    kvcd_obj_t *obj, **po = malloc(req->nkeys * sizeof(*po));
     size_t i, prefix = 0;
-    kvcd_obj_t *obj;
     kvcd_key_t k;
 
-    if (!present) {
-        cb(data, 0, NULL);
+    if (!present || !po) {
+        free(present);
+        free(po);
+        cb(data, 0, NULL, NULL);
         return;
     }
     for (i = 0; i < req->nkeys; i++) {
@@ -789,11 +793,12 @@ static void lookup_l1_only(kvcd_storage_t *st, const kvcd_req_t *req,
         }
         if (prefix == i) {
             pin(st, obj);
-            prefix++;
+            po[prefix++] = obj;
         }
     }
-    cb(data, prefix, present);
+    cb(data, prefix, present, po);
     free(present);
+    free(po);
 }
 
 void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
@@ -810,7 +815,7 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
     lk = calloc(1, sizeof(*lk));
     if (!lk || copy_keys(req, &lk->keys, &lk->keybuf) != 0) {
         free(lk);
-        cb(data, 0, NULL);
+        cb(data, 0, NULL, NULL);
         return;
     }
     lk->st = st;
@@ -827,7 +832,7 @@ void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
     lk->present = calloc(n, 1);
     if (!lk->kh || !lk->state || !lk->src || !lk->size || !lk->objs || !lk->present) {
         lookup_unref(lk);
-        cb(data, 0, NULL);
+        cb(data, 0, NULL, NULL);
         return;
     }
     for (i = 0; i < n; i++) {

@@ -48,8 +48,12 @@ void kvcd_storage_write_behind(kvcd_storage_t *st, kvcd_obj_t *const *objs, size
 void kvcd_storage_save_l1(kvcd_storage_t *st);
 
 /* LOOKUP. cb gets the prefix and per-key presence (n flags), once, possibly
- * before this returns (no L2). The request (keys) must stay valid until cb. */
-typedef void (*kvcd_storage_lookup_cb)(void *data, size_t prefix, const uint8_t *present);
+ * before this returns (no L2), and the prefix's objects (objs[0..prefix),
+ * each pinned, borrowed for the callback; READY or, rarely, still being
+ * written by a STORE). present and objs are NULL when out of memory. The
+ * request (keys) must stay valid until cb. */
+typedef void (*kvcd_storage_lookup_cb)(void *data, size_t prefix, const uint8_t *present,
+                                       kvcd_obj_t *const *objs);
 void kvcd_storage_lookup(kvcd_storage_t *st, const kvcd_req_t *req,
                          kvcd_storage_lookup_cb cb, void *data);
 

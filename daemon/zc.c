@@ -15,7 +15,8 @@
  *     out again; a reservation's object is detached, so nothing but its
  *     holder can see it until commit attaches it;
  *   - every entry is freed exactly once: by commit/abort/release, or with its
- *     holder (connection closed, lease expired, shutdown).
+ *     holder (connection closed, lease expired, shutdown); freed entries
+ *     wait in zc->spare (no object, no table) until reused or stop.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -65,8 +66,51 @@ struct kvcd_zc_s {
     etab_t reserved;       /* chained through rnext */
     size_t nholders, nreserved, nleases, nleased;
     size_t reserved_bytes;
+    entry_t *spare;        /* freed entries for reuse, chained through hnext */
+    size_t nspare;
     uint64_t reserves, commits, aborts, leases, releases, expired, dropped;
 };
+
+/* ---- entries ----
+ * An engine maps and releases a prompt's chunks (hundreds to thousands) per
+ * request: entries are kept for reuse, up to SPARE_MAX, instead of a calloc
+ * and a free per key. */
+
+#define SPARE_MAX 65536
+
+static entry_t *entry_new(kvcd_zc_t *zc)
+{
+    entry_t *e = zc->spare;
+
+    if (!e)
+        return calloc(1, sizeof(*e));
+    zc->spare = e->hnext;
+    zc->nspare--;
+    memset(e, 0, sizeof(*e));
+    return e;
+}
+
+static void entry_put(kvcd_zc_t *zc, entry_t *e)
+{
+    if (zc->nspare >= SPARE_MAX || zc->stopped) {
+        free(e);
+        return;
+    }
+    e->hnext = zc->spare;
+    zc->spare = e;
+    zc->nspare++;
+}
+
+static void spare_free(kvcd_zc_t *zc)
+{
+    entry_t *e;
+
+    while ((e = zc->spare)) {
+        zc->spare = e->hnext;
+        free(e);
+    }
+    zc->nspare = 0;
+}
 
 /* ---- tables ---- */
 
@@ -146,8 +190,9 @@ static entry_t *holder_find(kvcd_zc_holder_t *h, const kvcd_key_t *key, uint64_t
     entry_t *e;
 
     for (e = *chain(&h->entries, kh); e; e = e->hnext)
-        if (e->reserved == reserved && e->obj->keyhash == kh && (!obj || e->obj == obj) &&
-            kvcd_key_equal(&e->obj->key, key))
+        if (e->reserved == reserved &&
+            (obj ? e->obj == obj /* same object, same key */
+                 : e->obj->keyhash == kh && kvcd_key_equal(&e->obj->key, key)))
             return e;
     return NULL;
 }
@@ -178,7 +223,7 @@ static void entry_free(kvcd_zc_t *zc, entry_t *e)
         zc->nleases -= e->count;
     }
     kvcd_l1_unref(zc->l1, e->obj);
-    free(e);
+    entry_put(zc, e);
 }
 
 /* ---- holders ---- */
@@ -294,12 +339,12 @@ int kvcd_zc_reserve(kvcd_zc_t *zc, kvcd_zc_holder_t *h, const kvcd_key_t *key, s
         return KVCD_ESHUTDOWN;
     if (reserved_find(zc, key, kh))
         return KVCD_EBUSY;
-    e = calloc(1, sizeof(*e));
+    e = entry_new(zc);
     if (!e)
         return -ENOMEM;
     rc = kvcd_l1_reserve_detached(zc->l1, key, kh, size, &e->obj);
     if (rc != 0) {
-        free(e);
+        entry_put(zc, e);
         return rc;
     }
     e->count = 1;
@@ -384,7 +429,7 @@ int kvcd_zc_lease(kvcd_zc_t *zc, kvcd_zc_holder_t *h, kvcd_obj_t *obj)
             return KVCD_EBUSY;
         e->count++;
     } else {
-        e = calloc(1, sizeof(*e));
+        e = entry_new(zc);
         if (!e)
             return -ENOMEM;
         kvcd_l1_ref(obj);
@@ -460,6 +505,7 @@ void kvcd_zc_stop(kvcd_zc_t *zc)
     while (zc->holders)
         holder_free(zc, zc->holders);
     zc->stopped = 1;
+    spare_free(zc);
     uv_close((uv_handle_t *)&zc->timer, NULL);
 }
 
@@ -469,6 +515,7 @@ void kvcd_zc_destroy(kvcd_zc_t *zc)
         return;
     while (zc->holders)
         holder_free(zc, zc->holders);
+    spare_free(zc);
     free(zc->reserved.b);
     free(zc);
 }

@@ -1,7 +1,7 @@
 /*
  * zcops.c - the zero-copy operations of the native protocol: RESERVE,
- * COMMIT, ABORT, MAP, RELEASE (docs/PROTOCOL.md, "Zero-copy operations"),
- * over the reservations and leases of daemon/zc.h.
+ * COMMIT, ABORT, MAP, RELEASE and LOOKUP_MAP (docs/PROTOCOL.md, "Zero-copy
+ * operations"), over the reservations and leases of daemon/zc.h.
  *
  * Invariants kept here:
  *  - only a peer the kernel vouches for as kvcd's own effective user gets
@@ -11,7 +11,10 @@
  *  - a request that breaks a limit changes nothing; per-key outcomes are
  *    results, never request errors;
  *  - MAP waits for objects still being written, as LOAD does (a prefetch
- *    that a LOOKUP started), never longer than --l2-timeout-ms.
+ *    that a LOOKUP started), never longer than --l2-timeout-ms;
+ *  - LOOKUP_MAP leases exactly the keys of the prefix it answers: the
+ *    prefix ends at the first key it cannot lease (one a STORE is still
+ *    writing), so every extent in the reply is held.
  * The daemon moves no payload byte here: clients write and read in place.
  */
 #include <errno.h>
@@ -24,6 +27,20 @@
 #include "daemon/server_int.h"
 #include "protocol/kvcd_err.h"
 
+/* kvcd's effective uid: it never changes, and a syscall per request is a
+ * measurable part of a small MAP's cost. */
+static uid_t own_euid(void)
+{
+    static uid_t euid;
+    static int known;
+
+    if (!known) {
+        euid = geteuid();
+        known = 1;
+    }
+    return euid;
+}
+
 /* The caller's holder, or the call was answered. */
 static kvcd_zc_holder_t *zc_admit(call_t *call)
 {
@@ -35,14 +52,14 @@ static kvcd_zc_holder_t *zc_admit(call_t *call)
     char msg[160];
 
     kvcd_conn_peer(call->conn, &peer);
-    if (!peer.verified || peer.uid != geteuid()) {
+    if (!peer.verified || peer.uid != own_euid()) {
         if (!peer.verified)
             snprintf(msg, sizeof(msg), "%s needs a local (ipc://) peer whose user the kernel "
                      "reports; use STORE/LOAD frames", kvcd_op_name(call->req.op));
         else
             snprintf(msg, sizeof(msg), "%s: peer uid %u is not kvcd's uid %u; use STORE/LOAD "
                      "frames", kvcd_op_name(call->req.op), (unsigned)peer.uid,
-                     (unsigned)geteuid());
+                     (unsigned)own_euid());
         kvcd_call_error(call, KVCD_EPEERUNVERIFIED, msg);
         return NULL;
     }
@@ -230,4 +247,72 @@ void kvcd_op_map(call_t *call)
         return;
     if (!map_serve(call, 0))
         kvcd_call_park(call, map_serve);
+}
+
+/* The LOOKUP of a LOOKUP_MAP answered: lease the prefix's objects (pinned by
+ * the lookup; the lease consumes the pin, as a MAP after a LOOKUP would). */
+static void lookup_map_done(void *data, size_t prefix, const uint8_t *present,
+                            kvcd_obj_t *const *objs)
+{
+    call_t *call = data;
+    kvcd_server_t *srv = call->srv;
+    const char *base = kvcd_l1_base(srv->l1);
+    size_t n = call->req.nkeys, i, ilen;
+    const void *ident;
+    kvcd_zc_holder_t *h;
+    uint64_t *offs, *lens;
+    kvcd_wbuf_t w;
+
+    call->busy--;
+    if (call->answered) {
+        kvcd_call_maybe_free(call);
+        return;
+    }
+    if (!present)
+        return kvcd_call_error(call, -ENOMEM, "out of memory");
+    if (kvcd_conn_closed(call->conn))
+        /* It closed while L2 answered: a lease now would outlive it (the
+         * pins expire). */
+        return kvcd_call_error(call, KVCD_ECANCELED, "the connection closed");
+    srv->c.lookups++;
+    srv->c.lookup_keys += n;
+    for (i = 0; i < n; i++)
+        srv->c.lookup_hits += present[i];
+    ident = kvcd_conn_ident(call->conn, &ilen);
+    h = kvcd_zc_holder(srv->zc, ident, ilen, 1);
+    offs = malloc((prefix ? prefix : 1) * sizeof(uint64_t));
+    lens = malloc((prefix ? prefix : 1) * sizeof(uint64_t));
+    if (!h || !offs || !lens) {
+        free(offs);
+        free(lens);
+        return kvcd_call_error(call, srv->state == KVCD_STATE_RUNNING ? -ENOMEM : KVCD_ESHUTDOWN,
+                               "cannot lease");
+    }
+    for (i = 0; i < prefix; i++) {
+        kvcd_obj_t *obj = objs[i];
+
+        /* A key a STORE is still writing ends the prefix here (its pin, and
+         * those after it, expire): MAP it once written. */
+        if (obj->state != KVCD_OBJ_READY || kvcd_zc_lease(srv->zc, h, obj) != 0)
+            break;
+        kvcd_storage_served(srv->storage, obj);
+        offs[i] = (uint64_t)((const char *)obj->data - base);
+        lens[i] = obj->size;
+    }
+    prefix = i;
+    srv->c.loads++;
+    srv->c.load_hits += prefix;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_lookup_map(&w, call->req.id, prefix, offs, lens);
+    free(offs);
+    free(lens);
+    kvcd_call_reply(call, &w, NULL, 0, NULL, NULL);
+}
+
+void kvcd_op_lookup_map(call_t *call)
+{
+    if (!zc_admit(call))
+        return;
+    call->busy++;
+    kvcd_storage_lookup(call->srv->storage, &call->req, lookup_map_done, call);
 }

@@ -93,9 +93,11 @@ struct kvcd_zsrv_s {
     listener_t *lst[MAX_LISTENERS];
     size_t nlst;
     uv_timer_t pause_timer; /* polls paused connections for a gone peer */
-    uv_idle_t kick;         /* parses staged bytes of resumed connections */
+    uv_idle_t kick;         /* parses staged bytes of resumed connections, and runs the
+                             * callbacks of messages written whole (srv->written) */
     kvcd_zconn_t *conns;    /* every connection with open handles */
     kvcd_zconn_t *kick_head; /* resumed with staged bytes; each holds a ref */
+    struct wreq_s *written; /* sent whole by uv_try_write, callback due (kick) */
     uint64_t next_id;
     int paused_all;
     int closing;
@@ -164,13 +166,14 @@ struct kvcd_zconn_s {
     unsigned char stage[];
 };
 
-typedef struct {
+typedef struct wreq_s {
     uv_write_t req;
     kvcd_zconn_t *c;
     kvcd_zsend_cb cb;
     void *data;
     size_t bytes;
     int internal; /* 1 greeting/READY, 2 PONG */
+    struct wreq_s *next_written; /* on srv->written, holding a ref on c */
     unsigned char hdr[];
 } wreq_t;
 
@@ -178,6 +181,7 @@ void *(*kvcd_zmtp_calloc)(size_t n, size_t size) = calloc;
 
 static void conn_close(kvcd_zconn_t *c);
 static void update_reading(kvcd_zconn_t *c);
+static void kick_cb(uv_idle_t *idle);
 static void srv_maybe_done(kvcd_zsrv_t *srv);
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -236,9 +240,8 @@ static int effective_paused(const kvcd_zconn_t *c)
 
 /* ---- sending ------------------------------------------------------------ */
 
-static void write_done(uv_write_t *req, int status)
+static void write_finish(wreq_t *w, int status)
 {
-    wreq_t *w = (wreq_t *)req;
     kvcd_zconn_t *c = w->c;
 
     c->nwrites--;
@@ -256,6 +259,59 @@ static void write_done(uv_write_t *req, int status)
         conn_close(c); /* the connection died under us */
     else if (c->lingering && !c->closing && c->nwrites == 0)
         conn_close(c);
+}
+
+static void write_done(uv_write_t *req, int status)
+{
+    write_finish((wreq_t *)req, status);
+}
+
+/* Callbacks of messages uv_try_write sent whole (kick_cb, server close). */
+static void run_written(kvcd_zsrv_t *srv)
+{
+    wreq_t *w;
+
+    while ((w = srv->written)) {
+        kvcd_zconn_t *c = w->c;
+
+        srv->written = w->next_written;
+        write_finish(w, 0);
+        kvcd_zconn_unref(c);
+    }
+}
+
+/* Write bufs at once when nothing is queued ahead: a reply that fits the
+ * socket buffer then costs one writev and no write request in libuv, whose
+ * completion would re-arm the epoll watcher (an epoll_ctl per reply). The
+ * callback runs from the kick idle, on the next loop turn. Returns 1 when
+ * all was written (w queued), 0 to go on with uv_write (bufs/nb advanced
+ * past what was written). */
+static int try_write_now(kvcd_zconn_t *c, wreq_t *w, uv_buf_t *bufs, size_t *nb)
+{
+    size_t total = 0, i, k;
+    int n;
+
+    if (uv_stream_get_write_queue_size(&c->h.stream) != 0 || c->srv->closing)
+        return 0;
+    for (i = 0; i < *nb; i++)
+        total += bufs[i].len;
+    n = uv_try_write(&c->h.stream, bufs, (unsigned)*nb);
+    if (n <= 0)
+        return 0; /* EAGAIN, or an error uv_write reports through its callback */
+    if ((size_t)n == total) {
+        kvcd_zconn_ref(c);
+        w->next_written = c->srv->written;
+        c->srv->written = w;
+        uv_idle_start(&c->srv->kick, kick_cb);
+        return 1;
+    }
+    for (i = 0, k = (size_t)n; k >= bufs[i].len; i++)
+        k -= bufs[i].len;
+    bufs[i].base += k;
+    bufs[i].len -= k;
+    memmove(bufs, bufs + i, (*nb - i) * sizeof(*bufs));
+    *nb -= i;
+    return 0;
 }
 
 /* Queue an internal command frame (greeting if raw) copied into the request. */
@@ -324,6 +380,13 @@ int kvcd_zconn_send(kvcd_zconn_t *c, const uv_buf_t *frames, size_t n, kvcd_zsen
     w->cb = cb;
     w->data = data;
     w->bytes = bytes;
+    if (try_write_now(c, w, bufs, &nb)) {
+        if (bufs != small)
+            free(bufs);
+        c->nwrites++;
+        c->unsent += bytes;
+        return 0;
+    }
     rc = uv_write(&w->req, &c->h.stream, bufs, (unsigned)nb, write_done);
     if (bufs != small)
         free(bufs); /* libuv copied the array */
@@ -782,6 +845,7 @@ static void kick_cb(uv_idle_t *idle)
 
     srv->kick_head = NULL;
     uv_idle_stop(idle);
+    run_written(srv);
     while (list) {
         kvcd_zconn_t *c = list;
 
@@ -1464,6 +1528,7 @@ void kvcd_zsrv_close(kvcd_zsrv_t *srv, unsigned linger_ms, void (*cb)(kvcd_zsrv_
         uv_close((uv_handle_t *)&l->h.stream, listener_closed);
     }
     srv->nlst = 0;
+    run_written(srv); /* before the lingers count writes in flight */
     while (srv->kick_head) {
         kvcd_zconn_t *c = srv->kick_head;
 

@@ -570,7 +570,8 @@ static int call_any(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
         *out = NULL;
         return rc;
     }
-    if (base && (*out)->hdr.nresults != n && op != KVCD_OP_LOOKUP) {
+    if (base && (*out)->hdr.nresults != n && op != KVCD_OP_LOOKUP &&
+        op != KVCD_OP_LOOKUP_MAP) {
         kvcd_reply_free(*out);
         *out = NULL;
         return KVCD_EMALFORMED;
@@ -955,4 +956,32 @@ int kvcd_client_release(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_byt
                         size_t n, int *results)
 {
     return call_keys(c, KVCD_OP_RELEASE, base, hashes, n, results);
+}
+
+int kvcd_client_lookup_map(kvcd_client_t *c, const kvcd_key_t *base,
+                           const kvcd_bytes_t *hashes, size_t n, size_t *prefix,
+                           uint64_t *offsets, uint64_t *lengths)
+{
+    kvcd_shm_args_t shm;
+    kvcd_reply_t *r;
+    int rc;
+
+    memset(&shm, 0, sizeof(shm));
+    *prefix = 0;
+    rc = call_any(c, KVCD_OP_LOOKUP_MAP, base, hashes, n, NULL, NULL, &shm, &r);
+    if (rc != 0)
+        return rc;
+    if (r->hdr.prefix > n || r->hdr.nextents != r->hdr.prefix ||
+        (r->hdr.prefix && (!r->hdr.offsets || !r->hdr.lengths))) {
+        kvcd_reply_free(r);
+        snprintf(c->errmsg, sizeof(c->errmsg), "LOOKUP_MAP reply: extents do not match prefix");
+        return KVCD_EMALFORMED;
+    }
+    *prefix = (size_t)r->hdr.prefix;
+    if (offsets && *prefix)
+        memcpy(offsets, r->hdr.offsets, *prefix * sizeof(uint64_t));
+    if (lengths && *prefix)
+        memcpy(lengths, r->hdr.lengths, *prefix * sizeof(uint64_t));
+    kvcd_reply_free(r);
+    return 0;
 }

@@ -167,10 +167,11 @@ int kvcd_client_load_shm(kvcd_client_t *c, const kvcd_key_t *base,
                          int *results);
 
 /* Pipelined form of the shared-memory operations (ops 8-11) and of the
- * zero-copy ones (12-16, below): base/hashes/n for the ops with keys (NULL/
+ * zero-copy ones (12-17, below): base/hashes/n for the ops with keys (NULL/
  * NULL/0 otherwise), the op's fields in shm (RESERVE: lengths). The reply's
  * header has `segment` (REGISTER_SEGMENT), `lengths` (LOAD_SHM, RESERVE, MAP)
- * and `offsets` (RESERVE, MAP). */
+ * and `offsets` (RESERVE, MAP); LOOKUP_MAP's has `prefix`, and `nextents`
+ * entries in `offsets` and `lengths`. */
 int kvcd_client_send_shm(kvcd_client_t *c, uint32_t op, const kvcd_key_t *base,
                          const kvcd_bytes_t *hashes, size_t n, const kvcd_shm_args_t *shm,
                          uint64_t *id);
@@ -222,5 +223,13 @@ int kvcd_client_map(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t
 /* RELEASE one lease per key: results[i] 0 or KVCD_ENOTFOUND. */
 int kvcd_client_release(kvcd_client_t *c, const kvcd_key_t *base, const kvcd_bytes_t *hashes,
                         size_t n, int *results);
+
+/* LOOKUP_MAP: LOOKUP the keys (L2 included) and MAP the prefix in one round
+ * trip. *prefix: how many leading keys are leased; offsets[i]/lengths[i]
+ * (arrays of n, NULL to skip) for i < *prefix. Release them with
+ * kvcd_client_release of the first *prefix hashes. */
+int kvcd_client_lookup_map(kvcd_client_t *c, const kvcd_key_t *base,
+                           const kvcd_bytes_t *hashes, size_t n, size_t *prefix,
+                           uint64_t *offsets, uint64_t *lengths);
 
 #endif

@@ -35,7 +35,7 @@ int kvcd_op_has_keys(uint32_t op)
 
 int kvcd_op_is_zero_copy(uint32_t op)
 {
-    return op >= KVCD_OP_RESERVE && op <= KVCD_OP_RELEASE;
+    return op >= KVCD_OP_RESERVE && op <= KVCD_OP_LOOKUP_MAP;
 }
 
 int kvcd_op_uses_segment(uint32_t op)
@@ -697,6 +697,53 @@ void kvcd_proto_encode_extents(kvcd_wbuf_t *w, uint64_t id, uint32_t op, const i
     pack_u64_array(&w->pk, "lengths", lengths, n);
 }
 
+static void put_le64(uint8_t *p, uint64_t v)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(p, &v, 8);
+#else
+    int i;
+
+    for (i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+#endif
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&v, p, 8);
+#else
+    int i;
+
+    for (i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+#endif
+    return v;
+}
+
+void kvcd_proto_encode_lookup_map(kvcd_wbuf_t *w, uint64_t id, size_t prefix,
+                                  const uint64_t *offsets, const uint64_t *lengths)
+{
+    uint8_t tmp[4096];
+    size_t i, j;
+
+    /* One bin instead of 2 x prefix msgpack integers: the per-key cost of
+     * encoding and decoding is then a 16-byte store/load. */
+    kvcd_proto_reply_begin(w, id, KVCD_OP_LOOKUP_MAP, 0, NULL, 2);
+    pack_kv_u64(&w->pk, "prefix", prefix);
+    kvcd_pack_cstr(&w->pk, "extents");
+    msgpack_pack_bin(&w->pk, prefix * 16);
+    for (i = 0; i < prefix; i += j) {
+        for (j = 0; j < sizeof(tmp) / 16 && i + j < prefix; j++) {
+            put_le64(tmp + 16 * j, offsets[i + j]);
+            put_le64(tmp + 16 * j + 8, lengths[i + j]);
+        }
+        msgpack_pack_bin_body(&w->pk, tmp, j * 16);
+    }
+}
+
 /* The header map with `extra` more pairs that the caller packs after it. */
 static void encode_req_extra(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
                              const kvcd_key_t *base, const kvcd_bytes_t *hashes,
@@ -763,6 +810,7 @@ void kvcd_proto_encode_req_shm(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
     case KVCD_OP_ABORT:
     case KVCD_OP_MAP:
     case KVCD_OP_RELEASE:
+    case KVCD_OP_LOOKUP_MAP:
         encode_req_extra(w, id, op, base, hashes, n, 0);
         break;
     default:
@@ -856,6 +904,24 @@ int kvcd_proto_decode_reply(const void *buf, size_t len, kvcd_reply_hdr_t *rep)
                 if (get_uint(&val->via.array.ptr[j], UINT64_MAX, &(*a)[j]) != 0)
                     goto out;
         }
+        else if (key_is(k, "extents") && val->type == MSGPACK_OBJECT_BIN) {
+            const uint8_t *p = (const uint8_t *)val->via.bin.ptr;
+            size_t n = val->via.bin.size / 16;
+
+            if (val->via.bin.size % 16 != 0)
+                goto out;
+            free(rep->offsets);
+            free(rep->lengths);
+            rep->offsets = malloc((n ? n : 1) * sizeof(uint64_t));
+            rep->lengths = malloc((n ? n : 1) * sizeof(uint64_t));
+            if (!rep->offsets || !rep->lengths)
+                goto nomem;
+            for (j = 0; j < n; j++) {
+                rep->offsets[j] = get_le64(p + 16 * j);
+                rep->lengths[j] = get_le64(p + 16 * j + 8);
+            }
+            rep->nextents = n;
+        }
         else if (key_is(k, "status")) {
             json_decref(rep->status);
             rep->status = kvcd_msgpack_to_json(val);
@@ -914,4 +980,5 @@ void kvcd_proto_reply_free(kvcd_reply_hdr_t *rep)
     rep->offsets = NULL;
     rep->status = NULL;
     rep->nresults = 0;
+    rep->nextents = 0;
 }

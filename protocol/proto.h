@@ -37,7 +37,8 @@
     X(COMMIT, 13)                                                              \
     X(ABORT, 14)                                                               \
     X(MAP, 15)                                                                 \
-    X(RELEASE, 16)
+    X(RELEASE, 16)                                                             \
+    X(LOOKUP_MAP, 17)
 
 typedef enum {
 #define KVCD_OP_ENUM(name, num) KVCD_OP_##name = num,
@@ -76,7 +77,7 @@ typedef struct {
 /* 1 for the shared-memory operations that name a registered segment. */
 int kvcd_op_uses_segment(uint32_t op);
 
-/* 1 for the zero-copy operations on the shared L1 (ops 12-16). */
+/* 1 for the zero-copy operations on the shared L1 (ops 12-17). */
 int kvcd_op_is_zero_copy(uint32_t op);
 
 /* Decode frame 0. Returns 0, or a negative KVCD_E* with a message naming the
@@ -152,6 +153,12 @@ void kvcd_proto_encode_load_shm(kvcd_wbuf_t *w, uint64_t id, const int *results,
 void kvcd_proto_encode_extents(kvcd_wbuf_t *w, uint64_t id, uint32_t op, const int *results,
                                const uint64_t *offsets, const uint64_t *lengths, size_t n);
 
+/* LOOKUP_MAP reply: prefix, and per key of the prefix its offset (into the
+ * shared L1) and length, packed into one bin `extents` of 16 bytes per key
+ * (two little-endian uint64). */
+void kvcd_proto_encode_lookup_map(kvcd_wbuf_t *w, uint64_t id, size_t prefix,
+                                  const uint64_t *offsets, const uint64_t *lengths);
+
 /* Request (client side). base may be NULL for operations without keys. */
 void kvcd_proto_encode_req(kvcd_wbuf_t *w, uint64_t id, uint32_t op,
                            const kvcd_key_t *base, const kvcd_bytes_t *hashes,
@@ -189,8 +196,9 @@ typedef struct {
     char shm_buf[64];       /* PING: ping.l1_shm points here */
     json_t *status;         /* STATUS: new reference */
     uint64_t segment;       /* REGISTER_SEGMENT */
-    uint64_t *lengths;      /* LOAD_SHM, RESERVE, MAP: nresults entries */
-    uint64_t *offsets;      /* RESERVE, MAP: nresults entries */
+    uint64_t *lengths;      /* LOAD_SHM, RESERVE, MAP: nresults entries; LOOKUP_MAP: nextents */
+    uint64_t *offsets;      /* RESERVE, MAP: nresults entries; LOOKUP_MAP: nextents */
+    size_t nextents;        /* LOOKUP_MAP: entries of offsets/lengths (== prefix) */
 } kvcd_reply_hdr_t;
 
 int kvcd_proto_decode_reply(const void *buf, size_t len, kvcd_reply_hdr_t *rep);

@@ -723,6 +723,32 @@ class ZeroCopy(unittest.TestCase):
         self.assertEqual(st["zero_copy"]["leases"], 0)
         self.assertEqual(st["l1"]["shm_name"], l1.name)
 
+    def test_lookup_map_prefix(self):
+        from kvcd_client import ENOTFOUND, OK
+        l1 = self.c.map_l1()
+        sizes = [4096, 2 * MiB + 3, 70000]
+        hashes = [b"zclm-%d" % i for i in range(len(sizes))]
+        datas = [chunk(800 + i, n) for i, n in enumerate(sizes)]
+        got = self.c.reserve(self.model, hashes, sizes)
+        for view, data in zip(got, datas):
+            view[:] = data
+        del got, view
+        self.assertEqual(self.c.commit(self.model, hashes), [OK] * 3)
+        # The first two, then a gap: the prefix is 2, each leased in place.
+        res = self.c.lookup_map(self.model, hashes[:2] + [b"zclm-gap", hashes[2]])
+        self.assertEqual(res.prefix, 2)
+        self.assertEqual(len(res), 2)
+        self.assertEqual(res.lengths, sizes[:2])
+        for view, data in zip(res, datas):
+            self.assertTrue(view.readonly)
+            self.assertTrue(view == data)
+            self.assertEqual(view.obj, l1.buf.obj)
+        del res, view
+        self.assertEqual(self.c.status()["zero_copy"]["leases"], 2)
+        self.assertEqual(self.c.release(self.model, hashes[:2]), [OK] * 2)
+        self.assertEqual(self.c.release(self.model, hashes[:1]), [ENOTFOUND])
+        self.assertEqual(self.c.lookup_map(self.model, [b"zclm-gap"]).prefix, 0)
+
     def test_abort_and_second_reserver(self):
         from kvcd_client import EBUSY, ENOTFOUND, OK
         h = [b"zc-busy"]

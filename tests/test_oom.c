@@ -117,7 +117,8 @@ static void remove_cb(void *data, const int *results)
     calls++;
 }
 
-static void lookup_cb(void *data, size_t prefix, const uint8_t *present)
+static void lookup_cb(void *data, size_t prefix, const uint8_t *present,
+                      kvcd_obj_t *const *objs)
 {
     calls++;
 }

@@ -1550,7 +1550,7 @@ static const bad_t bad_cases[] = {
     {"op", B_STORE, {0}, KVCD_EMISSING, "op:"},
     {NULL, B_STORE, FU("op", 99), KVCD_EUNKNOWNOP, "99"},
     {NULL, B_STORE, FU("op", 0), KVCD_EUNKNOWNOP, "operation 0"},
-    {NULL, B_STORE, FU("op", 17), KVCD_EUNKNOWNOP, "17"},
+    {NULL, B_STORE, FU("op", 18), KVCD_EUNKNOWNOP, "18"},
     /* model */
     {NULL, B_STORE, FBIN("model", "meta", 4), KVCD_EBADFIELD, "model:"},
     {NULL, B_STORE, FU("model", 1), KVCD_EBADFIELD, "model:"},
@@ -2312,7 +2312,7 @@ START_TEST(test_zero_copy_ops_roundtrip)
     free(b);
     kvcd_wbuf_destroy(&w);
 
-    for (op = KVCD_OP_COMMIT; op <= KVCD_OP_RELEASE; op++) {
+    for (op = KVCD_OP_COMMIT; op <= KVCD_OP_LOOKUP_MAP; op++) {
         kvcd_wbuf_init(&w);
         kvcd_proto_encode_req_shm(&w, 9, op, &base, hs, 2, &shm);
         ck_assert_int_eq(decode_wbuf(&w, MAXKEYS, &req, msg, sizeof(msg), &b), 0);
@@ -2338,21 +2338,93 @@ START_TEST(test_zero_copy_ops_roundtrip)
 }
 END_TEST
 
+/* LOOKUP_MAP's reply: the prefix's extents as one bin of little-endian
+ * (offset, length) pairs, byte for byte; and more pairs than fit one
+ * staging block of the encoder. */
+START_TEST(test_lookup_map_extents)
+{
+    static const uint8_t want[] = {0x00, 0x20, 0, 0, 0, 0, 0, 0, 0x00, 0x10, 0, 0, 0, 0, 0, 0,
+                                   0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,
+                                   0x11, 0, 0, 0, 0, 0, 0, 0};
+    uint64_t offs[600], lens[600];
+    kvcd_reply_hdr_t rep;
+    kvcd_wbuf_t w;
+    const uint8_t *p;
+    size_t i;
+
+    offs[0] = 8192;
+    lens[0] = 4096;
+    offs[1] = 0x0807060504030201ull;
+    lens[1] = 17;
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_lookup_map(&w, 5, 2, offs, lens);
+    p = memmem(w.sb.data, w.sb.size, "extents", 7);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq(p[7], 0xc4); /* bin 8 */
+    ck_assert_uint_eq(p[8], sizeof(want));
+    ck_assert_mem_eq(p + 9, want, sizeof(want));
+    ck_assert_int_eq(decode_reply_wbuf(&w, &rep), 0);
+    ck_assert_uint_eq(rep.op, KVCD_OP_LOOKUP_MAP);
+    ck_assert_uint_eq(rep.prefix, 2);
+    ck_assert_uint_eq(rep.nextents, 2);
+    ck_assert_uint_eq(rep.nresults, 0);
+    ck_assert_uint_eq(rep.offsets[1], offs[1]);
+    ck_assert_uint_eq(rep.lengths[1], 17);
+    kvcd_proto_reply_free(&rep);
+    ck_assert_uint_eq(rep.nextents, 0);
+    kvcd_wbuf_destroy(&w);
+
+    for (i = 0; i < 600; i++) {
+        offs[i] = (uint64_t)i << 12;
+        lens[i] = i + 1;
+    }
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_lookup_map(&w, 5, 600, offs, lens);
+    ck_assert_int_eq(decode_reply_wbuf(&w, &rep), 0);
+    ck_assert_uint_eq(rep.nextents, 600);
+    for (i = 0; i < 600; i++) {
+        ck_assert_uint_eq(rep.offsets[i], (uint64_t)i << 12);
+        ck_assert_uint_eq(rep.lengths[i], i + 1);
+    }
+    kvcd_proto_reply_free(&rep);
+    kvcd_wbuf_destroy(&w);
+
+    /* An empty prefix has an empty bin. */
+    kvcd_wbuf_init(&w);
+    kvcd_proto_encode_lookup_map(&w, 5, 0, offs, lens);
+    ck_assert_int_eq(decode_reply_wbuf(&w, &rep), 0);
+    ck_assert_uint_eq(rep.prefix, 0);
+    ck_assert_uint_eq(rep.nextents, 0);
+    kvcd_proto_reply_free(&rep);
+    kvcd_wbuf_destroy(&w);
+
+    /* A bin that is not whole pairs is malformed. */
+    kvcd_wbuf_init(&w);
+    kvcd_proto_reply_begin(&w, 5, KVCD_OP_LOOKUP_MAP, 0, NULL, 1);
+    kvcd_pack_cstr(&w.pk, "extents");
+    msgpack_pack_bin(&w.pk, 15);
+    msgpack_pack_bin_body(&w.pk, want, 15);
+    ck_assert_int_eq(decode_reply_wbuf(&w, &rep), KVCD_EMALFORMED);
+    kvcd_wbuf_destroy(&w);
+}
+END_TEST
+
 START_TEST(test_op_names)
 {
     static const char *const names[] = {NULL, "PING", "STORE", "LOOKUP", "LOAD", "REMOVE",
                                         "CLEAR", "STATUS", "REGISTER_SEGMENT",
                                         "UNREGISTER_SEGMENT", "STORE_SHM", "LOAD_SHM",
-                                        "RESERVE", "COMMIT", "ABORT", "MAP", "RELEASE"};
+                                        "RESERVE", "COMMIT", "ABORT", "MAP", "RELEASE",
+                                        "LOOKUP_MAP"};
     uint32_t op;
 
-    for (op = 1; op <= 16; op++) {
+    for (op = 1; op <= 17; op++) {
         ck_assert_str_eq(kvcd_op_name(op), names[op]);
         ck_assert_int_eq(kvcd_op_has_keys(op), (op >= 2 && op <= 5) || op >= 10);
         ck_assert_int_eq(kvcd_op_is_zero_copy(op), op >= 12);
     }
     ck_assert_ptr_null(kvcd_op_name(0));
-    ck_assert_ptr_null(kvcd_op_name(17));
+    ck_assert_ptr_null(kvcd_op_name(18));
     ck_assert_ptr_null(kvcd_op_name(99));
     ck_assert_ptr_null(kvcd_op_name(UINT32_MAX));
     ck_assert_int_eq(kvcd_op_has_keys(0), 0);
@@ -3218,6 +3290,7 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, test_err_sys_names);
     tcase_add_test(tc, test_op_names);
     tcase_add_test(tc, test_zero_copy_ops_roundtrip);
+    tcase_add_test(tc, test_lookup_map_extents);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("key");

@@ -1,6 +1,6 @@
 /*
  * test_shared_l1.c - L1 as one shared-memory object and the zero-copy
- * operations (RESERVE, COMMIT, ABORT, MAP, RELEASE) end to end: the real kvcd
+ * operations (RESERVE, COMMIT, ABORT, MAP, RELEASE, LOOKUP_MAP) end to end: the real kvcd
  * binary on a private ipc:// socket, clients that map L1 and write and read
  * objects in place.
  */
@@ -294,6 +294,109 @@ START_TEST(reserve_commit_map_roundtrip)
 }
 END_TEST
 
+/* LOOKUP_MAP of keys [k0, k0+n): the prefix, with offsets/lengths. */
+static size_t lookup_map(kvcd_client_t *c, uint64_t k0, size_t n, uint64_t *offs,
+                         uint64_t *lens)
+{
+    uint8_t hb[16][8];
+    kvcd_bytes_t h[16];
+    size_t i, prefix = 99;
+
+    ck_assert_uint_le(n, 16);
+    for (i = 0; i < n; i++)
+        h[i] = kvcd_test_hash(hb[i], k0 + i);
+    ck_assert_int_eq(kvcd_client_lookup_map(c, &base, h, n, &prefix, offs, lens), 0);
+    return prefix;
+}
+
+START_TEST(lookup_map_leases_the_prefix)
+{
+    uint64_t offs[16], lens[16], want[6] = {0}, off, len, removed;
+    uint8_t hb[8];
+    kvcd_bytes_t h;
+    kvcd_l1map_t *m;
+    int res;
+    size_t i;
+
+    start(NULL);
+    ck_assert_int_eq(kvcd_client_map_l1(cli, &m), 0);
+    for (i = 1; i <= 5; i++)
+        if (i != 4) /* a gap */
+            want[i] = put_zc(cli, m, i, 100000 + i, 700 + i);
+    /* The prefix is 1..3: each leased, at the offset it was written. */
+    ck_assert_uint_eq(lookup_map(cli, 1, 5, offs, lens), 3);
+    for (i = 0; i < 3; i++) {
+        ck_assert_uint_eq(offs[i], want[i + 1]);
+        ck_assert_uint_eq(lens[i], 100000 + i + 1);
+        ck_assert(same((char *)m->base + offs[i], lens[i], 700 + i + 1));
+    }
+    ck_assert_int_eq(stat_of("zero_copy", "leases"), 3);
+    ck_assert_int_eq(stat_of("zero_copy", "leased_objects"), 3);
+    /* The lookup's pins were taken by the leases, not left to expire. */
+    ck_assert_int_eq(stat_of("storage", "pinned_objects"), 0);
+    ck_assert_int_eq(stat_of("storage", "pins_used"), 3);
+    ck_assert_int_eq(stat_of("counters", "lookups"), 1);
+    ck_assert_int_eq(stat_of("counters", "load_hits"), 3);
+    /* Leased: CLEAR takes the keys away, not the bytes. */
+    ck_assert_int_eq(kvcd_client_clear(cli, &removed), 0);
+    ck_assert_int_eq(removed, 4);
+    ck_assert(same((char *)m->base + offs[1], lens[1], 702));
+    ck_assert_uint_eq(lookup_map(cli, 1, 3, NULL, NULL), 0);
+    for (i = 1; i <= 3; i++)
+        ck_assert_int_eq(release1(cli, i), 0);
+    ck_assert_int_eq(release1(cli, 1), KVCD_ENOTFOUND);
+    ck_assert_int_eq(stat_of("zero_copy", "leases"), 0);
+    ck_assert_int_eq(stat_of("l1", "used"), 0);
+
+    /* A reservation is invisible: it ends the prefix. */
+    put_zc(cli, m, 1, 4096, 1);
+    h = kvcd_test_hash(hb, 2);
+    len = 4096;
+    ck_assert_int_eq(kvcd_client_reserve(cli, &base, &h, 1, &len, &off, &res), 0);
+    ck_assert_int_eq(res, 0);
+    ck_assert_uint_eq(lookup_map(cli, 1, 2, offs, lens), 1);
+    /* Mapped twice, released twice; a miss at the front is prefix 0. */
+    ck_assert_uint_eq(lookup_map(cli, 1, 1, offs, lens), 1);
+    ck_assert_int_eq(stat_of("zero_copy", "leases"), 2);
+    ck_assert_uint_eq(lookup_map(cli, 9, 3, offs, lens), 0);
+    ck_assert_int_eq(release1(cli, 1), 0);
+    ck_assert_int_eq(release1(cli, 1), 0);
+    {
+        json_t *s = kvcd_test_status(cli), *ops = json_object_get(s, "ops");
+
+        ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(ops, "LOOKUP_MAP"),
+                                                            "requests")), 4);
+        json_decref(s);
+    }
+    kvcd_client_unmap_l1(m);
+    stop();
+}
+END_TEST
+
+/* A client that closes its connection with LOOKUP_MAP leases holds nothing
+ * any more: the objects can be evicted and their regions reused. */
+START_TEST(lookup_map_leases_drop_with_the_client)
+{
+    uint64_t offs[16], lens[16];
+    kvcd_client_t *c;
+    kvcd_l1map_t *m;
+    uint64_t i;
+
+    start(NULL);
+    ck_assert_int_eq(kvcd_client_map_l1(cli, &m), 0);
+    for (i = 0; i < 8; i++)
+        put_zc(cli, m, i, 65536, 900 + i);
+    ck_assert_int_eq(kvcd_client_connect(proc.endpoint, 20000, &c), 0);
+    ck_assert_uint_eq(lookup_map(c, 0, 8, offs, lens), 8);
+    ck_assert_int_eq(stat_of("zero_copy", "leases"), 8);
+    kvcd_client_close(c);
+    ck_assert_int_eq(wait_stat(cli, "zero_copy", "leases", 0), 0);
+    ck_assert_int_eq(stat_of("counters", "zc_dropped"), 1);
+    kvcd_client_unmap_l1(m);
+    stop();
+}
+END_TEST
+
 START_TEST(abort_returns_memory)
 {
     uint8_t hb[8];
@@ -410,6 +513,7 @@ END_TEST
 START_TEST(client_crash_reservation_returns)
 {
     int fds[2], status;
+    ssize_t got;
     char c;
     pid_t child;
 
@@ -442,9 +546,13 @@ START_TEST(client_crash_reservation_returns)
         _exit(0); /* dies with its reservations: no commit, no abort */
     }
     close(fds[1]);
-    ck_assert_int_eq(read(fds[0], &c, 1), 1);
+    got = read(fds[0], &c, 1);
     ck_assert_int_eq(waitpid(child, &status, 0), child);
-    ck_assert_int_eq(WEXITSTATUS(status), 0);
+    /* 2: connect or map failed, 3: reserve failed, else a signal. */
+    ck_assert_msg(got == 1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "the child read %zd, exited %d (signal %d)", got,
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                  WIFSIGNALED(status) ? WTERMSIG(status) : 0);
     close(fds[0]);
     ck_assert_int_eq(wait_stat(cli, "zero_copy", "reserved", 0), 0);
     ck_assert_int_eq(stat_of("zero_copy", "reserved_bytes"), 0);
@@ -639,6 +747,27 @@ START_TEST(write_behind_after_commit)
     ck_assert_int_eq(removed, 1);
     ck_assert_int_eq(lookup1(cli, 1), 1);
     ck_assert_int_eq(load1(cli, 1, 2 * MiB, 61), 0);
+    /* LOOKUP_MAP brings a key only L2 has up into L1 and leases it. */
+    put_zc(cli, m, 2, 3 * MiB, 62);
+    ck_assert_int_eq(wait_stat(cli, "storage", "write_behind_keys", 2), 2);
+    ck_assert_int_eq(wait_stat(cli, "storage", "l2_inflight", 0), 0);
+    ck_assert_int_eq(kvcd_client_clear(cli, &removed), 0);
+    {
+        uint64_t offs[2], lens[2];
+
+        ck_assert_uint_eq(lookup_map(cli, 1, 2, offs, lens), 2);
+        ck_assert_uint_eq(lens[0], 2 * MiB);
+        ck_assert_uint_eq(lens[1], 3 * MiB);
+        ck_assert(same((char *)m->base + offs[0], lens[0], 61));
+        ck_assert(same((char *)m->base + offs[1], lens[1], 62));
+        ck_assert_int_ge(stat_of("storage", "prefetch_keys"), 2);
+        ck_assert_int_eq(stat_of("zero_copy", "leases"), 2);
+        ck_assert_int_eq(release1(cli, 1), 0);
+        ck_assert_int_eq(release1(cli, 2), 0);
+        /* The prefetched copies were temporary: released, nothing holds L1. */
+        ck_assert_int_eq(stat_of("storage", "pinned_objects"), 0);
+        ck_assert_int_eq(wait_stat(cli, "l1", "used", 0), 0);
+    }
     kvcd_client_unmap_l1(m);
     stop();
     {
@@ -730,6 +859,13 @@ START_TEST(tcp_peer_refused)
     ck_assert_int_eq(kvcd_client_map(cli, &base, &h, 1, &off, &len, &res),
                      KVCD_EPEERUNVERIFIED);
     ck_assert_int_eq(kvcd_client_release(cli, &base, &h, 1, &res), KVCD_EPEERUNVERIFIED);
+    {
+        size_t prefix = 7;
+
+        ck_assert_int_eq(kvcd_client_lookup_map(cli, &base, &h, 1, &prefix, &off, &len),
+                         KVCD_EPEERUNVERIFIED);
+        ck_assert_uint_eq(prefix, 0);
+    }
     ck_assert_int_eq(stat_of("zero_copy", "holders"), 0);
     ck_assert_int_eq(stat_of("l1", "used"), 0);
     stop();
@@ -746,6 +882,8 @@ static Suite *suite(void)
     tcase_add_test(tc, restart_removes_dead_kvcds_object);
     tcase_add_test(tc, stuck_worker_exit_still_unlinks);
     tcase_add_test(tc, reserve_commit_map_roundtrip);
+    tcase_add_test(tc, lookup_map_leases_the_prefix);
+    tcase_add_test(tc, lookup_map_leases_drop_with_the_client);
     tcase_add_test(tc, abort_returns_memory);
     tcase_add_test(tc, bad_requests_are_typed);
     tcase_add_test(tc, two_clients_reserve_same_key);

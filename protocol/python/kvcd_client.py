@@ -76,6 +76,7 @@ import fcntl
 import itertools
 import mmap
 import os
+import struct
 import time
 
 import msgpack
@@ -92,7 +93,7 @@ PROTO_VERSION = 1
 # Operation numbers (PROTOCOL.md section 4); never reused or renumbered.
 OP_PING, OP_STORE, OP_LOOKUP, OP_LOAD, OP_REMOVE, OP_CLEAR, OP_STATUS = range(1, 8)
 OP_REGISTER_SEGMENT, OP_UNREGISTER_SEGMENT, OP_STORE_SHM, OP_LOAD_SHM = range(8, 12)
-OP_RESERVE, OP_COMMIT, OP_ABORT, OP_MAP, OP_RELEASE = range(12, 17)
+OP_RESERVE, OP_COMMIT, OP_ABORT, OP_MAP, OP_RELEASE, OP_LOOKUP_MAP = range(12, 18)
 
 # Error codes (PROTOCOL.md section 5, protocol/kvcd_err.h). 1..999 are errno values.
 _ERRORS = {
@@ -492,6 +493,21 @@ class Client:
         return self._call(self._submit(OP_RELEASE, self._keyset(
             model, hashes, world_size, worker_id, kv_rank, group, salt), ()))
 
+    def lookup_map(self, model, hashes, world_size=1, worker_id=0, kv_rank=None, group=0,
+                   salt=""):
+        """LOOKUP the keys (L2 tiers included) and lease the prefix in one
+        request. Returns a LoadResult with one read-only memoryview into L1
+        per key of the prefix (``len(result) == result.prefix``), with
+        ``.prefix``, ``.offsets`` and ``.lengths``. release() the first
+        ``prefix`` hashes when done."""
+        return self._call(self.submit_lookup_map(model, hashes, world_size, worker_id,
+                                                 kv_rank, group, salt))
+
+    def submit_lookup_map(self, model, hashes, world_size=1, worker_id=0, kv_rank=None,
+                          group=0, salt=""):
+        return self._submit(OP_LOOKUP_MAP, self._keyset(model, hashes, world_size, worker_id,
+                                                        kv_rank, group, salt), ())
+
     def submit_reserve(self, model, hashes, lengths, world_size=1, worker_id=0,
                        kv_rank=None, group=0, salt=""):
         lengths = [int(n) for n in lengths]
@@ -707,6 +723,23 @@ class Client:
                               else l1.buf[o:o + n].toreadonly()) if c == 0 else None
                              for c, o, n in zip(codes, offsets, lengths)]
                 result = LoadResult(views, codes)
+                result.offsets = offsets
+                result.lengths = lengths
+                return result
+            if op == OP_LOOKUP_MAP:
+                prefix = int(header["prefix"])
+                ext = header["extents"]
+                if not isinstance(ext, bytes) or len(ext) != 16 * prefix or prefix > nkeys:
+                    raise ValueError("extents do not match prefix %d" % prefix)
+                pairs = struct.unpack("<%dQ" % (2 * prefix), ext)
+                offsets, lengths = list(pairs[0::2]), list(pairs[1::2])
+                l1 = self._l1
+                if l1 is None or l1.closed:
+                    views = [None] * prefix
+                else:
+                    views = [l1.buf[o:o + n].toreadonly() for o, n in zip(offsets, lengths)]
+                result = LoadResult(views, [0] * prefix)
+                result.prefix = prefix
                 result.offsets = offsets
                 result.lengths = lengths
                 return result
