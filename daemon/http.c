@@ -320,11 +320,6 @@ int kvcd_http_create(uv_loop_t *loop, const char *host, int port, kvcd_http_stat
     return 0;
 }
 
-int kvcd_http_port(const kvcd_http_t *h)
-{
-    return h->port;
-}
-
 void kvcd_http_destroy(kvcd_http_t *h)
 {
     if (!h)

@@ -31,14 +31,11 @@ typedef struct kvcd_http_s kvcd_http_t;
  * NULL. */
 typedef json_t *(*kvcd_http_status_fn)(void *data);
 
-/* Listen on host:port (port 0: any free port, see kvcd_http_port). Loop thread.
+/* Listen on host:port (port 0: any free port, logged). Loop thread.
  * The async handle it adds does not keep the loop alive. 0, or a negative code
  * with a message naming --http-host/--http-port in err. */
 int kvcd_http_create(uv_loop_t *loop, const char *host, int port, kvcd_http_status_fn fn,
                      void *data, kvcd_http_t **out, char *err, size_t errlen);
-
-/* The port actually bound. */
-int kvcd_http_port(const kvcd_http_t *h);
 
 /* Stop serving (requests waiting get 503), join libmicrohttpd's threads, close
  * the async handle and let its close callback run. Loop thread, after uv_run

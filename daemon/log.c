@@ -14,19 +14,6 @@ int kvcd_log_level = KVCD_LOG_INFO;
 
 static const char *const names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
-int kvcd_log_parse_level(const char *s)
-{
-    if (strcasecmp(s, "debug") == 0)
-        return KVCD_LOG_DEBUG;
-    if (strcasecmp(s, "info") == 0)
-        return KVCD_LOG_INFO;
-    if (strcasecmp(s, "warning") == 0 || strcasecmp(s, "warn") == 0)
-        return KVCD_LOG_WARNING;
-    if (strcasecmp(s, "error") == 0)
-        return KVCD_LOG_ERROR;
-    return -1;
-}
-
 void kvcd_log_write(int level, const char *module, const char *fmt, ...)
 {
     char line[1024];

@@ -20,9 +20,6 @@ typedef enum {
 
 extern int kvcd_log_level;
 
-/* "debug", "info", "warning" (or "warn"), "error" -> level; -1 if unknown. */
-int kvcd_log_parse_level(const char *s);
-
 void kvcd_log_write(int level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

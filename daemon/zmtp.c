@@ -1252,14 +1252,6 @@ void kvcd_zsrv_stats(const kvcd_zsrv_t *srv, kvcd_zstats_t *out)
     *out = srv->st;
 }
 
-kvcd_zconn_t *kvcd_zsrv_find(kvcd_zsrv_t *srv, uint64_t id)
-{
-    for (kvcd_zconn_t *c = srv->conns; c; c = c->next)
-        if (c->id == id)
-            return c->ready && !c->closing ? c : NULL;
-    return NULL;
-}
-
 /* "tcp://host:port" -> sockaddr. 0 or KVCD_ECONFIG with err set. */
 static int parse_tcp(const char *ep, const char *rest, struct sockaddr_storage *ss, int *any,
                      char *err, size_t errlen)

@@ -168,10 +168,6 @@ void kvcd_zsrv_resume_all(kvcd_zsrv_t *srv);
 
 void kvcd_zsrv_stats(const kvcd_zsrv_t *srv, kvcd_zstats_t *out);
 
-/* The open connection with this id (after on_connect, before on_close),
- * or NULL. Borrowed: take a reference to keep it. O(connections). */
-kvcd_zconn_t *kvcd_zsrv_find(kvcd_zsrv_t *srv, uint64_t id);
-
 /* Stop listening (ipc socket files are removed now), stop reading every
  * connection, drop half-received messages (frame_free, synchronously), let
  * each connection flush what it has queued for at most `linger_ms`, then

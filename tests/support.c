@@ -39,7 +39,7 @@ const char *kvcd_test_srcdir(void)
     return b && *b ? b : ".";
 }
 
-static uint64_t now_ms(void)
+uint64_t kvcd_test_now_ms(void)
 {
     struct timespec ts;
 
@@ -49,11 +49,11 @@ static uint64_t now_ms(void)
 
 static int wait_ping(kvcd_proc_t *p, int timeout_ms)
 {
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    uint64_t deadline = kvcd_test_now_ms() + (uint64_t)timeout_ms;
     kvcd_client_t *c;
     int status;
 
-    while (now_ms() < deadline) {
+    while (kvcd_test_now_ms() < deadline) {
         if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
             p->pid = 0;
             return -1;
@@ -120,13 +120,13 @@ int kvcd_proc_start(kvcd_proc_t *p, const char *const *args)
 
 int kvcd_proc_stop(kvcd_proc_t *p, int sig, int timeout_ms)
 {
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    uint64_t deadline = kvcd_test_now_ms() + (uint64_t)timeout_ms;
     int status;
 
     if (p->pid <= 0)
         return -1;
     kill(p->pid, sig);
-    while (now_ms() < deadline) {
+    while (kvcd_test_now_ms() < deadline) {
         if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
             p->pid = 0;
             if (WIFEXITED(status))
@@ -178,7 +178,7 @@ void kvcd_proc_cleanup(kvcd_proc_t *p)
 
 int kvcd_run(const char *const *argv, char *out, size_t outlen, int timeout_ms)
 {
-    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    uint64_t deadline = kvcd_test_now_ms() + (uint64_t)timeout_ms;
     int pfd[2], status = -1, done = 0;
     size_t len = 0;
     pid_t pid;
@@ -217,7 +217,7 @@ int kvcd_run(const char *const *argv, char *out, size_t outlen, int timeout_ms)
             done = 1;
             break;
         }
-        if (now_ms() > deadline) {
+        if (kvcd_test_now_ms() > deadline) {
             kill(pid, SIGKILL);
             break;
         }

@@ -72,6 +72,9 @@ long long kvcd_test_stat(struct kvcd_client_s *cli, const char *group, const cha
  * borrows. */
 kvcd_bytes_t kvcd_test_hash(uint8_t hb[8], uint64_t i);
 
+/* CLOCK_MONOTONIC in milliseconds. */
+uint64_t kvcd_test_now_ms(void);
+
 /* Deterministic pseudo-random bytes. */
 void kvcd_fill_random(void *buf, size_t len, uint64_t seed);
 

@@ -840,32 +840,10 @@ static void store_range(kvcd_client_t *c, size_t from, size_t to)
     }
 }
 
-static json_t *d_status(kvcd_client_t *c)
-{
-    json_error_t e;
-    char *text;
-    json_t *j;
-
-    ck_assert_int_eq(kvcd_client_status(c, &text), 0);
-    j = json_loads(text, 0, &e);
-    free(text);
-    ck_assert_ptr_nonnull(j);
-    return j;
-}
-
-static json_int_t d_stat(kvcd_client_t *c, const char *group, const char *name)
-{
-    json_t *st = d_status(c);
-    json_int_t v = json_integer_value(json_object_get(json_object_get(st, group), name));
-
-    json_decref(st);
-    return v;
-}
-
 /* The redis instance's status object (owned by *root, decref that). */
 static json_t *d_l2(kvcd_client_t *c, json_t **root)
 {
-    *root = d_status(c);
+    *root = kvcd_test_status(c);
     return json_array_get(json_object_get(*root, "l2"), 0);
 }
 
@@ -875,7 +853,7 @@ static void settle(kvcd_client_t *c, uint64_t limit_ms)
     uint64_t end = now_ms() + limit_ms;
 
     while (now_ms() < end) {
-        if (d_stat(c, "storage", "l2_inflight") == 0)
+        if (kvcd_test_stat(c, "storage", "l2_inflight") == 0)
             return;
         usleep(10000);
     }
@@ -931,10 +909,10 @@ START_TEST(two_daemons_share_one_redis)
     store_range(ca, 0, n);
     settle(ca, 10000);
     ck_assert_int_eq(kvcd_redis_int(&srv[0], "DBSIZE"), (long long)n);
-    ck_assert_int_eq(d_stat(cb, "l1", "objects"), 0);
+    ck_assert_int_eq(kvcd_test_stat(cb, "l1", "objects"), 0);
     for (i = 0; i < n; i++)
         ck_assert_msg(fetch_check(cb, i) == 1, "key %zu missing through B", i);
-    ck_assert_int_eq(d_stat(cb, "storage", "l2_hits"), (json_int_t)n);
+    ck_assert_int_eq(kvcd_test_stat(cb, "storage", "l2_hits"), (json_int_t)n);
     st = d_l2(cb, &root);
     ck_assert_str_eq(json_string_value(json_object_get(st, "type")), "redis");
     ck_assert(json_is_true(json_object_get(st, "healthy")));
@@ -1061,7 +1039,7 @@ START_TEST(redis_killed_during_store_batch)
     d_start(&pa, &ca, spec, "default");
     store_range(ca, 0, n);
     /* write-behind of 128 MiB is under way: kill, restart at once */
-    ck_assert_int_gt(d_stat(ca, "storage", "l2_inflight"), 0);
+    ck_assert_int_gt(kvcd_test_stat(ca, "storage", "l2_inflight"), 0);
     t0 = now_ms();
     kvcd_redis_stop(&srv[0], SIGKILL);
     ck_assert_int_eq(kvcd_redis_restart(&srv[0]), 0);

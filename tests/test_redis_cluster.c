@@ -808,34 +808,12 @@ static void store_range(kvcd_client_t *c, size_t from, size_t to)
     }
 }
 
-static json_t *d_status(kvcd_client_t *c)
-{
-    json_error_t e;
-    char *text;
-    json_t *j;
-
-    ck_assert_int_eq(kvcd_client_status(c, &text), 0);
-    j = json_loads(text, 0, &e);
-    free(text);
-    ck_assert_ptr_nonnull(j);
-    return j;
-}
-
-static json_int_t d_stat(kvcd_client_t *c, const char *group, const char *name)
-{
-    json_t *st = d_status(c);
-    json_int_t v = json_integer_value(json_object_get(json_object_get(st, group), name));
-
-    json_decref(st);
-    return v;
-}
-
 static void settle(kvcd_client_t *c, uint64_t limit_ms)
 {
     uint64_t end = now_ms() + limit_ms;
 
     while (now_ms() < end) {
-        if (d_stat(c, "storage", "l2_inflight") == 0)
+        if (kvcd_test_stat(c, "storage", "l2_inflight") == 0)
             return;
         usleep(10000);
     }
@@ -844,7 +822,7 @@ static void settle(kvcd_client_t *c, uint64_t limit_ms)
 
 static int d_healthy(kvcd_client_t *c)
 {
-    json_t *st = d_status(c);
+    json_t *st = kvcd_test_status(c);
     int h = json_is_true(
         json_object_get(json_array_get(json_object_get(st, "l2"), 0), "healthy"));
 
@@ -915,7 +893,7 @@ START_TEST(two_daemons_share_the_cluster)
     d_wait_healthy(cb);
     store_range(ca, 0, NKEYS);
     settle(ca, 20000);
-    ck_assert_int_eq(d_stat(ca, "l1", "objects"), 0);
+    ck_assert_int_eq(kvcd_test_stat(ca, "l1", "objects"), 0);
     for (s = 0; s < cl.n; s++)
         if (kvcd_redis_cluster_is_master(&cl, s) == 1) {
             on_master[s] = kvcd_redis_int(&cl.node[s], "DBSIZE");
@@ -937,9 +915,9 @@ START_TEST(two_daemons_share_the_cluster)
     ck_assert_int_eq(kvcd_redis_cluster_wait_synced(&cl, 10000), 0);
     for (i = 0; i < NKEYS; i++)
         ck_assert_msg(fetch_check(cb, i) == 1, "key %zu missing through B", i);
-    ck_assert_int_eq(d_stat(cb, "storage", "l2_hits"), NKEYS);
+    ck_assert_int_eq(kvcd_test_stat(cb, "storage", "l2_hits"), NKEYS);
 
-    st = json_array_get(json_object_get(root = d_status(cb), "l2"), 0);
+    st = json_array_get(json_object_get(root = kvcd_test_status(cb), "l2"), 0);
     c = json_object_get(st, "cluster");
     ck_assert(json_is_true(json_object_get(st, "healthy")));
     ck_assert_int_eq(json_integer_value(json_object_get(c, "slots_covered")), 16384);
@@ -956,7 +934,7 @@ START_TEST(two_daemons_share_the_cluster)
     }
     ck_assert_int_gt(replica_routed, 0); /* read_from_replicas did read from them */
     json_decref(root);
-    st = json_array_get(json_object_get(root = d_status(ca), "l2"), 0);
+    st = json_array_get(json_object_get(root = kvcd_test_status(ca), "l2"), 0);
     ck_assert_int_eq(json_integer_value(json_object_get(st, "stores")), NKEYS);
     ck_assert_int_eq(
         json_integer_value(json_object_get(json_object_get(st, "cluster"), "moved")), 0);
